@@ -1,0 +1,43 @@
+# kiln: `make demo` runs the lifecycle on the embedded default, `make test` runs the tests on the CPU.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export KILN_DATA_DIR ?= $(CURDIR)/data
+export KILN_PRESET ?= tiny
+export DAGSTER_HOME ?= $(KILN_DATA_DIR)/dagster_home
+# Never download models at run time: everything kiln loads is on disk.
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_VERBOSITY ?= error
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: demo test ui landing clean-data
+
+# torch first, pinned to the CPU build that lies on these machines: resolving a bare `torch` through the
+# project's dependencies would fetch a multi-GB CUDA build instead.
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0 || $(BIN)/pip install -q torch
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+$(DAGSTER_HOME)/dagster.yaml: dagster.yaml
+	mkdir -p $(DAGSTER_HOME)
+	cp dagster.yaml $@
+
+# The embedded default landing zone, written only when KILN_LANDING_DIR is not set.
+landing: $(BIN)/.installed
+	@if [ -z "$$KILN_LANDING_DIR" ]; then $(BIN)/python -m training.data.default_landing $(KILN_DATA_DIR)/landing; fi
+
+demo: $(BIN)/.installed $(DAGSTER_HOME)/dagster.yaml landing
+	$(BIN)/dagster asset materialize -m pipelines.definitions --select '*'
+
+test: $(BIN)/.installed
+	$(BIN)/python -m pytest
+
+ui: $(BIN)/.installed $(DAGSTER_HOME)/dagster.yaml landing
+	$(BIN)/dagster dev -m pipelines.definitions --host 127.0.0.1
+
+clean-data:
+	rm -rf $(KILN_DATA_DIR)

@@ -1,0 +1,88 @@
+import pytest
+
+from training.config import TextFilterConfig
+from training.data.filters.text import count_words, ngram_entropy, text_filters
+from training.data.records import Record
+
+LEGAL = (
+    "Subject to the terms and conditions of this License Agreement, the Licensor hereby grants Licensee a "
+    "nonexclusive, royalty-free, world-wide license to reproduce, analyze, test, perform and/or display "
+    "publicly, prepare derivative works, distribute, and otherwise use the Software alone or in any "
+    "derivative version, provided, however, that this License Agreement and the Licensor's notice of "
+    "copyright are retained in the Software alone or in any derivative version prepared by Licensee. "
+)
+
+
+def _legal_5000_words() -> str:
+    # A 5,000-word statute: the real clauses of Python's license, numbered, with their articles.
+    import sys
+    from pathlib import Path
+
+    lic = Path(sys.base_prefix, "lib", f"python{sys.version_info.major}.{sys.version_info.minor}", "LICENSE.txt")
+    base = lic.read_text() if lic.is_file() else LEGAL * 20
+    parts, n = [], 0
+    while count_words(" ".join(parts)) < 5000:
+        n += 1
+        parts.append(f"Article {n}. " + base[(n * 977) % len(base):][:2500])
+    return "\n\n".join(parts)
+
+
+def run(text: str, cfg: TextFilterConfig = TextFilterConfig()) -> str | None:
+    rec = Record("x", "text", "b/text/a.jsonl:1", text=text)
+    for f in text_filters(cfg):
+        verdict = f([rec])[0]
+        if verdict:
+            return verdict.reason
+    return None
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("The quick brown fox jumps over the lazy dog near the quiet river bank today.", None),  # a dozen words
+        ("机器学习是人工智能的一个分支，它使计算机能够在没有明确编程的情况下从数据中学习。", None),  # Chinese
+        ("Der schnelle braune Fuchs springt über den faulen Hund, der am Ufer des Flusses schläft.", None),
+        ("Быстрая коричневая лиса перепрыгивает через ленивую собаку у реки.", None),
+        (LEGAL, None),
+        ("", "text_empty"),
+        ("   \n\t ", "text_empty"),
+        ("thanks a lot!", "too_few_words"),
+        ("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "too_few_words"),
+        ("buy now " * 50, "entropy_low"),
+        ("BUY NOW buy now Buy Now " * 20, "entropy_low"),
+        ("aaaa " * 100, "entropy_low"),
+        ("hahaha hahahaha hahaha hahahahaha " * 20, "entropy_low"),
+        ("ha " * 200, "entropy_low"),
+        ("The committee shall review every application submitted before the deadline and publish it. " * 30, "entropy_low"),
+    ],
+)
+def test_text_filter_table(text, expected):
+    assert run(text) == expected
+
+
+def test_long_legal_text_is_kept():
+    text = _legal_5000_words()
+    assert count_words(text) >= 5000
+    assert run(text) is None
+
+
+def test_entropy_is_bounded_and_orders_degenerate_below_prose():
+    prose = ngram_entropy(LEGAL)
+    spam = ngram_entropy("buy now " * 100)
+    assert 0.0 <= spam < 0.5 < 0.9 < prose <= 1.0
+    assert ngram_entropy("a" * 1000) == 0.0
+    assert ngram_entropy("short") == 0.0  # fewer than two n-grams carry no information
+
+
+def test_entropy_threshold_is_configurable():
+    text = "buy now cheap pills today " * 10
+    assert run(text) == "entropy_low"
+    assert run(text, TextFilterConfig(entropy_threshold=0.1)) is None
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [("one two three", 3), ("机器学习", 4), ("kiln 烧制 pottery", 4), ("it's 2026-11-22", 5), ("", 0)],
+)
+def test_word_count(text, words):
+    assert count_words(text) == words
