@@ -1,7 +1,5 @@
 """Cleaning assets: the CLIP the image filter uses, and the cleaned corpus with its rejections."""
 
-from __future__ import annotations
-
 import time
 
 import dagster as dg

@@ -1,0 +1,90 @@
+"""The cleaning assets on the embedded default landing zone, with the real (kiln-trained) CLIP."""
+
+import json
+from pathlib import Path
+
+import dagster as dg
+import pyarrow.dataset as ds
+import pytest
+
+from assets.cleaning import clip_model, cleaned_corpus, records_accounted
+from pipelines.resources import Kiln
+
+
+@pytest.fixture(scope="module")
+def run(default_landing, tmp_path_factory):
+    landing, expected = default_landing
+    data = tmp_path_factory.mktemp("data")
+    kiln = Kiln(data_dir=str(data), landing_dir=str(landing))
+
+    def materialize() -> dg.ExecuteInProcessResult:
+        return dg.materialize([clip_model, cleaned_corpus, records_accounted], resources={"kiln": kiln})
+
+    first = materialize()
+    return data, expected, first, materialize
+
+
+def _metadata(result: dg.ExecuteInProcessResult, key: str) -> dict:
+    [mat] = result.asset_materializations_for_node(key)
+    return {k: v.value for k, v in mat.metadata.items()}
+
+
+def test_materializes_with_accounting_check_passing(run):
+    _, _, result, _ = run
+    assert result.success
+    [check] = result.get_asset_check_evaluations()
+    assert check.passed and check.metadata["unaccounted"].value == 0
+
+
+def test_every_deliberate_defect_gets_its_reason(run):
+    data, expected, _, _ = run
+    rejected = ds.dataset(data / "rejected", format="parquet").to_table(columns=["source", "reason"]).to_pylist()
+    got = {r["source"]: r["reason"] for r in rejected}
+    assert {s: got.get(s) for s in expected} == expected
+
+
+def test_real_records_are_kept_across_modalities(run):
+    data, _, _, _ = run
+    kept = ds.dataset(data / "cleaned_corpus", format="parquet").to_table().to_pylist()
+    by_id = {r["id"]: r for r in kept}
+    assert "python-license" in by_id and "zen-of-python" in by_id and "zh/0" in by_id
+    assert all(by_id[f"zh/{i}"]["entropy"] > 0.8 for i in range(6))
+    languages = {r["language"] for r in kept if r["modality"] == "code"}
+    assert languages == {"python", "javascript", "typescript", "tsx", "java", "c", "cpp", "go", "rust"}
+    pairs = [r for r in kept if r["modality"] == "image_text"]
+    assert len(pairs) > 1000 and all(r["clip_score"] >= 0.75 for r in pairs)
+    assert len({(r["modality"], r["id"]) for r in kept}) == len(kept)
+
+
+def test_clip_model_is_labelled_and_measured(run):
+    data, _, result, _ = run
+    meta = _metadata(result, "clip_model")
+    assert "not a pretrained CLIP" in meta["provenance"]
+    assert meta["filter/known_mismatches"] > 100
+    # The filter must find mismatches far better than chance (10% of pairs are mismatched).
+    assert meta["filter/precision"] >= 0.8
+    assert meta["filter/recall"] >= 0.4
+    card = json.loads((data / "clip_model" / "kiln_clip.json").read_text())
+    assert card["provenance"] == meta["provenance"]
+    assert (data / "clip_model" / "model.safetensors").is_file()
+
+
+def test_cleaning_metadata_counts_by_reason(run):
+    _, expected, result, _ = run
+    meta = _metadata(result, "cleaned_corpus")
+    for source, reason in expected.items():
+        modality = {"text": "text", "code": "code", "images": "image_text"}[source.split("/")[1]]
+        assert meta["rejected_by_reason"][modality].get(reason, 0) >= 1, (source, reason)
+    assert "| text |" in meta["counts"] and meta["cached"] == 0
+    assert meta["unrecognized_files"] == []
+
+
+def test_rematerializing_an_unchanged_landing_zone_is_a_no_op(run):
+    data, _, _, materialize = run
+    stamp = (data / "cleaned_corpus" / "batch-0001" / "text.parquet").stat().st_mtime_ns
+    again = materialize()
+    assert again.success
+    assert _metadata(again, "clip_model")["cached"] is True
+    meta = _metadata(again, "cleaned_corpus")
+    assert meta["cleaned"] == [] and meta["cached"] == 6
+    assert (data / "cleaned_corpus" / "batch-0001" / "text.parquet").stat().st_mtime_ns == stamp

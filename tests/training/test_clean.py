@@ -1,0 +1,184 @@
+"""The cleaning runner: accounting, incremental re-runs, cross-batch duplicates, atomic outputs."""
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.dataset as ds
+import pytest
+from PIL import Image
+
+from training.config import CleaningConfig, TextFilterConfig
+from training.data.clean import clean_landing, verify_accounting
+
+PROSE = [
+    "Kilns fire clay at high temperature until it turns hard and dense.",
+    "A curriculum orders training examples from easy to hard and back again.",
+    "Tokenizers split text into units that a language model can embed.",
+    "数据清洗是训练语言模型之前最费时的工作之一，需要耐心和细致。",
+]
+
+
+def _png(color) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write_batch(landing: Path, name: str, texts: list[str], ready: bool = True, code: dict | None = None) -> Path:
+    b = landing / name
+    (b / "text").mkdir(parents=True)
+    lines = [json.dumps({"text": t}) for t in texts] + ["{broken json"]
+    (b / "text" / "a.jsonl").write_text("\n".join(lines) + "\n")
+    for rel, src in (code or {"ok.py": "x = 1\n", "bad.py": "def f(:\n"}).items():
+        (b / "code" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (b / "code" / rel).write_text(src)
+    (b / "images").mkdir()
+    (b / "images" / "red.png").write_bytes(_png((255, 0, 0)))
+    (b / "images" / "blue.png").write_bytes(_png((0, 0, 255)))
+    (b / "images" / "captions.jsonl").write_text(
+        json.dumps({"image": "red.png", "caption": "a red square"}) + "\n"
+        + json.dumps({"image": "blue.png", "caption": "a red square"}) + "\n"
+    )
+    if ready:
+        (b / "_SUCCESS").touch()
+    return b
+
+
+def redness(images, captions):
+    """A transparent test scorer: CLIPScore 2.5 when an image is red and the caption says red."""
+    return np.array([2.5 * (np.asarray(i)[..., 0].mean() > 128) * ("red" in c) for i, c in zip(images, captions)])
+
+
+def clean(landing: Path, out: Path, cfg: CleaningConfig = CleaningConfig(), scorer=lambda: redness, fp="test-scorer"):
+    return clean_landing(landing, out / "kept", out / "rejected", cfg, fp, scorer)
+
+
+def rows(path: Path) -> list[dict]:
+    return ds.dataset(path, format="parquet").to_table().to_pylist() if path.exists() else []
+
+
+def sources(path: Path) -> dict[str, str | None]:
+    return {r["source"]: r.get("reason") for r in rows(path)}
+
+
+def test_every_record_is_kept_or_rejected_once(tmp_path):
+    landing = tmp_path / "landing"
+    write_batch(landing, "b1", PROSE + ["buy now " * 30, "", PROSE[0]])
+    clean(landing, tmp_path)
+    kept, rejected = rows(tmp_path / "kept"), rows(tmp_path / "rejected")
+    assert {r["source"] for r in kept}.isdisjoint({r["source"] for r in rejected} - {"b1/images/red.png"})
+    assert sources(tmp_path / "rejected") == {
+        "b1/text/a.jsonl:5": "entropy_low",
+        "b1/text/a.jsonl:6": "text_empty",
+        "b1/text/a.jsonl:7": "duplicate",
+        "b1/text/a.jsonl:8": "json_malformed",
+        "b1/code/bad.py": "tree_sitter_error",
+        "b1/images/blue.png": "clip_low",
+    }
+    assert {r["modality"] for r in kept} == {"text", "code", "image_text"}
+    pair = next(r for r in kept if r["modality"] == "image_text")
+    assert pair["source"] == "b1/images/red.png" and pair["text"] == "a red square" and pair["clip_score"] == 2.5
+    assert next(r for r in kept if r["modality"] == "code")["language"] == "python"
+    assert all(r["detail"] for r in rejected)
+    accounting = verify_accounting(landing, tmp_path / "kept", tmp_path / "rejected", CleaningConfig())
+    assert [(a.batch, a.modality, a.records_in, a.kept + a.rejected) for a in accounting] == [
+        ("b1", "text", 8, 8),
+        ("b1", "code", 2, 2),
+        ("b1", "image_text", 2, 2),
+    ]
+    assert all(a.ok for a in accounting)
+
+
+def test_accounting_check_detects_a_lost_record(tmp_path):
+    landing = tmp_path / "landing"
+    write_batch(landing, "b1", PROSE)
+    clean(landing, tmp_path)
+    # A record lands after cleaning without the batch being re-cleaned: the check must notice.
+    with open(landing / "b1" / "text" / "a.jsonl", "a") as f:
+        f.write(json.dumps({"text": "a late record that nobody cleaned, sneaking in"}) + "\n")
+    bad = [a for a in verify_accounting(landing, tmp_path / "kept", tmp_path / "rejected", CleaningConfig()) if not a.ok]
+    assert [(a.batch, a.modality, a.records_in, a.kept + a.rejected) for a in bad] == [("b1", "text", 6, 5)]
+
+
+def test_batches_without_success_marker_are_not_read(tmp_path):
+    landing = tmp_path / "landing"
+    write_batch(landing, "b1", PROSE)
+    write_batch(landing, "b2", PROSE[:1], ready=False)
+    report = clean(landing, tmp_path)
+    assert {r.batch for r in report.results} == {"b1"}
+    assert not (tmp_path / "kept" / "b2").exists()
+
+
+def test_rerun_is_incremental(tmp_path):
+    landing = tmp_path / "landing"
+    write_batch(landing, "b1", PROSE[:2])
+    first = clean(landing, tmp_path)
+    assert not any(r.cached for r in first.results)
+    stamp = (tmp_path / "kept" / "b1" / "text.parquet").stat().st_mtime_ns
+
+    def no_scorer():
+        raise AssertionError("cached batches must not load the CLIP")
+
+    again = clean(landing, tmp_path, scorer=no_scorer)
+    assert all(r.cached for r in again.results)
+    assert (tmp_path / "kept" / "b1" / "text.parquet").stat().st_mtime_ns == stamp
+
+    # A new batch: only it is cleaned, and its duplicate of b1 is judged against b1's kept records.
+    write_batch(landing, "b2", [PROSE[0], PROSE[3]])
+    third = clean(landing, tmp_path)
+    assert {(r.batch, r.cached) for r in third.results} == {("b1", True), ("b2", False)}
+    dup = [r for r in rows(tmp_path / "rejected" / "b2") if r["reason"] == "duplicate"]
+    assert [(d["source"], d["detail"]) for d in dup] == [
+        ("b2/code/ok.py", "first seen at b1/code/ok.py"),
+        ("b2/text/a.jsonl:1", "first seen at b1/text/a.jsonl:1"),
+    ]
+
+    # A changed batch is cleaned again, and so are the batches after it (their duplicates may change).
+    (landing / "b1" / "code" / "ok.py").write_text("y = 2\n")
+    fourth = clean(landing, tmp_path)
+    assert {(r.batch, r.modality) for r in fourth.results if not r.cached} == {("b1", "code"), ("b2", "code")}
+
+    # A changed filter config cleans that modality again.
+    fifth = clean(landing, tmp_path, CleaningConfig(text=TextFilterConfig(min_words=3)))
+    assert {(r.batch, r.modality) for r in fifth.results if not r.cached} == {("b1", "text"), ("b2", "text")}
+
+    # A different CLIP re-scores the pairs only.
+    sixth = clean(landing, tmp_path, CleaningConfig(text=TextFilterConfig(min_words=3)), fp="another-clip")
+    assert {(r.batch, r.modality) for r in sixth.results if not r.cached} == {("b1", "image_text"), ("b2", "image_text")}
+
+
+def test_removed_batch_outputs_are_dropped(tmp_path):
+    landing = tmp_path / "landing"
+    write_batch(landing, "b1", PROSE)
+    write_batch(landing, "b2", PROSE[:1])
+    clean(landing, tmp_path)
+    (landing / "b2" / "_SUCCESS").unlink()
+    report = clean(landing, tmp_path)
+    assert report.removed_batches == ["b2"]
+    assert not (tmp_path / "kept" / "b2").exists() and not (tmp_path / "rejected" / "b2").exists()
+
+
+def test_failure_leaves_no_partial_output(tmp_path):
+    landing = tmp_path / "landing"
+    write_batch(landing, "b1", PROSE)
+    clean(landing, tmp_path)
+    before = sources(tmp_path / "kept")
+    (landing / "b1" / "images" / "captions.jsonl").write_text(json.dumps({"image": "red.png", "caption": "red"}) + "\n")
+
+    def broken(images, captions):
+        raise RuntimeError("GPU fell off the bus")
+
+    with pytest.raises(RuntimeError, match="GPU fell off"):
+        clean(landing, tmp_path, scorer=lambda: broken)
+    assert sources(tmp_path / "kept") == before
+    leftovers = [p for p in tmp_path.rglob("*") if ".tmp-" in p.name]
+    assert leftovers == []
+
+
+def test_pairs_without_a_clip_model_fail_clearly(tmp_path):
+    landing = tmp_path / "landing"
+    write_batch(landing, "b1", PROSE)
+    with pytest.raises(ValueError, match="CLIP model"):
+        clean_landing(landing, tmp_path / "kept", tmp_path / "rejected", CleaningConfig())
