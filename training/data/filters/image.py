@@ -1,0 +1,80 @@
+"""Image-caption filters: decode defensively, then score the pair with CLIP.
+
+`ImageDecode` reads the header first and rejects a declared size above the bound before a single
+pixel is decoded (decompression bombs), then decodes fully so truncated files are caught here, not
+in the model. `ClipScore` computes CLIPScore = 2.5 * max(cos(image, caption), 0) in batches.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from training.data.filters.base import Filter, Verdict
+from training.data.records import Record, Reject
+
+# Pixels kept after decoding: CLIP inputs are at most 448 px, so larger images are reduced on load
+# (JPEG draft mode decodes at a fraction of the size), which bounds memory per chunk.
+MAX_SIDE = 512
+
+
+class ImageDecode(Filter):
+    name = "image_decode"
+
+    def __init__(self, max_bytes: int, max_pixels: int):
+        self.max_bytes, self.max_pixels = max_bytes, max_pixels
+
+    def check(self, record: Record) -> Verdict:
+        path = record.image_path
+        assert path is not None
+        size = path.stat().st_size
+        if size == 0:
+            return Reject("image_empty", "0 bytes")
+        if size > self.max_bytes:
+            return Reject("file_too_large", f"{size} bytes > {self.max_bytes}")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(path) as img:
+                    w, h = img.size
+                    if w * h > self.max_pixels:
+                        return Reject("image_too_large", f"declared {w}x{h} > {self.max_pixels} pixels")
+                    img.draft("RGB", (MAX_SIDE, MAX_SIDE))
+                    img.load()
+                    rgb = img.convert("RGB")
+        except Image.DecompressionBombError as e:
+            return Reject("image_too_large", str(e))
+        except UnidentifiedImageError as e:
+            return Reject("image_unreadable", str(e))
+        except (OSError, SyntaxError, ValueError, EOFError) as e:
+            msg = str(e)
+            truncated = isinstance(e, EOFError) or "truncated" in msg.lower()
+            return Reject("image_truncated" if truncated else "image_unreadable", msg[:300])
+        rgb.thumbnail((MAX_SIDE, MAX_SIDE))
+        record.image = rgb
+        return None
+
+
+class ClipScore(Filter):
+    """Batched CLIPScore; `score(images, captions)` is any function returning CLIPScores
+    (`training.clip.ClipScorer.score`), so the filter does not care where the model runs."""
+
+    name = "clip"
+
+    def __init__(self, score: Callable[[list[Image.Image], list[str]], np.ndarray], threshold: float, batch_size: int):
+        self.score, self.threshold, self.batch_size = score, threshold, batch_size
+
+    def __call__(self, records: Sequence[Record]) -> list[Verdict]:
+        verdicts: list[Verdict] = []
+        for i in range(0, len(records), self.batch_size):
+            chunk = records[i : i + self.batch_size]
+            scores = self.score([r.image for r in chunk], [r.text or "" for r in chunk])
+            for rec, s in zip(chunk, scores):
+                rec.clip_score = float(s)
+                rec.image = None  # decoded pixels are not needed past this point
+                ok = rec.clip_score >= self.threshold
+                verdicts.append(None if ok else Reject("clip_low", f"CLIPScore {rec.clip_score:.3f} < {self.threshold}"))
+        return verdicts

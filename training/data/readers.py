@@ -1,0 +1,254 @@
+"""Readers turn a batch's files into records. Every line, row or file becomes exactly one record;
+what cannot be decoded becomes a record that is already rejected, with its reason. Nothing raises
+on bad input and nothing is skipped, except blank JSONL lines, which hold no record.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from training.config import CodeFilterConfig, ImageFilterConfig, TextFilterConfig
+from training.data.landing import CAPTIONS_FILE, IMAGE_EXTENSIONS, MODALITY_DIRS, Batch, source_of
+from training.data.records import Record, Reject
+
+# Extension -> Tree-sitter grammar. `.h` is parsed as C: C++ headers belong in .hpp/.hh.
+CODE_LANGUAGES = {
+    ".py": "python",
+    ".pyi": "python",
+    ".js": "javascript",
+    ".mjs": "javascript",
+    ".cjs": "javascript",
+    ".jsx": "javascript",
+    ".ts": "typescript",
+    ".mts": "typescript",
+    ".cts": "typescript",
+    ".tsx": "tsx",
+    ".java": "java",
+    ".c": "c",
+    ".h": "c",
+    ".cc": "cpp",
+    ".cpp": "cpp",
+    ".cxx": "cpp",
+    ".hh": "cpp",
+    ".hpp": "cpp",
+    ".hxx": "cpp",
+    ".go": "go",
+    ".rs": "rust",
+}
+
+
+def read_lines(path: Path, limit: int) -> Iterator[tuple[int, bytes | None]]:
+    """(1-based line number, raw line) for each non-blank line; None for a line longer than
+    `limit` bytes (newline included), which is skipped over in chunks rather than held in memory."""
+    with open(path, "rb") as f:
+        number = 0
+        while True:
+            line = f.readline(limit + 1)
+            if not line:
+                return
+            number += 1
+            if len(line) > limit:
+                while not line.endswith(b"\n") and (line := f.readline(1 << 20)):
+                    pass
+                yield number, None
+            elif line.strip():
+                yield number, line
+
+
+def _utf8(raw: bytes) -> tuple[str | None, Reject | None]:
+    try:
+        return raw.decode("utf-8"), None
+    except UnicodeDecodeError as e:
+        return None, Reject("utf8_invalid", f"byte {e.start}: {e.reason}")
+
+
+def _encodable(s: str) -> bool:
+    """JSON escapes can smuggle lone surrogates into a str; they cannot be written as UTF-8."""
+    try:
+        s.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def _record_id(obj: dict[str, Any], default: str) -> tuple[str, Reject | None]:
+    raw = obj.get("id")
+    if raw is None:
+        return default, None
+    if isinstance(raw, bool) or not isinstance(raw, (str, int)) or raw == "" or not _encodable(str(raw)):
+        return default, Reject("id_invalid", f"id must be a non-empty string or integer, got {type(raw).__name__}")
+    return str(raw), None
+
+
+def _text_record(obj: Any, source: str, max_bytes: int) -> Record:
+    rec = Record(id=source, modality="text", source=source)
+    if not isinstance(obj, dict):
+        rec.reject = Reject("json_malformed", f"expected an object, got {type(obj).__name__}")
+        return rec
+    rec.id, rec.reject = _record_id(obj, source)
+    text = obj.get("text")
+    if rec.reject:
+        pass
+    elif text is None:
+        rec.reject = Reject("text_missing", "no 'text' field" if "text" not in obj else "'text' is null")
+    elif isinstance(text, bytes):
+        text, rec.reject = _utf8(text)
+    elif not isinstance(text, str):
+        rec.reject = Reject("text_not_string", f"'text' is {type(text).__name__}")
+    if isinstance(text, str) and not rec.reject:
+        if not _encodable(text):
+            rec.reject = Reject("utf8_invalid", "lone surrogate in 'text'")
+        elif len(text) > max_bytes:
+            rec.reject = Reject("record_too_large", f"{len(text)} characters > {max_bytes}")
+        else:
+            rec.text = text
+    return rec
+
+
+def _read_jsonl(batch: Batch, path: Path, cfg: TextFilterConfig) -> Iterator[Record]:
+    for number, raw in read_lines(path, cfg.max_record_bytes):
+        source = source_of(batch, path, number)
+        if raw is None:
+            yield Record(source, "text", source, reject=Reject("record_too_large", f"line > {cfg.max_record_bytes} bytes"))
+            continue
+        line, bad = _utf8(raw)
+        if bad:
+            yield Record(source, "text", source, text=raw.decode("utf-8", "replace"), reject=bad)
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError as e:
+            yield Record(source, "text", source, text=line.rstrip("\n"), reject=Reject("json_malformed", str(e)))
+            continue
+        yield _text_record(obj, source, cfg.max_record_bytes)
+
+
+def _read_parquet(batch: Batch, path: Path, cfg: TextFilterConfig) -> Iterator[Record]:
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as e:
+        src = source_of(batch, path)
+        yield Record(src, "text", src, reject=Reject("file_unreadable", str(e)[:500]))
+        return
+    names = set(pf.schema_arrow.names)
+    columns = [c for c in ("text", "id") if c in names]
+    row = 0
+    for group in range(pf.num_row_groups):
+        n = pf.metadata.row_group(group).num_rows
+        try:
+            rows = pf.read_row_group(group, columns=columns).to_pylist() if columns else [{}] * n
+        except Exception as e:
+            for i in range(n):
+                src = source_of(batch, path, row + i + 1)
+                yield Record(src, "text", src, reject=Reject("file_unreadable", f"row group {group}: {str(e)[:300]}"))
+        else:
+            for i, obj in enumerate(rows):
+                yield _text_record(obj, source_of(batch, path, row + i + 1), cfg.max_record_bytes)
+        row += n
+
+
+def read_text(batch: Batch, cfg: TextFilterConfig) -> Iterator[Record]:
+    for path in batch.files("text"):
+        suffix = path.suffix.lower()
+        if suffix == ".jsonl":
+            yield from _read_jsonl(batch, path, cfg)
+        elif suffix == ".parquet":
+            yield from _read_parquet(batch, path, cfg)
+        else:
+            src = source_of(batch, path)
+            yield Record(src, "text", src, reject=Reject("unsupported_extension", f"'{suffix}' in text/"))
+
+
+def read_code(batch: Batch, cfg: CodeFilterConfig) -> Iterator[Record]:
+    for path in batch.files("code"):
+        src = source_of(batch, path)
+        rec = Record(src, "code", src, language=CODE_LANGUAGES.get(path.suffix.lower()))
+        size = path.stat().st_size
+        if rec.language is None:
+            rec.reject = Reject("unsupported_extension", f"'{path.suffix or path.name}' has no grammar")
+        elif size > cfg.max_file_bytes:
+            rec.reject = Reject("file_too_large", f"{size} bytes > {cfg.max_file_bytes}")
+        elif size == 0:
+            rec.reject = Reject("file_empty", "0 bytes")
+        else:
+            data = path.read_bytes()
+            if b"\0" in data[: cfg.binary_sniff_bytes]:
+                rec.reject = Reject("binary_file", f"NUL byte in the first {cfg.binary_sniff_bytes} bytes")
+            else:
+                try:
+                    rec.text = data.decode("utf-8-sig")
+                except UnicodeDecodeError as e:
+                    rec.reject = Reject("undecodable", f"not UTF-8 at byte {e.start}")
+                else:
+                    if not rec.text.strip():
+                        rec.reject = Reject("file_empty", "whitespace only")
+        yield rec
+
+
+def read_image_pairs(batch: Batch, cfg: ImageFilterConfig) -> Iterator[Record]:
+    """One record per captions.jsonl line (source: the image's path), then one per file in images/
+    that no caption line names. Images are not opened here: `ImageDecode` does that in chunks."""
+    images_dir = batch.path / MODALITY_DIRS["image_text"]
+    captions = images_dir / CAPTIONS_FILE
+    named: set[str] = set()
+    if captions.is_file():
+        for number, raw in read_lines(captions, cfg.max_caption_bytes):
+            line_src = source_of(batch, captions, number)
+            if raw is None:
+                yield Record(line_src, "image_text", line_src, reject=Reject("record_too_large", f"line > {cfg.max_caption_bytes} bytes"))
+                continue
+            try:
+                obj = json.loads(raw)
+            except UnicodeDecodeError as e:
+                yield Record(line_src, "image_text", line_src, reject=Reject("utf8_invalid", str(e)))
+                continue
+            except ValueError as e:
+                yield Record(line_src, "image_text", line_src, reject=Reject("json_malformed", str(e)))
+                continue
+            if not isinstance(obj, dict) or not isinstance(obj.get("image"), str):
+                yield Record(line_src, "image_text", line_src, reject=Reject("json_malformed", "expected {\"image\": str, \"caption\": str}"))
+                continue
+            named.add(obj["image"])
+            yield _pair_record(batch, images_dir, obj, line_src)
+    for path in batch.files("image_text"):
+        if path == captions:
+            continue
+        src = source_of(batch, path)
+        if path.suffix.lower() not in IMAGE_EXTENSIONS:
+            yield Record(src, "image_text", src, reject=Reject("unsupported_extension", f"'{path.suffix or path.name}' in images/"))
+        elif path.relative_to(images_dir).as_posix() not in named:
+            yield Record(src, "image_text", src, image_path=path, reject=Reject("caption_missing", f"no line of {CAPTIONS_FILE} names it"))
+
+
+def _pair_record(batch: Batch, images_dir: Path, obj: dict[str, Any], line_src: str) -> Record:
+    name = obj["image"]
+    path = images_dir / name
+    inside = images_dir.resolve() in path.resolve().parents
+    source = source_of(batch, path) if inside else f"{batch.name}/images/{name}"
+    rec = Record(line_src, "image_text", source, image_path=path)
+    rec.id, rec.reject = _record_id(obj, line_src)
+    caption = obj.get("caption")
+    match = obj.get("match")
+    rec.expected_match = match if isinstance(match, bool) else None
+    if rec.reject:
+        return rec
+    if not _encodable(name):
+        rec.reject = Reject("utf8_invalid", "lone surrogate in 'image'")
+        rec.source = f"{batch.name}/images/{name.encode('utf-8', 'replace').decode()}"
+    elif not inside or not path.is_file():
+        rec.reject = Reject("image_missing", "outside the batch's images/" if not inside else "no such file")
+    elif not isinstance(caption, str):
+        rec.reject = Reject("caption_invalid", "'caption' missing" if caption is None else f"'caption' is {type(caption).__name__}")
+    elif not _encodable(caption):
+        rec.reject = Reject("utf8_invalid", "lone surrogate in 'caption'")
+    elif not caption.strip():
+        rec.text = caption
+        rec.reject = Reject("caption_empty", "empty or whitespace-only caption")
+    else:
+        rec.text = caption
+    return rec

@@ -1,0 +1,92 @@
+"""The record every cleaning step passes along, and the Parquet files kept and rejected records go to.
+
+One schema for all modalities keeps the later stages uniform: `text` holds the document, the source
+file or the caption, so difficulty scoring and tokenization read one column whatever the modality.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+MODALITIES = ("text", "code", "image_text")
+
+
+class Reject(NamedTuple):
+    reason: str
+    """Machine-readable, e.g. `entropy_low`; the metadata counts by it."""
+    detail: str = ""
+    """For people: the value against the bound, the parser's message."""
+
+
+@dataclass
+class Record:
+    id: str
+    modality: str
+    source: str
+    """Path inside the landing zone, starting with the batch: `batch-7/text/a.jsonl:12`."""
+    text: str | None = None
+    language: str | None = None
+    entropy: float | None = None
+    clip_score: float | None = None
+    reject: Reject | None = None
+    # Image pairs only; never written out.
+    image_path: Path | None = field(default=None, repr=False)
+    image: Any = field(default=None, repr=False)
+    expected_match: bool | None = None
+    """Ground truth from an optional `"match"` field in captions.jsonl, used to measure the CLIP filter."""
+
+    @property
+    def batch(self) -> str:
+        return self.source.split("/", 1)[0]
+
+
+KEPT_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("batch", pa.string()),
+        ("modality", pa.string()),
+        ("source", pa.string()),
+        ("text", pa.large_string()),
+        ("language", pa.string()),
+        ("entropy", pa.float32()),
+        ("clip_score", pa.float32()),
+    ]
+)
+REJECTED_SCHEMA = KEPT_SCHEMA.append(pa.field("reason", pa.string())).append(pa.field("detail", pa.string()))
+
+
+class RecordWriter:
+    """Streams records into one Parquet file, a row group per `write` call."""
+
+    def __init__(self, path: Path, rejected: bool):
+        self.schema = REJECTED_SCHEMA if rejected else KEPT_SCHEMA
+        self.rejected = rejected
+        self.rows = 0
+        self._writer = pq.ParquetWriter(path, self.schema, compression="zstd")
+
+    def write(self, records: list[Record]) -> None:
+        if not records:
+            return
+        cols: dict[str, list[Any]] = {
+            "id": [r.id for r in records],
+            "batch": [r.batch for r in records],
+            "modality": [r.modality for r in records],
+            "source": [r.source for r in records],
+            "text": [r.text for r in records],
+            "language": [r.language for r in records],
+            "entropy": [r.entropy for r in records],
+            "clip_score": [r.clip_score for r in records],
+        }
+        if self.rejected:
+            cols["reason"] = [r.reject.reason for r in records]  # type: ignore[union-attr]
+            cols["detail"] = [r.reject.detail for r in records]  # type: ignore[union-attr]
+        self._writer.write_table(pa.table(cols, schema=self.schema))
+        self.rows += len(records)
+
+    def close(self) -> None:
+        self._writer.close()
