@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import dagster as dg
 
-from assets import cleaning
+from assets import cleaning, curriculum, difficulty, tokenizer
 from pipelines.resources import Kiln
 
+MODULES = [cleaning, difficulty, tokenizer, curriculum]
+
 defs = dg.Definitions(
-    assets=dg.load_assets_from_modules([cleaning]),
-    asset_checks=dg.load_asset_checks_from_modules([cleaning]),
+    assets=dg.load_assets_from_modules(MODULES),
+    asset_checks=dg.load_asset_checks_from_modules(MODULES),
     resources={"kiln": Kiln.from_env()},
 )

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from training.config import CleaningConfig, ClipTrainConfig, ImageFilterConfig, KilnConfig
+from training.config import CleaningConfig, ClipTrainConfig, DifficultyConfig, ImageFilterConfig, KilnConfig, TokenizerConfig
 
 
 def tiny() -> KilnConfig:
     """CPU, small: the whole lifecycle on 2 cores in minutes (the demo and the tests)."""
-    return KilnConfig(name="tiny")
+    return KilnConfig(
+        name="tiny",
+        # Short spans keep BERTScore on 2 cores to about a minute for the default corpus.
+        difficulty=DifficultyConfig(span_words=24),
+        # A 3 MB corpus supports a few thousand merges, not the documents' 65,536.
+        tokenizer=TokenizerConfig(vocab_size=4096),
+    )
 
 
 def gpu_124m() -> KilnConfig:

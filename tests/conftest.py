@@ -18,3 +18,27 @@ def default_landing(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dic
     landing = tmp_path_factory.mktemp("landing")
     expected = write_default_landing(landing)
     return landing, expected
+
+
+@pytest.fixture(scope="session")
+def cleaned(default_landing, tmp_path_factory):
+    """The cleaning assets materialized once on the default landing zone with the real CLIP:
+    (data dir, expected defects, the first result, a function materializing a selection again)."""
+    import dagster as dg
+
+    from pipelines.definitions import MODULES
+    from pipelines.resources import Kiln
+
+    landing, expected = default_landing
+    data = tmp_path_factory.mktemp("data")
+    kiln = Kiln(data_dir=str(data), landing_dir=str(landing))
+    assets = dg.load_assets_from_modules(MODULES)
+    checks = dg.load_asset_checks_from_modules(MODULES)
+
+    def materialize(selection: str = "clip_model cleaned_corpus") -> dg.ExecuteInProcessResult:
+        keys = selection.split()
+        return dg.materialize(
+            [*assets, *checks], selection=dg.AssetSelection.assets(*keys), resources={"kiln": kiln}
+        )
+
+    return data, expected, materialize(), materialize

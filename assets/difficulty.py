@@ -1,0 +1,60 @@
+"""Difficulty scores: BERTScore of each record's continuation against its prediction, in 5 levels."""
+
+from pathlib import Path
+
+import dagster as dg
+import pyarrow.parquet as pq
+
+from assets.cleaning import cleaned_corpus
+from assets.metadata import md_table
+from pipelines.resources import Kiln
+from training.data.difficulty import SCORES_FILE, Persistence, ReleasedModel, score_difficulty
+
+
+def latest_release(kiln: Kiln) -> Path | None:
+    pointer = kiln.path("releases") / "LATEST"
+    if pointer.is_file() and (release := kiln.path("releases") / pointer.read_text().strip()).is_dir():
+        return release
+    return None
+
+
+@dg.asset(
+    group_name="data",
+    deps=[cleaned_corpus],
+    kinds={"pytorch", "parquet"},
+    tags={"kiln/gpu": "true"},
+    description="BERTScore difficulty in [0, 1] and its level (1-5) for every kept record, and the "
+    "held-out split. Prediction from the latest release's model, or persistence before the first release.",
+)
+def difficulty_scores(context: dg.AssetExecutionContext, kiln: Kiln) -> dg.MaterializeResult:
+    cfg = kiln.config.difficulty
+    release = latest_release(kiln)
+    predictor = ReleasedModel(str(release)) if release else Persistence()
+    stats = score_difficulty(kiln.path("cleaned_corpus"), kiln.path("difficulty_scores"), cfg, predictor)
+    context.log.info(f"difficulty: {stats['records']} records at {stats['records_per_second']} records/s")
+    width = len(cfg.level_edges) + 1
+    return dg.MaterializeResult(
+        metadata={
+            "levels": md_table(
+                ["modality"] + [f"level {k}" for k in range(1, width + 1)],
+                [[m] + [h[k] for k in range(1, width + 1)] for m, h in stats["histogram"].items()],
+            ),
+            "levels_populated": stats["levels_populated"],
+            "records": stats["records"],
+            "heldout": stats["heldout"],
+            "mean_difficulty": stats["mean_difficulty"],
+            "encoder": stats["encoder"],
+            "layer": stats["layer"],
+            "predictor": stats["predictor"],
+            "device": stats["device"],
+            "records_per_second": stats["records_per_second"],
+            "path": dg.MetadataValue.path(kiln.path("difficulty_scores") / SCORES_FILE),
+        }
+    )
+
+
+@dg.asset_check(asset=difficulty_scores, description="At least 3 of the 5 levels hold records.")
+def levels_populated(kiln: Kiln) -> dg.AssetCheckResult:
+    levels = pq.read_table(kiln.path("difficulty_scores") / SCORES_FILE, columns=["level"])["level"]
+    populated = sorted(set(levels.to_pylist()))
+    return dg.AssetCheckResult(passed=len(populated) >= 3, metadata={"levels": populated})

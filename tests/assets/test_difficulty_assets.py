@@ -1,0 +1,59 @@
+"""difficulty_scores, tokenizer and curriculum on the cleaned embedded default."""
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+from transformers import AutoTokenizer
+
+
+@pytest.fixture(scope="module")
+def downstream(cleaned):
+    data, _, _, materialize = cleaned
+    result = materialize("difficulty_scores tokenizer curriculum")
+    return data, result
+
+
+def _meta(result, key):
+    [mat] = result.asset_materializations_for_node(key)
+    return {k: v.value for k, v in mat.metadata.items()}
+
+
+def test_materializes_with_checks_passing(downstream):
+    _, result = downstream
+    assert result.success
+    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks == {"levels_populated": True, "tokenizer_round_trip": True}
+
+
+def test_every_kept_record_has_a_difficulty_and_level(downstream):
+    data, result = downstream
+    scores = pq.read_table(data / "difficulty_scores" / "scores.parquet").to_pylist()
+    kept = sum(pq.read_metadata(p).num_rows for p in (data / "cleaned_corpus").glob("*/*.parquet"))
+    assert len(scores) == kept
+    assert all(0.0 <= s["difficulty"] <= 1.0 and 1 <= s["level"] <= 5 for s in scores)
+    meta = _meta(result, "difficulty_scores")
+    assert meta["levels_populated"] >= 3 and "minilm" in meta["encoder"].lower()
+    assert "persistence" in meta["predictor"]  # no release yet
+    assert set(json.loads(json.dumps(list(meta)))) >= {"levels", "records_per_second", "device"}
+
+
+def test_curriculum_is_the_pendulum_without_heldout_records(downstream):
+    data, result = downstream
+    summary = json.loads((data / "curriculum" / "curriculum.json").read_text())
+    assert summary["schedule"] == [1, 2, 3, 4, 5, 4, 3, 2, 1]
+    heldout = {(r["modality"], r["id"]) for r in pq.read_table(data / "curriculum" / "heldout.parquet").to_pylist()}
+    assert heldout
+    for stage in summary["stages"]:
+        rows = pq.read_table(data / "curriculum" / f"stage_{stage['stage']:02d}.parquet").to_pylist()
+        assert len(rows) == stage["records"] and stage["tokens"] > 0
+        assert heldout.isdisjoint((r["modality"], r["id"]) for r in rows)
+
+
+def test_tokenizer_loads_and_reports_bytes_per_token(downstream):
+    data, result = downstream
+    tok = AutoTokenizer.from_pretrained(data / "tokenizer")
+    assert len(tok) == 4096
+    meta = _meta(result, "tokenizer")
+    assert meta["vocab_size"] == 4096
+    assert all(meta[f"bytes_per_token/{m}"] > 1.5 for m in ("text", "code", "image_text"))

@@ -1,0 +1,82 @@
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from transformers import AutoTokenizer
+
+from training.config import CurriculumConfig, TokenizerConfig
+from training.data.curriculum import build_curriculum, stage_file
+from training.tokenizer import round_trip_failures, train_tokenizer
+
+
+@pytest.fixture
+def scored(tmp_path: Path) -> tuple[Path, Path]:
+    n = 200
+    ids = [f"r{i}" for i in range(n)]
+    scores = pa.table(
+        {
+            "id": ids,
+            "modality": ["text"] * n,
+            "split": ["heldout" if i % 10 == 0 else "train" for i in range(n)],
+            "level": pa.array([1 + i % 5 for i in range(n)], pa.int8()),
+        }
+    )
+    pq.write_table(scores, tmp_path / "scores.parquet")
+    (tmp_path / "corpus" / "b1").mkdir(parents=True)
+    pq.write_table(pa.table({"id": ids, "modality": ["text"] * n, "text": [f"record {i} " * 3 for i in range(n)]}), tmp_path / "corpus" / "b1" / "text.parquet")
+    return tmp_path / "scores.parquet", tmp_path / "corpus"
+
+
+def _build(scored, out: Path, cfg: CurriculumConfig) -> dict:
+    return build_curriculum(scored[0], scored[1], out, cfg, lambda texts: sum(len(t.split()) for t in texts))
+
+
+def test_pendulum_stages_sample_levels_up_to_k(scored, tmp_path):
+    summary = _build(scored, tmp_path / "cur", CurriculumConfig())
+    assert [s["level"] for s in summary["stages"]] == [1, 2, 3, 4, 5, 4, 3, 2, 1]
+    # 40 records per level; every tenth record is held out, all of them level 1.
+    assert [s["records"] for s in summary["stages"]] == [20, 60, 100, 140, 180, 140, 100, 60, 20]
+    assert all(s["tokens"] == 6 * s["records"] for s in summary["stages"])  # "record i " * 3 is 6 words
+    for s in summary["stages"]:
+        stage = pq.read_table(tmp_path / "cur" / stage_file(s["stage"]))
+        assert max(stage["level"].to_pylist()) <= s["level"]
+
+
+def test_custom_schedule_and_determinism(scored, tmp_path):
+    a = _build(scored, tmp_path / "a", CurriculumConfig(schedule=(2, 5), seed=7))
+    b = _build(scored, tmp_path / "b", CurriculumConfig(schedule=(2, 5), seed=7))
+    c = _build(scored, tmp_path / "c", CurriculumConfig(schedule=(2, 5), seed=8))
+    assert [s["level"] for s in a["stages"]] == [2, 5]
+    order = lambda d, i: pq.read_table(tmp_path / d / stage_file(i))["id"].to_pylist()  # noqa: E731
+    assert order("a", 1) == order("b", 1) and order("a", 2) == order("b", 2)
+    assert order("a", 2) != order("c", 2) and sorted(order("a", 2)) == sorted(order("c", 2))
+
+
+def test_heldout_records_are_never_in_a_stage(scored, tmp_path):
+    summary = _build(scored, tmp_path / "cur", CurriculumConfig())
+    heldout = set(pq.read_table(tmp_path / "cur" / "heldout.parquet")["id"].to_pylist())
+    assert len(heldout) == summary["heldout_records"] == 20
+    for s in summary["stages"]:
+        assert heldout.isdisjoint(pq.read_table(tmp_path / "cur" / stage_file(s["stage"]))["id"].to_pylist())
+
+
+def test_empty_schedule_is_an_error(scored, tmp_path):
+    with pytest.raises(ValueError, match="empty"):
+        _build(scored, tmp_path / "cur", CurriculumConfig(schedule=()))
+
+
+def test_tokenizer_round_trip_and_loading(tmp_path):
+    corpus = [
+        "def area(r):\n    return 3.14159 * r * r\n",
+        "数据清洗是训练语言模型之前最费时的工作之一。",
+        "Kilns fire clay at high temperature until it turns hard.",
+    ] * 30
+    train_tokenizer(corpus, TokenizerConfig(vocab_size=400), tmp_path / "tok")
+    assert sorted(p.name for p in (tmp_path / "tok").iterdir()) == ["tokenizer.json", "tokenizer_config.json"]
+    tok = AutoTokenizer.from_pretrained(tmp_path / "tok")
+    assert tok.bos_token and tok.eos_token and tok.pad_token and tok.unk_token
+    held = [("zh", "分词器决定了模型看到的基本单位。"), ("code", "fn main() {\n\tprintln!(\"hi\");\n}\n"), ("emoji", " 🎉 x\n")]
+    assert list(round_trip_failures(tok, held)) == []
+    ids = tok("hello")["input_ids"]
+    assert ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id
