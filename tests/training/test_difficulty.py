@@ -59,3 +59,53 @@ def test_heldout_split_is_deterministic_and_near_its_share():
     assert first == [is_heldout("text", i, 0.05) for i in ids]
     assert 0.04 < sum(first) / len(ids) < 0.06
     assert not any(is_heldout("text", i, 0.0) for i in ids[:100])
+
+
+def _corpus(tmp_path, texts):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "corpus" / "b1").mkdir(parents=True)
+    n = len(texts)
+    pq.write_table(
+        pa.table({"id": [f"r{i}" for i in range(n)], "modality": ["text"] * n, "batch": ["b1"] * n,
+                  "source": [f"b1/text/a.jsonl:{i + 1}" for i in range(n)], "text": texts}),
+        tmp_path / "corpus" / "b1" / "text.parquet",
+    )
+    return tmp_path / "corpus"
+
+
+def test_persistence_rates_self_similar_records_easier_than_shifting_ones(tmp_path):
+    import pyarrow.parquet as pq
+
+    from training.data.difficulty import Persistence, score_difficulty
+
+    texts = [
+        "the red kiln fires the red clay and the red kiln fires the red clay again and again today",
+        "the red kiln fires the clay at dawn; meanwhile quarterly tax filings confuse every accountant in town",
+        "word",
+    ]
+    stats = score_difficulty(_corpus(tmp_path, texts), tmp_path / "out", DifficultyConfig(span_words=8), Persistence())
+    rows = pq.read_table(tmp_path / "out" / "scores.parquet").to_pylist()
+    assert [r["id"] for r in rows] == ["r0", "r1", "r2"]
+    assert rows[0]["difficulty"] < rows[1]["difficulty"]
+    assert rows[2]["difficulty"] == 0.0 and rows[2]["level"] == 1  # one word: nothing to predict
+    assert stats["records"] == 3 and stats["scored"] == 2 and "persistence" in stats["predictor"]
+
+
+def test_released_model_predictor_generates_continuations(tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from training.config import TokenizerConfig
+    from training.data.difficulty import ReleasedModel
+    from training.tokenizer import train_tokenizer
+
+    tok = train_tokenizer(["kilns fire clay at high temperature"] * 20, TokenizerConfig(vocab_size=300), tmp_path / "rel")
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    LlamaForCausalLM(cfg).save_pretrained(tmp_path / "rel")
+    predictor = ReleasedModel(str(tmp_path / "rel"), max_new_tokens=5, batch_size=2)
+    out = predictor.predict(["kilns fire", "clay at high", "temperature"])
+    assert len(out) == 3 and all(isinstance(o, str) for o in out)
+    assert str(tmp_path / "rel") in predictor.name

@@ -33,7 +33,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from training.config import DifficultyConfig
-from training.data.filters.text import _WORD
+from training.data.filters.text import WORD
 from training.fsutil import atomic_path
 
 SCORES_FILE = "scores.parquet"
@@ -54,7 +54,7 @@ def is_heldout(modality: str, record_id: str, share: float) -> bool:
 
 def split_record(text: str, span_words: int) -> tuple[str, str]:
     """(beginning, continuation): the first 2·span_words words, cut at the middle word."""
-    spans = [m.span() for m, _ in zip(_WORD.finditer(text), range(2 * span_words))]
+    spans = [m.span() for m, _ in zip(WORD.finditer(text), range(2 * span_words))]
     if len(spans) < 2:
         return text, ""
     cut = spans[len(spans) // 2][0]

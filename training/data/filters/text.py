@@ -29,13 +29,13 @@ from training.data.records import Record, Reject
 
 # Scripts written without spaces count one word per character.
 _UNSPACED = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
-_WORD = re.compile(rf"[{_UNSPACED}]|[^\W{_UNSPACED}]+")
+WORD = re.compile(rf"[{_UNSPACED}]|[^\W{_UNSPACED}]+")
 _SPACE = re.compile(r"\s+")
 _SYMBOL_RUN = re.compile(r"([^\w\s])\1+")
 
 
 def count_words(text: str) -> int:
-    return sum(1 for _ in _WORD.finditer(text))
+    return sum(1 for _ in WORD.finditer(text))
 
 
 def ngram_entropy(text: str, n: int = 8, window: int = 1024) -> float:
