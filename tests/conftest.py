@@ -26,19 +26,17 @@ def cleaned(default_landing, tmp_path_factory):
     (data dir, expected defects, the first result, a function materializing a selection again)."""
     import dagster as dg
 
-    from pipelines.definitions import MODULES
+    from pipelines.definitions import build_definitions
     from pipelines.resources import Kiln
 
     landing, expected = default_landing
     data = tmp_path_factory.mktemp("data")
-    kiln = Kiln(data_dir=str(data), landing_dir=str(landing))
-    assets = dg.load_assets_from_modules(MODULES)
-    checks = dg.load_asset_checks_from_modules(MODULES)
+    defs = build_definitions(Kiln(data_dir=str(data), landing_dir=str(landing)))
 
     def materialize(selection: str = "clip_model cleaned_corpus") -> dg.ExecuteInProcessResult:
         keys = selection.split()
         return dg.materialize(
-            [*assets, *checks], selection=dg.AssetSelection.assets(*keys), resources={"kiln": kiln}
+            [*defs.assets, *defs.asset_checks], selection=dg.AssetSelection.assets(*keys), resources=defs.resources
         )
 
     return data, expected, materialize(), materialize

@@ -139,6 +139,86 @@ class TokenizerConfig:
 
 
 @dataclass(frozen=True)
+class ModelConfig:
+    """A Llama-architecture causal LM (`transformers.LlamaForCausalLM`); the vocabulary comes from the
+    trained tokenizer, everything else from here."""
+
+    hidden_size: int = 768
+    layers: int = 12
+    heads: int = 12
+    kv_heads: int | None = None
+    """Grouped-query attention: fewer key/value heads than query heads; None means one per query head."""
+    intermediate_size: int | None = None
+    """SwiGLU width; None: 8/3 of hidden rounded up to a multiple of 64, the width Llama uses."""
+    max_seq_len: int = 1024
+    """Context length the model is trained and evaluated at (the length of a packed sequence)."""
+    rope_theta: float = 10_000.0
+    tie_embeddings: bool = False
+    """Llama keeps the input and output embeddings separate; tying saves vocab x hidden parameters."""
+    initializer_range: float = 0.02
+    attention: str = "sdpa"
+    """`transformers` attention implementation: torch's scaled_dot_product_attention (flash on GPU)."""
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """One source of truth for the pretraining stages; the DeepSpeed JSON is generated from it
+    (`training/deepspeed_config.py`). Per-stage tuples are indexed by stage, the last value repeating."""
+
+    learning_rate: float = 6e-4
+    """Peak learning rate at a global batch of 256 sequences; a stage with global batch B uses
+    learning_rate * sqrt(B / 256) (the source documents' square-root scaling)."""
+    min_lr_ratio: float = 0.1
+    """Cosine decay ends at this share of the peak rather than zero, so late stages still learn."""
+    warmup_fraction: float = 0.05
+    """Linear warmup over this share of all stages' steps (the source documents' 5%)."""
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    """AdamW betas of GPT-3/Llama pretraining: a short second-moment memory tolerates loss spikes."""
+    grad_clip: float = 1.0
+    label_smoothing: float = 0.0
+    """Cross-entropy label smoothing; 0 trains the plain likelihood that perplexity measures."""
+    global_batch: tuple[int, ...] = (32, 64, 128)
+    """Sequences per optimizer step, by stage: the documents' progressive batch size (small batches
+    while the loss falls fast, larger ones for lower-noise gradients later)."""
+    micro_batch: int = 8
+    """Sequences per rank per forward pass; global_batch / (micro_batch x ranks) is accumulated."""
+    max_steps_per_stage: int | None = None
+    """Caps each stage's optimizer steps (a stage is otherwise one pass over its records)."""
+    epochs_per_stage: float = 1.0
+    """Passes over a stage's records; a stage always takes at least one step."""
+    frozen_layers: tuple[tuple[int, ...], ...] = ((),)
+    """Decoder layers whose parameters are frozen, by stage (the documents' layer-freezing schedule);
+    the default freezes nothing."""
+    activation_checkpointing: bool = False
+    """Recompute each decoder layer's activations in the backward pass: less memory, ~30% more compute."""
+    zero_stage: int = 1
+    """ZeRO 0-3. One GPU or CPU ranks gain nothing from partitioning parameters; stage 1 shards the
+    optimizer state across ranks at no communication cost over plain data parallelism."""
+    offload_optimizer: bool = False
+    """ZeRO-Offload: optimizer state and step on the CPU (stage >= 1), for models whose Adam state
+    does not fit in GPU memory."""
+    offload_params: bool = False
+    """Parameters on the CPU between uses (stage 3 only)."""
+    precision: str = "auto"
+    """"bf16", "fp16" (dynamic loss scaling) or "fp32"; "auto": bf16 on a GPU, fp32 on the CPU."""
+    ranks: int | None = None
+    """Processes per node; None: one per GPU, or `cpu_ranks` without a GPU."""
+    cpu_ranks: int = 2
+    """Ranks without a GPU: a real multi-rank run over gloo even on a laptop."""
+    checkpoint_every: int = 50
+    """Optimizer steps between DeepSpeed checkpoints; the last step of a stage always saves."""
+    keep_checkpoints: int = 2
+    """Checkpoints kept per stage while it trains; a finished stage keeps only its last, which the
+    next stage starts from."""
+    log_every: int = 1
+    """Steps between metric lines streamed to the Dagster run (and metrics.jsonl)."""
+    seed: int = 0
+    init_from: str | None = None
+    """A Hugging Face model directory stage 1 starts from (continued pretraining); None: random init."""
+
+
+@dataclass(frozen=True)
 class KilnConfig:
     """Everything one preset decides, stage by stage."""
 
@@ -148,3 +228,5 @@ class KilnConfig:
     difficulty: DifficultyConfig = field(default_factory=DifficultyConfig)
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)

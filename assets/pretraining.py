@@ -1,0 +1,117 @@
+"""Pretraining: one asset per curriculum stage, each a DeepSpeed run in its own process group launched
+through Dagster Pipes, then `base_model`, the final weights with the tokenizer in Hugging Face format."""
+
+import base64
+import json
+from pathlib import Path
+
+import dagster as dg
+import torch
+
+from assets.curriculum import curriculum
+from assets.tokenizer import tokenizer
+from pipelines.resources import Kiln
+from training.fsutil import write_json
+from training.launch import launch_command, launch_env, world_size
+from training.package import assemble_model
+from training.stages import StageSpec, completed, read_summary, stage_specs
+
+
+def specs(kiln: Kiln) -> list[StageSpec]:
+    cfg = kiln.config
+    plan = json.loads((kiln.path("curriculum") / "curriculum.json").read_text())
+    return stage_specs(Path(kiln.data_dir), plan, cfg.model, cfg.training, world_size(cfg.training, torch.cuda.device_count()))
+
+
+def stage_metadata(summary: dict, out: Path, cached: bool) -> dict:
+    png = out / "loss.png"
+    picture = base64.b64encode(png.read_bytes()).decode() if png.is_file() else None
+    return {
+        "loss_curve": dg.MetadataValue.md(f"![loss curve](data:image/png;base64,{picture})" if picture else "no steps"),
+        "loss_curve_path": dg.MetadataValue.path(png),
+        "final_loss": summary["final_loss"],
+        "steps": summary["steps"],
+        "global_steps": f"{summary['global_steps'][0]}-{summary['global_steps'][1]} of {summary['total_steps']}",
+        "tokens": summary["tokens"],
+        "tokens_per_s": summary["tokens_per_s"],
+        "mfu": summary["mfu"] if summary["mfu"] is not None else "n/a (no GPU)",
+        "train_seconds": summary["train_seconds"],
+        "wall_seconds": summary["wall_seconds"],
+        "resumed_from_step": summary["resumed_from_step"],
+        "initialised_from": summary["initialised_from"],
+        "batch": f"{summary['global_batch']} sequences = {summary['micro_batch']} x {summary['ranks']} ranks x {summary['grad_accum']} accumulated",
+        "peak_learning_rate": summary["peak_learning_rate"],
+        "frozen_layers": str(summary["frozen_layers"]),
+        "parameters": summary["parameters"],
+        "device": f"{summary['device']} x {summary['ranks']} ({summary['precision']}, ZeRO {summary['zero_stage']})",
+        "cached": cached,
+        "path": dg.MetadataValue.path(out),
+    }
+
+
+def pretrain_stage(stage: int) -> dg.AssetsDefinition:
+    deps = [curriculum, tokenizer] + ([f"pretrain_stage_{stage - 1}"] if stage > 1 else [])
+
+    @dg.asset(
+        name=f"pretrain_stage_{stage}",
+        group_name="model",
+        deps=deps,
+        kinds={"deepspeed", "pytorch"},
+        tags={"kiln/gpu": "true"},
+        description=f"Curriculum stage {stage}: DeepSpeed pretraining of the Llama model on the stage's records, "
+        "resuming from the previous stage's checkpoint (torchrun through Dagster Pipes).",
+    )
+    def _stage(context: dg.AssetExecutionContext, kiln: Kiln, pipes: dg.PipesSubprocessClient) -> dg.MaterializeResult:
+        spec = specs(kiln)[stage - 1]
+        if summary := completed(spec):
+            context.log.info(f"stage {stage} already trained with these inputs and config; nothing to do")
+            return dg.MaterializeResult(metadata=stage_metadata(summary, Path(spec.out), cached=True))
+        spec_path = Path(spec.checkpoints) / "spec.json"
+        spec_path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(spec_path, json.loads(spec.to_json()))
+        gpus = torch.cuda.device_count()
+        pipes.run(command=launch_command(spec_path, spec.ranks), context=context, env=launch_env(spec.ranks, gpus))
+        return dg.MaterializeResult(metadata=stage_metadata(read_summary(spec.out), Path(spec.out), cached=False))
+
+    return _stage
+
+
+def base_model_asset(stages: int) -> dg.AssetsDefinition:
+    @dg.asset(
+        name="base_model",
+        group_name="model",
+        deps=[f"pretrain_stage_{stages}", tokenizer],
+        kinds={"huggingface", "safetensors"},
+        description="The last stage's weights with the tokenizer, in Hugging Face format.",
+    )
+    def _base_model(kiln: Kiln) -> dg.MaterializeResult:
+        last = kiln.path(f"pretrain_stage_{stages}")
+        files = assemble_model(last / "model", kiln.path("tokenizer"), kiln.path("base_model"))
+        summary = read_summary(last)
+        return dg.MaterializeResult(
+            metadata={
+                "files": files,
+                "parameters": summary["parameters"],
+                "final_loss": summary["final_loss"],
+                "global_steps": summary["global_steps"][1],
+                "path": dg.MetadataValue.path(kiln.path("base_model")),
+            }
+        )
+
+    return _base_model
+
+
+@dg.asset_check(asset="base_model", blocking=True, description="Loads with AutoModelForCausalLM and AutoTokenizer and generates.")
+def base_model_generates(kiln: Kiln) -> dg.AssetCheckResult:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = kiln.path("base_model")
+    tok, model = AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path)
+    ids = tok("def main():", return_tensors="pt")
+    out = model.generate(**ids, max_new_tokens=8, do_sample=False)
+    new = out.shape[1] - ids["input_ids"].shape[1]
+    return dg.AssetCheckResult(passed=new > 0, metadata={"new_tokens": new, "sample": tok.decode(out[0])})
+
+
+def pretraining_assets(stages: int) -> list[dg.AssetsDefinition]:
+    return [pretrain_stage(k) for k in range(1, stages + 1)] + [base_model_asset(stages)]

@@ -1,0 +1,263 @@
+"""The trainer as the pipeline runs it: torchrun, 2 CPU ranks over gloo, DeepSpeed's CPU accelerator.
+
+Every test launches real multi-rank runs of a small Llama on prose from the standard library's pydoc
+topics, in its own data directory laid out as the pipeline lays it out.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from training.config import ModelConfig, TokenizerConfig, TrainingConfig
+from training.launch import launch_command, launch_env
+from training.model import build_model, count_parameters, llama_config
+from training.stages import StageSpec, completed, pack_records, read_summary, stage_specs
+from training.tokenizer import train_tokenizer
+from training.train import causal_lm_loss
+
+MODEL = ModelConfig(hidden_size=64, layers=2, heads=4, kv_heads=2, intermediate_size=128, max_seq_len=64)
+TRAINING = TrainingConfig(learning_rate=4e-3, global_batch=(8,), micro_batch=2, max_steps_per_stage=6, checkpoint_every=2)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> tuple[Path, dict]:
+    """A tokenizer and a two-stage curriculum (pydoc topics), the files a stage reads."""
+    from pydoc_data.topics import topics
+
+    root = tmp_path_factory.mktemp("corpus")
+    texts = [t for t in topics.values() if len(t) > 200]
+    tok = train_tokenizer(texts, TokenizerConfig(vocab_size=512), root / "tokenizer")
+    (root / "curriculum").mkdir()
+    stages = []
+    for stage, chunk in ((1, texts[:60]), (2, texts[60:180])):
+        path = root / "curriculum" / f"stage_{stage:02d}.parquet"
+        pq.write_table(pa.table({"text": chunk}), path)
+        tokens = sum(len(ids) for ids in tok(chunk, add_special_tokens=True)["input_ids"])
+        stages.append({"stage": stage, "level": stage, "tokens": tokens})
+    return root, {"stages": stages}
+
+
+def _specs(corpus, data: Path, model=MODEL, training=TRAINING) -> list[StageSpec]:
+    root, plan = corpus
+    for name in ("tokenizer", "curriculum"):
+        if not (data / name).exists():
+            data.mkdir(parents=True, exist_ok=True)
+            (data / name).symlink_to(root / name)
+    specs = stage_specs(data, plan, model, training, ranks=2)
+    for spec in specs:
+        Path(spec.checkpoints).mkdir(parents=True, exist_ok=True)
+        (Path(spec.checkpoints) / "spec.json").write_text(spec.to_json())
+    return specs
+
+
+def _launch(spec: StageSpec, **popen) -> subprocess.Popen:
+    env = {**os.environ, **launch_env(spec.ranks, gpus=0)}
+    return subprocess.Popen(
+        launch_command(Path(spec.checkpoints) / "spec.json", spec.ranks), env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen,
+    )
+
+
+def _train(spec: StageSpec) -> dict:
+    proc = _launch(spec)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-4000:]
+    return read_summary(spec.out)
+
+
+def _processes_running(spec: StageSpec) -> list[int]:
+    """Pids whose command line names the spec (ranks run in their own sessions under torchrun)."""
+    needle = str(Path(spec.checkpoints) / "spec.json").encode()
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if needle in cmdline.read_bytes():
+                pids.append(int(cmdline.parent.name))
+        except OSError:
+            pass
+    return pids
+
+
+def _weights(spec: StageSpec) -> dict[str, torch.Tensor]:
+    return load_file(Path(spec.out) / "model" / "model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def chained(corpus, tmp_path_factory):
+    """Stage 1 then stage 2, with layer 0 frozen in stage 2."""
+    data = tmp_path_factory.mktemp("chained")
+    specs = _specs(corpus, data, training=replace(TRAINING, frozen_layers=((), (0,))))
+    return specs, [_train(s) for s in specs]
+
+
+def test_loss_matches_transformers_and_label_smoothing_raises_it(corpus):
+    root, _ = corpus
+    tok = AutoTokenizer.from_pretrained(root / "tokenizer")
+    torch.manual_seed(0)
+    model = build_model(llama_config(MODEL, tok))
+    ids = torch.randint(0, len(tok), (2, 16))
+    assert causal_lm_loss(model, ids, 0.0).item() == pytest.approx(model(input_ids=ids, labels=ids).loss.item(), rel=1e-5)
+    assert causal_lm_loss(model, ids, 0.1).item() > causal_lm_loss(model, ids, 0.0).item()
+
+
+def test_parameter_count_matches_the_built_model(corpus):
+    tok = AutoTokenizer.from_pretrained(corpus[0] / "tokenizer")
+    for cfg in (MODEL, replace(MODEL, tie_embeddings=True), replace(MODEL, kv_heads=None, intermediate_size=None)):
+        config = llama_config(cfg, tok)
+        assert count_parameters(config) == sum(p.numel() for p in build_model(config).parameters())
+
+
+def test_packing_matches_the_curriculum_token_count(corpus):
+    root, plan = corpus
+    tok = AutoTokenizer.from_pretrained(root / "tokenizer")
+    rows = pack_records(root / "curriculum" / "stage_01.parquet", tok, 64)
+    assert rows.shape == (plan["stages"][0]["tokens"] // 64, 64)
+    assert rows[0, 0] == tok.bos_token_id and (rows == tok.eos_token_id).any()
+
+
+def test_spec_round_trips_through_json(corpus, tmp_path):
+    spec = _specs(corpus, tmp_path)[1]
+    assert StageSpec.from_json(spec.to_json()) == spec
+    assert spec.previous == _specs(corpus, tmp_path)[0].out
+
+
+def test_a_two_rank_stage_trains_and_writes_a_loadable_model(chained, corpus):
+    specs, (first, _) = chained
+    assert first["ranks"] == 2 and first["device"] == "cpu" and first["precision"] == "fp32"
+    assert first["steps"] == 6 and first["resumed_from_step"] == 0 and first["initialised_from"] == "random initialization"
+    assert first["tokens"] == 6 * 8 * 64
+    metrics = [json.loads(line) for line in (Path(specs[0].out) / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4, 5, 6]
+    assert all(np.isfinite(m["loss"]) and m["grad_norm"] > 0 and m["tokens_per_s"] > 0 for m in metrics)
+    assert metrics[-1]["loss"] < metrics[0]["loss"]
+    assert (Path(specs[0].out) / "loss.png").read_bytes().startswith(b"\x89PNG")
+    # The finished stage keeps only its final checkpoint, which the next stage starts from.
+    assert sorted(p.name for p in Path(specs[0].checkpoints).glob("step_*")) == ["step_000006"]
+    model = AutoModelForCausalLM.from_pretrained(Path(specs[0].out) / "model")
+    assert sum(p.numel() for p in model.parameters()) == first["parameters"]
+    assert completed(specs[0]) == first
+
+
+def test_stages_chain_their_checkpoints_and_schedule(chained):
+    specs, (first, second) = chained
+    assert second["initialised_from"] == f"{specs[0].checkpoints}/step_000006"
+    assert second["global_steps"] == [7, specs[1].plan.steps + 6] and second["total_steps"] == specs[1].total_steps
+    # One schedule across stages: warmup over 5% of all steps (at least DeepSpeed's 2), then cosine
+    # decay to 10% of the peak at the last step; each stage's peak is its sqrt-scaled rate.
+    total = specs[1].total_steps
+    warm = max(2, round(0.05 * total))
+
+    def expected(step: int, peak: float) -> float:
+        if step < warm:
+            return peak * step / warm
+        progress = min(1.0, (step - warm + 1) / (total - warm))
+        return peak * (0.1 + 0.9 * (1 + math.cos(math.pi * progress)) / 2)
+
+    for spec in specs:
+        metrics = [json.loads(line) for line in (Path(spec.out) / "metrics.jsonl").read_text().splitlines()]
+        assert [m["global_step"] for m in metrics] == list(range(spec.plan.first_step + 1, spec.plan.first_step + 7))
+        assert [m["lr"] for m in metrics] == pytest.approx([expected(m["global_step"], spec.plan.learning_rate) for m in metrics])
+
+
+def test_frozen_layers_do_not_change_and_the_rest_does(chained):
+    specs, _ = chained
+    before, after = _weights(specs[0]), _weights(specs[1])
+    layer0 = [k for k in before if k.startswith("model.layers.0.")]
+    layer1 = [k for k in before if k.startswith("model.layers.1.")]
+    assert layer0 and all(torch.equal(before[k], after[k]) for k in layer0)
+    assert all(not torch.equal(before[k], after[k]) for k in layer1 if "norm" not in k)
+
+
+def test_a_stage_refuses_a_previous_stage_trained_from_other_inputs(corpus, chained, tmp_path):
+    specs = _specs(corpus, tmp_path, training=replace(TRAINING, learning_rate=1e-3))
+    (tmp_path / "pretrain_stage_1").symlink_to(chained[0][0].out)  # trained with another config
+    proc = _launch(specs[1])
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode != 0 and "materialize the previous stage first" in out
+
+
+def test_resume_after_kill_9_ends_where_an_uninterrupted_run_does(corpus, tmp_path):
+    training = replace(TRAINING, max_steps_per_stage=40, checkpoint_every=3)
+    [reference, _] = _specs(corpus, tmp_path / "reference", training=training)
+    [killed, _] = _specs(corpus, tmp_path / "killed", training=training)
+    assert reference.fingerprint == killed.fingerprint
+    uninterrupted = _train(reference)
+
+    proc = _launch(killed, start_new_session=True)
+    latest = Path(killed.checkpoints) / "latest"
+    deadline = time.monotonic() + 240
+    while not latest.is_file() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    os.killpg(proc.pid, signal.SIGKILL)  # the launcher, mid-stage
+    proc.communicate()
+    time.sleep(0.5)
+    assert not _processes_running(killed), "ranks outlived their launcher"
+    assert read_summary(killed.out) is None, "the stage finished before it could be killed"
+
+    resumed = _train(killed)
+    assert 3 <= resumed["resumed_from_step"] < 40 and resumed["resumed_from_step"] % 3 == 0
+    assert resumed["final_loss"] == pytest.approx(uninterrupted["final_loss"], abs=1e-6)
+    a, b = _weights(reference), _weights(killed)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    steps = [json.loads(line)["step"] for line in (Path(killed.out) / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 41))  # the steps logged before the kill are not repeated
+
+
+def test_nan_loss_stops_the_stage_and_keeps_the_last_good_checkpoint(corpus, tmp_path):
+    root, _ = corpus
+    tok = AutoTokenizer.from_pretrained(root / "tokenizer")
+    rows = pack_records(root / "curriculum" / "stage_01.parquet", tok, MODEL.max_seq_len)
+    batch = TRAINING.global_batch[0]
+    seen = set(np.unique(rows[: 3 * batch]))
+    # A token first seen in step 4: poison its embedding, so steps 1-3 train and step 4 diverges.
+    token = next(t for t in np.unique(rows[3 * batch : 4 * batch]) if t not in seen)
+    torch.manual_seed(0)
+    model = build_model(llama_config(MODEL, tok))
+    with torch.no_grad():
+        model.model.embed_tokens.weight[token] = float("nan")
+    model.save_pretrained(tmp_path / "poisoned")
+    [spec, _] = _specs(
+        corpus, tmp_path / "data", training=replace(TRAINING, checkpoint_every=1, init_from=str(tmp_path / "poisoned"))
+    )
+    proc = _launch(spec)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode != 0
+    assert "NonFiniteLoss" in out and "the loss became nan at stage step 4 (global step 4)" in out
+    assert (Path(spec.checkpoints) / "latest").read_text().strip() == "step_000003"
+    assert read_summary(spec.out) is None  # no half-trained output
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"zero_stage": 0},
+        {"zero_stage": 2, "offload_optimizer": True},
+        {"zero_stage": 3},
+        {"zero_stage": 1, "activation_checkpointing": True},
+    ],
+    ids=["zero0", "zero2-offload", "zero3", "activation-checkpointing"],
+)
+def test_zero_stages_offload_and_checkpointing_train_the_same_model(overrides, chained, corpus, tmp_path):
+    """Data parallelism over 2 ranks is exact: every option reaches stage 1's loss of the ZeRO-1 run."""
+    specs, (first, _) = chained
+    training = replace(TRAINING, **overrides)
+    [spec, _] = _specs(corpus, tmp_path, training=training)
+    summary = _train(spec)
+    assert summary["zero_stage"] == training.zero_stage
+    assert summary["final_loss"] == pytest.approx(first["final_loss"], abs=1e-4)
+    assert AutoModelForCausalLM.from_pretrained(Path(spec.out) / "model") is not None

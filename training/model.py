@@ -1,0 +1,50 @@
+"""The model: `transformers`' Llama built from a `ModelConfig` and the trained tokenizer, and the
+arithmetic about it (parameters, FLOPs per token) that throughput and MFU are reported in."""
+
+from __future__ import annotations
+
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
+
+from training.config import ModelConfig
+
+
+def llama_config(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> LlamaConfig:
+    intermediate = cfg.intermediate_size or -(-cfg.hidden_size * 8 // 3 // 64) * 64
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=intermediate,
+        num_hidden_layers=cfg.layers,
+        num_attention_heads=cfg.heads,
+        num_key_value_heads=cfg.kv_heads or cfg.heads,
+        max_position_embeddings=cfg.max_seq_len,
+        rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
+        tie_word_embeddings=cfg.tie_embeddings,
+        initializer_range=cfg.initializer_range,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        attn_implementation=cfg.attention,
+    )
+
+
+def build_model(config: LlamaConfig) -> LlamaForCausalLM:
+    return LlamaForCausalLM(config)
+
+
+def count_parameters(config: LlamaConfig) -> int:
+    """Parameters of the model `config` describes, without building it."""
+    h, v, layers, inter = config.hidden_size, config.vocab_size, config.num_hidden_layers, config.intermediate_size
+    head = h // config.num_attention_heads
+    attn = h * head * (2 * config.num_attention_heads + 2 * config.num_key_value_heads)
+    per_layer = attn + 3 * h * inter + 2 * h
+    embeddings = v * h * (1 if config.tie_word_embeddings else 2)
+    return embeddings + layers * per_layer + h
+
+
+def flops_per_token(config: LlamaConfig, seq_len: int) -> float:
+    """Training FLOPs per token: 6·N for the weights (forward + backward) plus 12·L·H·Q·T for attention
+    scores and values (the PaLM paper's appendix B), with N excluding the input embedding lookup."""
+    n = count_parameters(config) - config.vocab_size * config.hidden_size * (0 if config.tie_word_embeddings else 1)
+    head = config.hidden_size // config.num_attention_heads
+    return 6 * n + 12 * config.num_hidden_layers * config.num_attention_heads * head * seq_len

@@ -1,0 +1,132 @@
+"""Pretraining stages as plain data: what one stage trains on, where it keeps its state, and what it
+starts from.
+
+A `StageSpec` is everything the trainer (`python -m training.train --spec spec.json`) needs; it is
+written as JSON beside the stage's checkpoints, so a stage can be rerun by hand exactly as the
+pipeline ran it. Its fingerprint hashes the configs, the plan and the contents of the stage's records
+and tokenizer, chained with the previous stage's fingerprint: checkpoints left by a different spec
+are never resumed, and a finished stage whose fingerprint still matches is not trained again.
+
+    $KILN_DATA_DIR/checkpoints/stage_NN/   spec.json, FINGERPRINT, packed.npy, step_NNNNNN/ (DeepSpeed), latest
+    $KILN_DATA_DIR/pretrain_stage_N/       model/ (Hugging Face, safetensors), stage.json, metrics.jsonl, loss.png
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+from transformers import PreTrainedTokenizerBase
+
+from training.config import ModelConfig, TrainingConfig
+from training.data.curriculum import stage_file
+from training.deepspeed_config import StagePlan, plan_stages
+from training.fsutil import atomic_path, fingerprint, sha256_file
+
+STAGE_SUMMARY = "stage.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class StageSpec:
+    stage: int
+    plan: StagePlan
+    total_steps: int
+    """Optimizer steps of all stages together: the length of the one learning-rate schedule."""
+    records: str
+    """The stage's Parquet file from the curriculum (column `text`, in training order)."""
+    tokenizer: str
+    model: ModelConfig
+    training: TrainingConfig
+    ranks: int
+    checkpoints: str
+    out: str
+    previous: str | None
+    """The previous stage's output folder; its final checkpoint is where this stage starts."""
+    previous_fingerprint: str | None
+    fingerprint: str
+
+    @property
+    def seq_len(self) -> int:
+        return self.model.max_seq_len
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> "StageSpec":
+        raw = json.loads(text)
+        return cls(
+            **{
+                **raw,
+                "plan": StagePlan(**_tuples(raw["plan"])),
+                "model": ModelConfig(**raw["model"]),
+                "training": TrainingConfig(**_tuples(raw["training"])),
+            }
+        )
+
+
+def _tuples(d: dict) -> dict:
+    """JSON turns the configs' tuples into lists; turn them back so specs compare and hash equal."""
+
+    def conv(v):
+        return tuple(conv(x) for x in v) if isinstance(v, list) else v
+
+    return {k: conv(v) for k, v in d.items()}
+
+
+def stage_specs(
+    data_dir: Path, curriculum: dict, model: ModelConfig, training: TrainingConfig, ranks: int
+) -> list[StageSpec]:
+    """Specs of every stage of a built curriculum (its `curriculum.json`), chained by fingerprint."""
+    plans = plan_stages([(s["level"], s["tokens"]) for s in curriculum["stages"]], model.max_seq_len, training, ranks)
+    total = sum(p.steps for p in plans)
+    tokenizer_hash = sha256_file(data_dir / "tokenizer" / "tokenizer.json")
+    specs: list[StageSpec] = []
+    for plan in plans:
+        records = data_dir / "curriculum" / stage_file(plan.stage)
+        prev = specs[-1] if specs else None
+        key = fingerprint(model, training, plan, total, ranks, sha256_file(records), tokenizer_hash, prev and prev.fingerprint)
+        specs.append(
+            StageSpec(
+                stage=plan.stage, plan=plan, total_steps=total, records=str(records), tokenizer=str(data_dir / "tokenizer"),
+                model=model, training=training, ranks=ranks,
+                checkpoints=str(data_dir / "checkpoints" / f"stage_{plan.stage:02d}"),
+                out=str(data_dir / f"pretrain_stage_{plan.stage}"),
+                previous=prev.out if prev else None, previous_fingerprint=prev.fingerprint if prev else None,
+                fingerprint=key,
+            )
+        )
+    return specs
+
+
+def read_summary(out: str | Path) -> dict | None:
+    path = Path(out) / STAGE_SUMMARY
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def completed(spec: StageSpec) -> dict | None:
+    """The stage's summary if it already finished with exactly this spec."""
+    summary = read_summary(spec.out)
+    return summary if summary and summary.get("fingerprint") == spec.fingerprint else None
+
+
+def pack_records(records: str | Path, tokenizer: PreTrainedTokenizerBase, seq_len: int, chunk: int = 1024) -> np.ndarray:
+    """The stage's records, each as <|begin_of_text|> ... <|end_of_text|>, concatenated in training
+    order and cut into rows of `seq_len` tokens; the incomplete last row is dropped."""
+    texts = pq.read_table(records, columns=["text"])["text"].to_pylist()
+    parts = [
+        np.fromiter((t for ids in tokenizer(texts[i : i + chunk], add_special_tokens=True)["input_ids"] for t in ids), np.int32)
+        for i in range(0, len(texts), chunk)
+    ]
+    stream = np.concatenate(parts) if parts else np.zeros(0, np.int32)
+    rows = len(stream) // seq_len
+    return stream[: rows * seq_len].reshape(rows, seq_len)
+
+
+def save_array(array: np.ndarray, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, array)

@@ -1,0 +1,358 @@
+"""The trainer: one curriculum stage of DeepSpeed pretraining, one process per rank.
+
+    torchrun --standalone --nproc_per_node=2 -m training.train --spec data/checkpoints/stage_01/spec.json
+
+(add DS_ACCELERATOR=cpu without a GPU). The pipeline launches exactly this through Dagster Pipes; by
+hand, metrics print to stdout instead. A stage
+
+- starts from its own latest checkpoint when an earlier attempt died (resume), else from the previous
+  stage's final checkpoint (chaining), else from random weights or `init_from`;
+- takes `plan.steps` optimizer steps over its packed records in a fixed order (step s always sees the
+  same rows), so a resumed run ends where an uninterrupted one does;
+- saves a DeepSpeed checkpoint every `checkpoint_every` steps and at its last step, keeping the last K;
+- stops at a NaN or infinite loss before the optimizer applies it, keeping the last good checkpoint;
+- writes its output folder atomically: the weights in Hugging Face format, stage.json, metrics.jsonl
+  and loss.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import fcntl
+import json
+import logging
+import math
+import os
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from training.deepspeed_config import deepspeed_config, resolve_precision
+from training.fsutil import atomic_path, remove
+from training.model import build_model, count_parameters, flops_per_token, llama_config
+from training.report import append_metrics, plot_loss, read_metrics, truncate_metrics
+from training.stages import STAGE_SUMMARY, StageSpec, pack_records, read_summary, save_array
+
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "GH200": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12}
+"""Dense bf16 peak per GPU (vendor datasheets), the denominator of MFU."""
+
+Log = Callable[[str], None]
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in sorted(PEAK_BF16_FLOPS.items(), key=lambda kv: -len(kv[0])) if k in name), None)
+
+
+def causal_lm_loss(engine, input_ids: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+    logits = engine(input_ids=input_ids, use_cache=False).logits
+    return F.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(), input_ids[:, 1:].flatten(), label_smoothing=label_smoothing
+    )
+
+
+def _grad_norm(model: torch.nn.Module) -> float:
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])).item()
+
+
+def _tags(ckpt: Path) -> list[Path]:
+    return sorted(p for p in ckpt.glob("step_*") if p.is_dir())
+
+
+def _latest_tag(ckpt: Path) -> str | None:
+    latest = ckpt / "latest"
+    return latest.read_text().strip() if latest.is_file() else None
+
+
+def _prune(ckpt: Path, keep: int) -> None:
+    """Keep the newest `keep` checkpoints, never the one `latest` names; drop any newer than it (a
+    save that died half-way)."""
+    latest = _latest_tag(ckpt)
+    tags = [t for t in _tags(ckpt) if latest is None or t.name <= latest]
+    for t in tags[:-keep] + [t for t in _tags(ckpt) if latest is not None and t.name > latest]:
+        remove(t)
+
+
+def _die_with_parent() -> None:
+    """torchrun starts each rank in its own session, so killing the launcher (kill -9 of a Dagster
+    step included) would leave the ranks training on as orphans. Linux can kill a rank with its parent."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() == 1:  # the parent died before prctl took effect
+            os._exit(1)
+
+
+def _lock(ckpt: Path):
+    """Rank 0 holds an exclusive lock on the stage's checkpoints while it trains; the kernel releases
+    it when the process dies, however it dies."""
+    handle = open(ckpt / ".lock", "w")  # noqa: SIM115 (held for the life of the process)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise RuntimeError(f"{ckpt} is in use by another run of this stage") from None
+    return handle
+
+
+def _prepare_workdir(spec: StageSpec, tokenizer, log: Log) -> None:
+    """Rank 0: discard checkpoints of a different spec, record this one, pack the records once."""
+    ckpt = Path(spec.checkpoints)
+    marker = ckpt / "FINGERPRINT"
+    if marker.is_file() and marker.read_text().strip() != spec.fingerprint:
+        log(f"stage {spec.stage}: inputs or config changed; discarding the checkpoints of the earlier spec")
+        for p in ckpt.iterdir():
+            if p.name not in ("spec.json", ".lock"):
+                remove(p)
+    if not marker.is_file():
+        marker.write_text(spec.fingerprint + "\n")
+    _prune(ckpt, spec.training.keep_checkpoints)
+    if not (ckpt / "packed.npy").is_file():
+        save_array(pack_records(spec.records, tokenizer, spec.seq_len), ckpt / "packed.npy")
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices only: norms (1-D) are not decayed, as in GPT-3 and Llama."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return [
+        {"params": [p for p in trainable if p.ndim >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0},
+    ]
+
+
+def _restore(engine, spec: StageSpec, log: Log) -> tuple[int, int, str]:
+    """(stage step to continue from, tokens already seen in this stage, where the weights came from)."""
+    ckpt = Path(spec.checkpoints)
+    if tag := _latest_tag(ckpt):
+        _, client = engine.load_checkpoint(str(ckpt), tag)
+        log(f"stage {spec.stage}: resuming from its own checkpoint {tag} (stage step {client['stage_step']})")
+        return client["stage_step"], client["tokens"], f"{ckpt}/{tag}"
+    if spec.previous:
+        prev = read_summary(spec.previous)
+        if prev is None or prev.get("fingerprint") != spec.previous_fingerprint:
+            raise RuntimeError(
+                f"stage {spec.stage} starts from stage {spec.stage - 1}, whose output in {spec.previous} is missing "
+                "or was trained from different inputs: materialize the previous stage first"
+            )
+        pdir, ptag = prev["checkpoint"]["dir"], prev["checkpoint"]["tag"]
+        same = tuple(prev["frozen_layers"]) == spec.plan.frozen_layers
+        # The optimizer state only fits when the same parameters train; otherwise the weights carry
+        # over and the optimizer starts afresh (its moments for newly frozen layers are meaningless).
+        _, client = engine.load_checkpoint(pdir, ptag, load_optimizer_states=same, load_module_only=not same)
+        if not same:
+            engine.global_steps = client["global_step"]
+            log(f"stage {spec.stage}: frozen layers changed; optimizer state starts afresh")
+        log(f"stage {spec.stage}: starting from stage {spec.stage - 1}'s checkpoint {ptag}")
+        return 0, 0, f"{pdir}/{ptag}"
+    return 0, 0, spec.training.init_from or "random initialization"
+
+
+def _export(engine, spec: StageSpec, rank: int, summary: dict, metrics: list[dict], log: Log) -> None:
+    """All ranks (ZeRO-3 gathers the partitioned weights); rank 0 writes the output folder atomically."""
+    gather = (
+        __import__("deepspeed").zero.GatheredParameters(list(engine.module.parameters()))
+        if spec.training.zero_stage == 3
+        else contextlib.nullcontext()
+    )
+    with gather:
+        if rank != 0:
+            return
+        out = Path(spec.out)
+        with atomic_path(out) as tmp:
+            tmp.mkdir()
+            engine.module.save_pretrained(tmp / "model", state_dict={k: v.detach().cpu() for k, v in engine.module.state_dict().items()})
+            shutil.copy(Path(spec.checkpoints) / "metrics.jsonl", tmp / "metrics.jsonl")
+            if metrics:
+                plot_loss(metrics, tmp / "loss.png", f"stage {spec.stage} (level {spec.plan.level}): loss by step")
+            (tmp / STAGE_SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+    log(f"stage {spec.stage}: wrote {spec.out}")
+
+
+def train_stage(spec: StageSpec, log: Log = print) -> dict:
+    import deepspeed
+
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    started = time.perf_counter()
+    cuda = torch.cuda.is_available()
+    deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    if world != spec.ranks:
+        raise RuntimeError(f"the spec was planned for {spec.ranks} ranks, but {world} were launched")
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    log = log if rank == 0 else (lambda _msg: None)
+    plan, tcfg = spec.plan, spec.training
+    ckpt = Path(spec.checkpoints)
+
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(spec.tokenizer)
+    if rank == 0:
+        ckpt.mkdir(parents=True, exist_ok=True)
+        lock = _lock(ckpt)  # noqa: F841 (released when the process exits)
+        _prepare_workdir(spec, tokenizer, log)
+    torch.distributed.barrier()
+    data = np.load(ckpt / "packed.npy", mmap_mode="r")
+    if data.shape != (plan.sequences, spec.seq_len):
+        raise RuntimeError(f"stage {spec.stage}: packed {data.shape[0]} sequences, the plan expected {plan.sequences}")
+
+    torch.manual_seed(tcfg.seed)
+    config = llama_config(spec.model, tokenizer)
+    if spec.stage == 1 and tcfg.init_from:
+        model = LlamaForCausalLM.from_pretrained(tcfg.init_from)
+        if model.config.vocab_size != config.vocab_size:
+            raise ValueError(f"init_from has vocabulary {model.config.vocab_size}, the tokenizer {config.vocab_size}")
+    else:
+        model = build_model(config)
+    if tcfg.activation_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    for i in plan.frozen_layers:
+        model.model.layers[i].requires_grad_(False)
+    precision = resolve_precision(tcfg, cuda)
+    ds_config = deepspeed_config(tcfg, plan, spec.total_steps, precision, cuda)
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=_param_groups(model, tcfg.weight_decay), config=ds_config)
+
+    start_step, tokens, initialised_from = _restore(engine, spec, log)
+    # The schedule sits at iteration g before global step g (DeepSpeed advances it after each step),
+    # so step 1 warms up from 1/warmup rather than zero, and this stage's peak applies (its batch may
+    # differ from the checkpoint's).
+    engine.lr_scheduler.step(plan.first_step + start_step + 1)
+    metrics_path = ckpt / "metrics.jsonl"
+    if rank == 0:
+        truncate_metrics(metrics_path, start_step)
+
+    fpt = flops_per_token(config, spec.seq_len)
+    peak = peak_flops(device)
+    tokens_per_step = plan.global_batch * spec.seq_len
+    train_time, trained_tokens = 0.0, 0
+    log(
+        f"stage {spec.stage} (level {plan.level}): steps {start_step + 1}-{plan.steps} of {plan.steps}, "
+        f"global batch {plan.global_batch} x {spec.seq_len} tokens, {world} ranks on {device.type}, {precision}, "
+        f"ZeRO {tcfg.zero_stage}, {count_parameters(config) / 1e6:.2f}M parameters"
+    )
+    for step in range(start_step, plan.steps):
+        t0 = time.perf_counter()
+        losses = []
+        for micro in range(plan.grad_accum):
+            first = step * plan.global_batch + (micro * world + rank) * plan.micro_batch
+            rows = np.arange(first, first + plan.micro_batch) % plan.sequences
+            batch = torch.from_numpy(data[rows].astype(np.int64)).to(device)
+            loss = causal_lm_loss(engine, batch, tcfg.label_smoothing)
+            engine.backward(loss)
+            losses.append(loss.detach().float())
+            if micro < plan.grad_accum - 1:
+                engine.step()  # accumulates; DeepSpeed steps the optimizer only at the boundary
+        mean = torch.stack(losses).mean()
+        torch.distributed.all_reduce(mean)
+        mean = mean.item() / world
+        global_step = plan.first_step + step + 1
+        if not math.isfinite(mean):
+            good = _latest_tag(ckpt)
+            raise NonFiniteLoss(
+                f"stage {spec.stage}: the loss became {mean} at stage step {step + 1} (global step {global_step}); "
+                f"the update was not applied. Last good checkpoint: {ckpt / good if good else 'none in this stage'}"
+            )
+        lr = engine.get_lr()[0]
+        # DeepSpeed reports the gradient norm under ZeRO only; without it, measure the reduced
+        # gradients before the step clips them.
+        own_norm = None if tcfg.zero_stage else _grad_norm(engine.module)
+        engine.step()
+        if cuda:
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        train_time += dt
+        trained_tokens += tokens_per_step
+        tokens += tokens_per_step
+        grad_norm = engine.get_global_grad_norm() if own_norm is None else own_norm
+        row = {
+            "step": step + 1,
+            "global_step": global_step,
+            "loss": round(mean, 6),
+            "lr": lr,
+            "grad_norm": float(grad_norm) if grad_norm is not None else None,
+            "tokens_per_s": round(tokens_per_step / dt, 1),
+        }
+        if rank == 0:
+            append_metrics(metrics_path, row)
+            if (step + 1) % tcfg.log_every == 0 or step + 1 == plan.steps:
+                log(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
+        if (step + 1) % tcfg.checkpoint_every == 0 or step + 1 == plan.steps:
+            tag = f"step_{step + 1:06d}"
+            client = {"stage": spec.stage, "stage_step": step + 1, "global_step": global_step, "tokens": tokens}
+            engine.save_checkpoint(str(ckpt), tag=tag, client_state=client)
+            torch.distributed.barrier()
+            if rank == 0:
+                _prune(ckpt, 1 if step + 1 == plan.steps else tcfg.keep_checkpoints)
+
+    metrics = read_metrics(metrics_path) if rank == 0 else []
+    tokens_per_s = trained_tokens / train_time if train_time else None
+    summary = {
+        "stage": spec.stage,
+        "level": plan.level,
+        "fingerprint": spec.fingerprint,
+        "steps": plan.steps,
+        "global_steps": [plan.first_step + 1, plan.first_step + plan.steps],
+        "total_steps": spec.total_steps,
+        "resumed_from_step": start_step,
+        "initialised_from": initialised_from,
+        "tokens": tokens,
+        "sequences": plan.sequences,
+        "global_batch": plan.global_batch,
+        "micro_batch": plan.micro_batch,
+        "grad_accum": plan.grad_accum,
+        "peak_learning_rate": plan.learning_rate,
+        "frozen_layers": list(plan.frozen_layers),
+        "final_loss": metrics[-1]["loss"] if metrics else None,
+        "parameters": count_parameters(config),
+        "flops_per_token": fpt,
+        "tokens_per_s": round(tokens_per_s, 1) if tokens_per_s else None,
+        "mfu": round(tokens_per_s * fpt / (world * peak), 4) if tokens_per_s and peak else None,
+        "train_seconds": round(train_time, 2),
+        "wall_seconds": round(time.perf_counter() - started, 2),
+        "device": torch.cuda.get_device_name(device) if cuda else "cpu",
+        "ranks": world,
+        "precision": precision,
+        "zero_stage": tcfg.zero_stage,
+        "checkpoint": {"dir": str(ckpt), "tag": f"step_{plan.steps:06d}"},
+    }
+    _export(engine, spec, rank, summary, metrics, log)
+    torch.distributed.barrier()
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--spec", required=True, type=Path, help="a stage spec (spec.json beside the stage's checkpoints)")
+    args = parser.parse_args(argv)
+    _die_with_parent()
+    spec = StageSpec.from_json(args.spec.read_text())
+    if int(os.environ.get("RANK", 0)) == 0 and "DAGSTER_PIPES_CONTEXT" in os.environ:
+        # Launched by the pipeline: rank 0 streams its log lines to the Dagster run, and an exception
+        # reaches the run as the step's error. The numbers go to stage.json, which the asset reports.
+        from dagster_pipes import open_dagster_pipes
+
+        with open_dagster_pipes() as pipes:
+            train_stage(spec, log=pipes.log.info)
+    else:
+        train_stage(spec)
+    torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
