@@ -1,7 +1,5 @@
 """Difficulty scores: BERTScore of each record's continuation against its prediction, in 5 levels."""
 
-from pathlib import Path
-
 import dagster as dg
 import pyarrow.parquet as pq
 
@@ -9,13 +7,7 @@ from assets.cleaning import cleaned_corpus
 from assets.metadata import md_table
 from pipelines.resources import Kiln
 from training.data.difficulty import SCORES_FILE, Persistence, ReleasedModel, score_difficulty
-
-
-def latest_release(kiln: Kiln) -> Path | None:
-    pointer = kiln.path("releases") / "LATEST"
-    if pointer.is_file() and (release := kiln.path("releases") / pointer.read_text().strip()).is_dir():
-        return release
-    return None
+from training.release import latest
 
 
 @dg.asset(
@@ -28,7 +20,7 @@ def latest_release(kiln: Kiln) -> Path | None:
 )
 def difficulty_scores(context: dg.AssetExecutionContext, kiln: Kiln) -> dg.MaterializeResult:
     cfg = kiln.config.difficulty
-    release = latest_release(kiln)
+    release = latest(kiln.path("releases"))
     predictor = ReleasedModel(str(release)) if release else Persistence()
     stats = score_difficulty(kiln.path("cleaned_corpus"), kiln.path("difficulty_scores"), cfg, predictor)
     context.log.info(f"difficulty: {stats['records']} records at {stats['records_per_second']} records/s")

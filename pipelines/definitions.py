@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import dagster as dg
 
-from assets import cleaning, curriculum, difficulty, pretraining, tokenizer
+from assets import cleaning, curriculum, difficulty, evaluation, pretraining, release, tokenizer
 from pipelines.resources import Kiln
 
-MODULES = [cleaning, difficulty, tokenizer, curriculum]
+# Modules whose assets do not depend on the preset; the pretraining stages are built per schedule.
+MODULES = [cleaning, difficulty, tokenizer, curriculum, evaluation, release]
 
 
 def build_definitions(kiln: Kiln) -> dg.Definitions:

@@ -40,3 +40,11 @@ def cleaned(default_landing, tmp_path_factory):
         )
 
     return data, expected, materialize(), materialize
+
+
+@pytest.fixture(scope="session")
+def downstream(cleaned):
+    """difficulty_scores, tokenizer and curriculum materialized once on the cleaned default:
+    (data dir, the result)."""
+    data, _, _, materialize = cleaned
+    return data, materialize("difficulty_scores tokenizer curriculum")

@@ -219,6 +219,21 @@ class TrainingConfig:
 
 
 @dataclass(frozen=True)
+class EvaluationConfig:
+    batch_size: int = 16
+    """Held-out windows (or prompts) per forward pass."""
+    max_new_tokens: int = 48
+    """Greedy tokens per continuation; the continuation is then cut to the true one's word count."""
+    max_records: int | None = None
+    """Caps the held-out records evaluated (None: all); bounds evaluation time on large corpora."""
+    regression_margin: float = 0.05
+    """The release gate: a candidate whose held-out byte perplexity exceeds the previous release's
+    (both measured now, on the same records) by more than this share is not packaged."""
+    quantization_bound: float = 0.02
+    """The int8 model's held-out perplexity may exceed the full model's by at most this share."""
+
+
+@dataclass(frozen=True)
 class KilnConfig:
     """Everything one preset decides, stage by stage."""
 
@@ -230,3 +245,4 @@ class KilnConfig:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)

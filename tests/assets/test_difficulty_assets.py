@@ -3,15 +3,7 @@
 import json
 
 import pyarrow.parquet as pq
-import pytest
 from transformers import AutoTokenizer
-
-
-@pytest.fixture(scope="module")
-def downstream(cleaned):
-    data, _, _, materialize = cleaned
-    result = materialize("difficulty_scores tokenizer curriculum")
-    return data, result
 
 
 def _meta(result, key):

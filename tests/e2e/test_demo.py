@@ -1,11 +1,15 @@
 """`make demo` from the repository root into a fresh KILN_DATA_DIR: the command the README promises."""
 
+import json
 import os
 import subprocess
 from pathlib import Path
 
 import dagster as dg
 import pytest
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from training.release import verify
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -26,10 +30,26 @@ def test_make_demo_materializes_every_asset(tmp_path):
     assert (data / "difficulty_scores" / "scores.parquet").is_file()
     assert (data / "tokenizer" / "tokenizer.json").is_file()
     assert (data / "curriculum" / "stage_09.parquet").is_file()
+    losses = []
+    for stage in range(1, 10):
+        summary = json.loads((data / f"pretrain_stage_{stage}" / "stage.json").read_text())
+        assert summary["ranks"] == 2 and summary["resumed_from_step"] == 0
+        losses.append(summary["final_loss"])
+    assert losses[-1] < losses[0] - 1.0  # nine stages learned something
+    tok = AutoTokenizer.from_pretrained(data / "base_model")
+    model = AutoModelForCausalLM.from_pretrained(data / "base_model")
+    ids = tok("def main():", return_tensors="pt")
+    assert model.generate(**ids, max_new_tokens=4, do_sample=False).shape[1] > ids["input_ids"].shape[1]
+
+    version = (data / "releases" / "LATEST").read_text().strip()
+    assert verify(data / "releases" / version) == []
+    assert (data / "releases" / f"{version}.tar.gz").is_file()
 
     instance = dg.DagsterInstance.from_config(str(data / "dagster_home"))
     try:
-        for key in ("clip_model", "cleaned_corpus", "difficulty_scores", "tokenizer", "curriculum"):
+        keys = ["clip_model", "cleaned_corpus", "difficulty_scores", "tokenizer", "curriculum", "base_model",
+                "evaluation", "quantized_model", "release"]
+        for key in keys + [f"pretrain_stage_{i}" for i in range(1, 10)]:
             assert instance.get_latest_materialization_event(dg.AssetKey(key)) is not None, key
         [run] = instance.get_runs()
         assert run.is_success

@@ -205,6 +205,7 @@ def clean_landing(
             report.results.append(result)
             entry = {k: v for k, v in asdict(result).items() if k not in ("batch", "modality", "cached")}
             manifest.setdefault("modalities", {})[modality] = entry
+            manifest.setdefault("content_sha256", {})[modality] = batch.fingerprint(modality)
             manifest["unrecognized_files"] = [str(p.relative_to(landing)) for p in batch.unrecognized_files()]
             write_json(manifest_path, manifest)
     for batch in batches:
@@ -258,3 +259,22 @@ if __name__ == "__main__":
         lambda: ClipScorer(clip["model"]).score, print,
     )
     print(json.dumps({m: {**v, "reasons": dict(v["reasons"])} for m, v in rep.by_modality().items()}, indent=2))
+
+
+def lineage(corpus_dir: Path) -> list[dict]:
+    """Per batch and modality: the landing files' content hash, kept and rejected counts, reasons."""
+    rows = []
+    for manifest_path in sorted(corpus_dir.glob(f"*/{MANIFEST}")):
+        manifest = json.loads(manifest_path.read_text())
+        for modality, entry in sorted(manifest.get("modalities", {}).items()):
+            rows.append(
+                {
+                    "batch": manifest_path.parent.name,
+                    "modality": modality,
+                    "content_sha256": manifest.get("content_sha256", {}).get(modality),
+                    "kept": entry["kept"],
+                    "rejected": entry["rejected"],
+                    "reasons": entry["reasons"],
+                }
+            )
+    return rows

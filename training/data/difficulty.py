@@ -88,27 +88,14 @@ class ReleasedModel:
 
         self.name = f"release: {path}"
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.model = AutoModelForCausalLM.from_pretrained(path).to(self.device).eval()
         self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
 
     def predict(self, beginnings: list[str]) -> list[str]:
-        import torch
+        from training.generate import greedy_continuations
 
-        out: list[str] = []
-        limit = self.model.config.max_position_embeddings - self.max_new_tokens
-        for i in range(0, len(beginnings), self.batch_size):
-            enc = self.tokenizer(
-                beginnings[i : i + self.batch_size], return_tensors="pt", padding=True, truncation=True, max_length=limit
-            ).to(self.device)
-            with torch.inference_mode():
-                gen = self.model.generate(
-                    **enc, max_new_tokens=self.max_new_tokens, do_sample=False, pad_token_id=self.tokenizer.pad_token_id
-                )
-            out += self.tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-        return out
+        return greedy_continuations(self.model, self.tokenizer, beginnings, self.max_new_tokens, self.batch_size)
 
 
 class BertScore:

@@ -1,0 +1,142 @@
+"""Evaluation of the base model on the held-out split, the regression gate against the previous
+release, and the int8 variant with its own quality bound."""
+
+import json
+import math
+
+import dagster as dg
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from assets.curriculum import curriculum
+from pipelines.resources import Kiln
+from training.clip import pick_device
+from training.evaluate import evaluate, load_heldout, record_nll
+from training.fsutil import write_json
+from training.model_card import evaluation_tables
+from training.quantize import folder_bytes, load_int8, save_model
+from training.release import latest
+
+HELDOUT = "heldout.parquet"
+
+
+def _evaluate(kiln: Kiln, path, device) -> dict:
+    model = AutoModelForCausalLM.from_pretrained(path).to(device)
+    cfg = kiln.config
+    return evaluate(model, AutoTokenizer.from_pretrained(path), kiln.path("curriculum") / HELDOUT, cfg.evaluation, cfg.difficulty.span_words)
+
+
+@dg.asset(
+    group_name="release",
+    deps=["base_model", curriculum],
+    kinds={"pytorch"},
+    tags={"kiln/gpu": "true"},
+    description="Held-out perplexity (overall, per modality, per level), BLEU/chrF of greedy continuations, "
+    "code parse rate; the previous release measured on the same records for the regression gate.",
+)
+def evaluation(context: dg.AssetExecutionContext, kiln: Kiln) -> dg.MaterializeResult:
+    device = pick_device()
+    candidate = _evaluate(kiln, kiln.path("base_model"), device)
+    previous = None
+    if (release := latest(kiln.path("releases"))) is not None:
+        old = _evaluate(kiln, release, device)
+        change = candidate["overall"]["byte_perplexity"] / old["overall"]["byte_perplexity"] - 1
+        previous = {"version": release.name, "evaluation": old, "change": round(change, 6)}
+        context.log.info(f"byte perplexity {change:+.2%} against release {release.name}")
+    write_json(
+        kiln.path("evaluation") / "evaluation.json",
+        {"candidate": candidate, "previous": previous, "device": str(device), "margin": kiln.config.evaluation.regression_margin},
+    )
+    overall = candidate["overall"]
+    return dg.MaterializeResult(
+        metadata={
+            "evaluation": dg.MetadataValue.md(evaluation_tables(candidate)),
+            "perplexity": overall["perplexity"],
+            "byte_perplexity": overall["byte_perplexity"],
+            "bleu": candidate["continuation"]["all"]["bleu"],
+            "chrf": candidate["continuation"]["all"]["chrf"],
+            "code_parseable": candidate["code_parseable"],
+            "previous_release": previous["version"] if previous else "none",
+            "change_vs_previous": f"{previous['change']:+.2%}" if previous else "n/a",
+            "device": str(device),
+            "path": dg.MetadataValue.path(kiln.path("evaluation") / "evaluation.json"),
+        }
+    )
+
+
+@dg.asset_check(
+    asset=evaluation,
+    blocking=True,
+    description="The candidate's held-out byte perplexity is within the margin of the previous release's, "
+    "both measured on the same records; a worse candidate is not packaged.",
+)
+def no_regression(kiln: Kiln) -> dg.AssetCheckResult:
+    result = json.loads((kiln.path("evaluation") / "evaluation.json").read_text())
+    previous, margin = result["previous"], result["margin"]
+    if previous is None:
+        return dg.AssetCheckResult(passed=True, metadata={"previous_release": "none: nothing to regress from"})
+    change = previous["change"]
+    verdict = "worse" if change > 0 else "better"
+    return dg.AssetCheckResult(
+        passed=change <= margin,
+        description=f"byte perplexity {abs(change):.2%} {verdict} than release {previous['version']} (margin {margin:.0%})",
+        metadata={
+            "previous_release": previous["version"],
+            "candidate_byte_perplexity": result["candidate"]["overall"]["byte_perplexity"],
+            "previous_byte_perplexity": previous["evaluation"]["overall"]["byte_perplexity"],
+            "change": round(change, 6),
+            "margin": margin,
+        },
+    )
+
+
+@dg.asset(
+    group_name="release",
+    deps=["base_model", curriculum],
+    kinds={"pytorch", "safetensors"},
+    tags={"kiln/gpu": "true"},
+    description="int8 weight-only quantization of the base model (torchao), with its size, held-out "
+    "perplexity and speed against the full model.",
+)
+def quantized_model(kiln: Kiln) -> dg.MaterializeResult:
+    base, out, device = kiln.path("base_model"), kiln.path("quantized_model"), pick_device()
+    tok = AutoTokenizer.from_pretrained(base)
+    texts = [r["text"] for r in load_heldout(kiln.path("curriculum") / HELDOUT, kiln.config.evaluation.max_records)]
+    batch = kiln.config.evaluation.batch_size
+
+    def measure(model) -> tuple[float, float]:
+        nll, count, tokens_per_s = record_nll(model.to(device).eval(), tok, texts, batch)
+        return math.exp(sum(nll) / sum(count)), tokens_per_s
+
+    full_ppl, full_tps = measure(AutoModelForCausalLM.from_pretrained(base))
+    int8 = load_int8(base)
+    int8_ppl, int8_tps = measure(int8)
+    stats = {
+        "full_perplexity": round(full_ppl, 4),
+        "int8_perplexity": round(int8_ppl, 4),
+        "perplexity_change": round(int8_ppl / full_ppl - 1, 6),
+        "bound": kiln.config.evaluation.quantization_bound,
+        "full_bytes": folder_bytes(base),
+        "full_tokens_per_s": round(full_tps, 1),
+        "int8_tokens_per_s": round(int8_tps, 1),
+        "device": str(device),
+        "method": "torchao Int8WeightOnlyConfig via transformers TorchAoConfig (quantize_ on every linear but the output head)",
+    }
+    save_model(int8.to("cpu"), base, out, {"quantization.json": json.dumps(stats, indent=2) + "\n"})
+    stats["int8_bytes"] = folder_bytes(out)
+    return dg.MaterializeResult(
+        metadata={
+            **{k: v for k, v in stats.items() if k != "method"},
+            "size_ratio": round(stats["int8_bytes"] / stats["full_bytes"], 4),
+            "path": dg.MetadataValue.path(out),
+        }
+    )
+
+
+@dg.asset_check(asset=quantized_model, blocking=True, description="int8 perplexity within the configured bound of the full model's.")
+def quantization_within_bound(kiln: Kiln) -> dg.AssetCheckResult:
+    stats = json.loads((kiln.path("quantized_model") / "quantization.json").read_text())
+    return dg.AssetCheckResult(
+        passed=stats["perplexity_change"] <= stats["bound"],
+        description=f"int8 perplexity {stats['perplexity_change']:+.2%} against the full model (bound {stats['bound']:.0%})",
+        metadata={k: stats[k] for k in ("full_perplexity", "int8_perplexity", "perplexity_change", "bound")},
+    )

@@ -1,0 +1,141 @@
+"""The lifecycle after the tokenizer on the embedded default, with a two-stage curriculum and a small
+model: curriculum, pretraining stages through Dagster Pipes, base_model, evaluation with its regression
+gate, quantized_model and release."""
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from pipelines import presets
+from pipelines.definitions import build_definitions
+from pipelines.resources import Kiln
+from training.config import CurriculumConfig, EvaluationConfig, ModelConfig
+from training.release import verify
+
+
+def quick():
+    """tiny with two stages, a smaller model and a few steps: the assets' wiring, not the learning."""
+    base = presets.tiny()
+    return replace(
+        base,
+        name="quick",
+        curriculum=CurriculumConfig(schedule=(2, 4)),
+        model=ModelConfig(hidden_size=64, layers=2, heads=4, kv_heads=2, intermediate_size=128, max_seq_len=128),
+        training=replace(base.training, max_steps_per_stage=12, learning_rate=1e-2),
+        evaluation=EvaluationConfig(max_records=40, max_new_tokens=16),
+    )
+
+
+@pytest.fixture(scope="module")
+def lifecycle(downstream, tmp_path_factory):
+    source, _ = downstream
+    data = tmp_path_factory.mktemp("lifecycle")
+    for name in ("cleaned_corpus", "difficulty_scores", "tokenizer"):
+        shutil.copytree(source / name, data / name)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(presets.PRESETS, "quick", quick)
+        defs = build_definitions(Kiln(data_dir=str(data), landing_dir=str(source / "landing"), preset="quick"))
+        instance = dg.DagsterInstance.ephemeral()
+
+        def materialize(keys: str) -> dg.ExecuteInProcessResult:
+            return dg.materialize(
+                [*defs.assets, *defs.asset_checks], selection=dg.AssetSelection.assets(*keys.split()),
+                resources=defs.resources, instance=instance, raise_on_error=False,
+            )
+
+        first = materialize("curriculum pretrain_stage_1 pretrain_stage_2 base_model evaluation quantized_model release")
+        yield data, first, materialize, instance
+
+
+def _meta(result, key):
+    [mat] = result.asset_materializations_for_node(key)
+    return {k: v.value for k, v in mat.metadata.items()}
+
+
+def _checks(result):
+    return {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+
+
+def test_one_asset_per_curriculum_stage_then_base_model(downstream):
+    defs = build_definitions(Kiln(data_dir=str(downstream[0]), landing_dir="/nonexistent"))
+    graph = defs.resolve_asset_graph()
+    keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
+    assert {f"pretrain_stage_{i}" for i in range(1, 10)} | {"base_model", "evaluation", "quantized_model", "release"} <= keys
+    parents = {k.to_user_string() for k in graph.get(dg.AssetKey("pretrain_stage_4")).parent_keys}
+    assert parents == {"pretrain_stage_3", "curriculum", "tokenizer"}
+
+
+def test_stages_train_through_pipes_and_report_their_numbers(lifecycle):
+    data, result, _, instance = lifecycle
+    assert result.success, [e.message for e in result.all_events if e.is_failure]
+    first, second = _meta(result, "pretrain_stage_1"), _meta(result, "pretrain_stage_2")
+    assert first["steps"] == 12 and first["resumed_from_step"] == 0 and first["cached"] is False
+    assert first["initialised_from"] == "random initialization"
+    assert second["initialised_from"].endswith("checkpoints/stage_01/step_000012")
+    assert second["global_steps"].startswith("13-")
+    assert first["loss_curve"].startswith("![loss curve](data:image/png;base64,")
+    assert first["tokens_per_s"] > 0 and second["final_loss"] < first["final_loss"] and "cpu x 2" in first["device"]
+    summary = json.loads((data / "pretrain_stage_2" / "stage.json").read_text())
+    assert summary["final_loss"] == second["final_loss"]
+    # The trainer's step lines reached the run's log through Pipes.
+    messages = [e.user_message for e in instance.all_logs(result.run_id)]
+    assert any("step 12 global_step 12 loss" in m for m in messages)
+    assert any("starting from stage 1's checkpoint" in m for m in messages)
+
+
+def test_a_finished_stage_is_not_trained_again(lifecycle):
+    _, _, materialize, _ = lifecycle
+    meta = _meta(materialize("pretrain_stage_1"), "pretrain_stage_1")
+    assert meta["cached"] is True and meta["steps"] == 12
+
+
+def test_evaluation_quantization_and_release(lifecycle):
+    data, result, _, _ = lifecycle
+    checks = _checks(result)
+    assert checks["base_model_generates"] and checks["no_regression"] and checks["quantization_within_bound"]
+    assert checks["release_verifies"]
+    ev = _meta(result, "evaluation")
+    assert ev["previous_release"] == "none" and ev["perplexity"] > 1 and 0 <= ev["bleu"] <= 100
+    assert "| modality: text |" in ev["evaluation"] and "| level " in ev["evaluation"]
+    q = _meta(result, "quantized_model")
+    assert q["int8_bytes"] < q["full_bytes"] and abs(q["perplexity_change"]) <= 0.02
+    version = (data / "releases" / "LATEST").read_text().strip()
+    assert _meta(result, "release")["version"] == version
+    release = data / "releases" / version
+    assert verify(release) == []
+    card = (release / "README.md").read_text()
+    assert "batch-0001" in card and "tree_sitter_error" in card and "2-4" in card and '"zero_stage": 1' in card
+
+
+def _randomize(model_dir: Path) -> None:
+    weights = load_file(model_dir / "model.safetensors")
+    gen = torch.Generator().manual_seed(0)
+    save_file({k: torch.randn(v.shape, generator=gen) * 0.02 if v.ndim == 2 else v for k, v in weights.items()},
+              model_dir / "model.safetensors", metadata={"format": "pt"})
+
+
+def test_the_regression_gate_blocks_a_worse_model_and_passes_one_that_is_not(lifecycle):
+    data, _, materialize, _ = lifecycle
+    releases = data / "releases"
+    first = (releases / "LATEST").read_text().strip()
+    trained = (data / "base_model" / "model.safetensors").read_bytes()
+
+    _randomize(data / "base_model")  # an untrained candidate
+    blocked = materialize("evaluation quantized_model release")
+    gate = next(e for e in blocked.get_asset_check_evaluations() if e.check_name == "no_regression")
+    assert not gate.passed and "worse than release " + first in gate.description
+    assert not blocked.asset_materializations_for_node("release")
+    assert (releases / "LATEST").read_text().strip() == first
+    assert sorted(p.name for p in releases.iterdir() if p.is_dir()) == [first]
+
+    (data / "base_model" / "model.safetensors").write_bytes(trained)  # as good as the release
+    passed = materialize("evaluation quantized_model release")
+    assert _checks(passed)["no_regression"]
+    second = (releases / "LATEST").read_text().strip()
+    assert second > first and verify(releases / second) == []

@@ -1,0 +1,120 @@
+"""Release packaging: manifest, tamper detection, atomic publication, version order, loading, int8."""
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+import training.release as rel
+from training.config import ModelConfig, TokenizerConfig
+from training.evaluate import record_nll
+from training.model import build_model, llama_config
+from training.package import assemble_model
+from training.quantize import folder_bytes, load_int8, save_model
+from training.tokenizer import train_tokenizer
+
+MODEL = ModelConfig(hidden_size=64, layers=2, heads=4, kv_heads=2, intermediate_size=128, max_seq_len=64)
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory) -> tuple[Path, Path, list[str]]:
+    """A small Llama with its tokenizer in Hugging Face format, and its int8 variant."""
+    from pydoc_data.topics import topics
+
+    root = tmp_path_factory.mktemp("model")
+    texts = [t for t in topics.values() if len(t) > 200]
+    tok = train_tokenizer(texts, TokenizerConfig(vocab_size=512), root / "tokenizer")
+    torch.manual_seed(0)
+    build_model(llama_config(MODEL, tok)).save_pretrained(root / "weights")
+    assemble_model(root / "weights", root / "tokenizer", root / "base")
+    save_model(load_int8(root / "base"), root / "base", root / "int8")
+    return root / "base", root / "int8", texts[:20]
+
+
+def _release(releases: Path, model_dirs, version: str) -> Path:
+    base, int8, _ = model_dirs
+    return rel.write_release(releases, version, {"": base, "int8": int8}, {"README.md": "# card\n"})
+
+
+def test_a_release_loads_generates_and_holds_no_pickle(model_dirs, tmp_path):
+    path = _release(tmp_path, model_dirs, "20261122-120000-aaaaaaaa")
+    assert (tmp_path / "LATEST").read_text().strip() == path.name
+    names = {p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()}
+    assert {"config.json", "model.safetensors", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+            "README.md", "manifest.json", "int8/model.safetensors", "int8/config.json"} <= names
+    assert all(Path(n).suffix in (".json", ".safetensors", ".md") for n in names)
+    for variant in (path, path / "int8"):
+        tok, model = AutoTokenizer.from_pretrained(variant), AutoModelForCausalLM.from_pretrained(variant)
+        ids = tok("The ", return_tensors="pt", add_special_tokens=False)
+        assert model.generate(**ids, max_new_tokens=5, do_sample=False).shape[1] == ids["input_ids"].shape[1] + 5
+    tarball = tmp_path / f"{path.name}.tar.gz"
+    digest = (tmp_path / f"{path.name}.tar.gz.sha256").read_text().split()[0]
+    assert rel.hashlib.sha256(tarball.read_bytes()).hexdigest() == digest
+
+
+@pytest.mark.parametrize(
+    ("tamper", "problem"),
+    [
+        (lambda p: (p / "config.json").write_text("{}"), "sha256 mismatch: config.json"),
+        (lambda p: (p / "int8" / "model.safetensors").unlink(), "missing: int8/model.safetensors"),
+        (lambda p: (p / "extra.bin").write_bytes(b"\x80\x04"), "not in the manifest: extra.bin"),
+    ],
+    ids=["changed", "removed", "added"],
+)
+def test_the_manifest_detects_tampering(model_dirs, tmp_path, tamper, problem):
+    path = _release(tmp_path, model_dirs, "20261122-120000-aaaaaaaa")
+    assert rel.verify(path) == []
+    tamper(path)
+    assert rel.verify(path) == [problem]
+
+
+def test_an_interrupted_packaging_leaves_latest_and_the_releases_unchanged(model_dirs, tmp_path, monkeypatch):
+    first = _release(tmp_path, model_dirs, "20261122-120000-aaaaaaaa")
+    copies = []
+
+    def failing_copy(src, dst, **kw):
+        copies.append(src)
+        if len(copies) == 3:
+            raise OSError("disk full")
+        return rel.shutil.copyfile(src, dst)
+
+    monkeypatch.setattr(rel.shutil, "copy2", failing_copy)
+    with pytest.raises(OSError, match="disk full"):
+        _release(tmp_path, model_dirs, "20261122-130000-bbbbbbbb")
+    assert (tmp_path / "LATEST").read_text().strip() == first.name
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == [first.name]
+
+
+def test_a_dead_packagings_leftovers_are_removed_by_the_next(model_dirs, tmp_path):
+    leftover = tmp_path / ".20261122-130000-bbbbbbbb.tmp-1234abcd"
+    leftover.mkdir(parents=True)
+    (leftover / "model.safetensors").write_bytes(b"half")
+    _release(tmp_path, model_dirs, "20261122-140000-cccccccc")
+    assert not leftover.exists()
+
+
+def test_versions_are_unique_and_in_time_order(model_dirs, tmp_path):
+    base = model_dirs[0]
+    early = rel.version_name(base / "model.safetensors", datetime(2026, 11, 22, 9, 5, 1, tzinfo=timezone.utc))
+    late = rel.version_name(base / "model.safetensors", datetime(2026, 11, 22, 10, 0, 0, tzinfo=timezone.utc))
+    assert early.startswith("20261122-090501-") and early < late
+    _release(tmp_path, model_dirs, late)
+    with pytest.raises(FileExistsError):
+        _release(tmp_path, model_dirs, late)
+    with pytest.raises(ValueError, match="does not sort after"):
+        _release(tmp_path, model_dirs, early)
+
+
+def test_int8_is_smaller_and_within_the_perplexity_bound(model_dirs):
+    base, int8, texts = model_dirs
+    assert folder_bytes(int8) < folder_bytes(base)
+    tok = AutoTokenizer.from_pretrained(base)
+    full_nll, count, _ = record_nll(AutoModelForCausalLM.from_pretrained(base), tok, texts, 8)
+    int8_nll, count8, _ = record_nll(AutoModelForCausalLM.from_pretrained(int8), tok, texts, 8)
+    assert count == count8
+    change = torch.tensor(sum(int8_nll) / sum(count)).exp() / torch.tensor(sum(full_nll) / sum(count)).exp() - 1
+    assert abs(change.item()) < 0.02
+    weight = AutoModelForCausalLM.from_pretrained(int8).model.layers[0].mlp.up_proj.weight
+    assert "Int8" in type(weight).__name__
