@@ -9,11 +9,13 @@ import dagster as dg
 import torch
 
 from assets.curriculum import curriculum
+from assets.metadata import md_table
 from assets.tokenizer import tokenizer
 from pipelines.resources import Kiln
 from training.fsutil import write_json
 from training.launch import launch_command, launch_env, world_size
 from training.package import assemble_model
+from training.report import read_metrics
 from training.stages import StageSpec, completed, read_summary, stage_specs
 
 
@@ -25,10 +27,17 @@ def specs(kiln: Kiln) -> list[StageSpec]:
 
 def stage_metadata(summary: dict, out: Path, cached: bool) -> dict:
     png = out / "loss.png"
+    metrics = read_metrics(out / "metrics.jsonl")
+    # Twelve evenly spaced steps, the first and last included.
+    sampled = [metrics[i] for i in sorted({k * (len(metrics) - 1) // 11 for k in range(12)})] if metrics else []
     picture = base64.b64encode(png.read_bytes()).decode() if png.is_file() else None
     return {
         "loss_curve": dg.MetadataValue.md(f"![loss curve](data:image/png;base64,{picture})" if picture else "no steps"),
         "loss_curve_path": dg.MetadataValue.path(png),
+        "metrics": md_table(
+            ["step", "global step", "loss", "learning rate", "grad norm", "tokens/s"],
+            [(m["step"], m["global_step"], m["loss"], f"{m['lr']:.3g}", f"{m['grad_norm']:.3g}", m["tokens_per_s"]) for m in sampled],
+        ),
         "final_loss": summary["final_loss"],
         "steps": summary["steps"],
         "global_steps": f"{summary['global_steps'][0]}-{summary['global_steps'][1]} of {summary['total_steps']}",

@@ -48,3 +48,14 @@ def downstream(cleaned):
     (data dir, the result)."""
     data, _, _, materialize = cleaned
     return data, materialize("difficulty_scores tokenizer curriculum")
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

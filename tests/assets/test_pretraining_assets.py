@@ -80,6 +80,7 @@ def test_stages_train_through_pipes_and_report_their_numbers(lifecycle):
     assert second["initialised_from"].endswith("checkpoints/stage_01/step_000012")
     assert second["global_steps"].startswith("13-")
     assert first["loss_curve"].startswith("![loss curve](data:image/png;base64,")
+    assert first["metrics"].count("\n| ") == 12 and "| 12 | 12 |" in first["metrics"]  # first to last step
     assert first["tokens_per_s"] > 0 and second["final_loss"] < first["final_loss"] and "cpu x 2" in first["device"]
     summary = json.loads((data / "pretrain_stage_2" / "stage.json").read_text())
     assert summary["final_loss"] == second["final_loss"]

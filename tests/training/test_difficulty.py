@@ -42,8 +42,9 @@ def test_level_edges_are_configurable():
 @pytest.mark.parametrize(
     "text, span, beginning, continuation",
     [
-        ("one two three four", 48, "one two ", "three four"),
-        ("a b c d e f g h", 2, "a b ", "c d"),
+        ("one two three four", 48, "one two", " three four"),
+        ("a b c d e f g h", 2, "a b", " c d"),
+        ("line one\n\nline two", 48, "line one", "\n\nline two"),
         ("机器学习很有趣", 2, "机器", "学习"),
         ("def f(x): return x", 48, "def f(", "x): return x"),
         ("single", 48, "single", ""),

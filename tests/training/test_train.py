@@ -52,29 +52,31 @@ def corpus(tmp_path_factory) -> tuple[Path, dict]:
     return root, {"stages": stages}
 
 
-def _specs(corpus, data: Path, model=MODEL, training=TRAINING) -> list[StageSpec]:
+def _specs(corpus, data: Path, model=MODEL, training=TRAINING, ranks=2) -> list[StageSpec]:
     root, plan = corpus
     for name in ("tokenizer", "curriculum"):
         if not (data / name).exists():
             data.mkdir(parents=True, exist_ok=True)
             (data / name).symlink_to(root / name)
-    specs = stage_specs(data, plan, model, training, ranks=2)
+    specs = stage_specs(data, plan, model, training, ranks=ranks)
     for spec in specs:
         Path(spec.checkpoints).mkdir(parents=True, exist_ok=True)
         (Path(spec.checkpoints) / "spec.json").write_text(spec.to_json())
     return specs
 
 
-def _launch(spec: StageSpec, **popen) -> subprocess.Popen:
-    env = {**os.environ, **launch_env(spec.ranks, gpus=0)}
+def _launch(spec: StageSpec, gpu: bool = False, **popen) -> subprocess.Popen:
+    """CPU ranks unless `gpu`: the multi-rank tests run on gloo also on a GPU machine."""
+    gpus = torch.cuda.device_count() if gpu else 0
+    env = {**os.environ, **launch_env(spec.ranks, gpus=gpus), **({} if gpu else {"CUDA_VISIBLE_DEVICES": ""})}
     return subprocess.Popen(
         launch_command(Path(spec.checkpoints) / "spec.json", spec.ranks), env=env,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen,
     )
 
 
-def _train(spec: StageSpec) -> dict:
-    proc = _launch(spec)
+def _train(spec: StageSpec, gpu: bool = False) -> dict:
+    proc = _launch(spec, gpu)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out[-4000:]
     return read_summary(spec.out)
@@ -261,3 +263,12 @@ def test_zero_stages_offload_and_checkpointing_train_the_same_model(overrides, c
     assert summary["zero_stage"] == training.zero_stage
     assert summary["final_loss"] == pytest.approx(first["final_loss"], abs=1e-4)
     assert AutoModelForCausalLM.from_pretrained(Path(spec.out) / "model") is not None
+
+
+@pytest.mark.gpu
+def test_a_gpu_stage_trains_in_bf16_and_reports_mfu(corpus, tmp_path):
+    gpus = torch.cuda.device_count()
+    [spec, _] = _specs(corpus, tmp_path, training=replace(TRAINING, global_batch=(8 * gpus,), micro_batch=4), ranks=gpus)
+    summary = _train(spec, gpu=True)
+    assert summary["precision"] == "bf16" and summary["ranks"] == gpus and summary["device"] != "cpu"
+    assert np.isfinite(summary["final_loss"]) and 0 < summary["mfu"] < 1

@@ -53,11 +53,13 @@ def is_heldout(modality: str, record_id: str, share: float) -> bool:
 
 
 def split_record(text: str, span_words: int) -> tuple[str, str]:
-    """(beginning, continuation): the first 2·span_words words, cut at the middle word."""
+    """(beginning, continuation): the first 2·span_words words, cut at the middle word. Whitespace
+    before the middle word goes with the continuation: a byte-level BPE writes a word's leading space
+    into the word's token, so a prompt ending in a space is one the model never saw in training."""
     spans = [m.span() for m, _ in zip(WORD.finditer(text), range(2 * span_words))]
     if len(spans) < 2:
         return text, ""
-    cut = spans[len(spans) // 2][0]
+    cut = len(text[: spans[len(spans) // 2][0]].rstrip()) or spans[len(spans) // 2][0]
     return text[:cut], text[cut : spans[-1][1]]
 
 
