@@ -4,7 +4,7 @@ import time
 
 import dagster as dg
 
-from assets.metadata import md_table
+from assets.metadata import GPU_STEP, md_table
 from pipelines.resources import Kiln
 from training.clip import ClipScorer, build_clip_model, model_fingerprint
 from training.data.clean import clean_landing, verify_accounting
@@ -13,7 +13,7 @@ from training.data.clean import clean_landing, verify_accounting
 @dg.asset(
     group_name="data",
     kinds={"pytorch"},
-    tags={"kiln/gpu": "true"},
+    **GPU_STEP,
     description="The CLIP model scoring image-caption pairs. Unless a pretrained CLIP is configured, a "
     "small CLIP trained by kiln on the landing zone's own pairs (no pretrained weights offline).",
 )
@@ -42,7 +42,7 @@ def clip_model(context: dg.AssetExecutionContext, kiln: Kiln) -> dg.MaterializeR
     group_name="data",
     deps=[clip_model],
     kinds={"parquet"},
-    tags={"kiln/gpu": "true"},
+    **GPU_STEP,
     description="Every record of every ready landing batch, kept (cleaned_corpus/) or rejected with a "
     "reason (rejected/): entropy filter for text, Tree-sitter parse for code, CLIPScore for pairs.",
 )

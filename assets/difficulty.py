@@ -4,7 +4,7 @@ import dagster as dg
 import pyarrow.parquet as pq
 
 from assets.cleaning import cleaned_corpus
-from assets.metadata import md_table
+from assets.metadata import GPU_STEP, md_table
 from pipelines.resources import Kiln
 from training.data.difficulty import SCORES_FILE, Persistence, ReleasedModel, score_difficulty
 from training.release import latest
@@ -14,7 +14,7 @@ from training.release import latest
     group_name="data",
     deps=[cleaned_corpus],
     kinds={"pytorch", "parquet"},
-    tags={"kiln/gpu": "true"},
+    **GPU_STEP,
     description="BERTScore difficulty in [0, 1] and its level (1-5) for every kept record, and the "
     "held-out split. Prediction from the latest release's model, or persistence before the first release.",
 )

@@ -8,6 +8,7 @@ import dagster as dg
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from assets.curriculum import curriculum
+from assets.metadata import GPU_STEP
 from pipelines.resources import Kiln
 from training.clip import pick_device
 from training.evaluate import evaluate, load_heldout, record_nll
@@ -27,9 +28,10 @@ def _evaluate(kiln: Kiln, path, device) -> dict:
 
 @dg.asset(
     group_name="release",
+    automation_condition=dg.AutomationCondition.eager(),
     deps=["base_model", curriculum],
     kinds={"pytorch"},
-    tags={"kiln/gpu": "true"},
+    **GPU_STEP,
     description="Held-out perplexity (overall, per modality, per level), BLEU/chrF of greedy continuations, "
     "code parse rate; the previous release measured on the same records for the regression gate.",
 )
@@ -91,9 +93,10 @@ def no_regression(kiln: Kiln) -> dg.AssetCheckResult:
 
 @dg.asset(
     group_name="release",
+    automation_condition=dg.AutomationCondition.eager(),
     deps=["base_model", curriculum],
     kinds={"pytorch", "safetensors"},
-    tags={"kiln/gpu": "true"},
+    **GPU_STEP,
     description="int8 weight-only quantization of the base model (torchao), with its size, held-out "
     "perplexity and speed against the full model.",
 )

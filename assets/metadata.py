@@ -11,3 +11,19 @@ def md_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> dg.Mar
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return dg.MetadataValue.md("\n".join(lines))
+
+
+GPU_POOL = "gpu"
+"""Concurrency pool of every step with GPU work. dagster.yaml's default pool limit (1) keeps one such
+step at a time; on a machine with N GPUs: `dagster instance concurrency set gpu N`."""
+
+GPU_STEP = {
+    "pool": GPU_POOL,
+    # Under the k8s_job_executor each step is a pod; GPU steps request one GPU.
+    "op_tags": {
+        "dagster-k8s/config": {
+            "container_config": {"resources": {"requests": {"nvidia.com/gpu": "1"}, "limits": {"nvidia.com/gpu": "1"}}}
+        }
+    },
+}
+"""Keyword arguments of `@dg.asset` for a step that does GPU work when a GPU is present."""

@@ -9,11 +9,11 @@ import dagster as dg
 import torch
 
 from assets.curriculum import curriculum
-from assets.metadata import md_table
+from assets.metadata import GPU_STEP, md_table
 from assets.tokenizer import tokenizer
 from pipelines.resources import Kiln
 from training.fsutil import write_json
-from training.launch import launch_command, launch_env, world_size
+from training.launch import launch_command, launch_env, ranks_per_node, world_size
 from training.package import assemble_model
 from training.report import read_metrics
 from training.stages import StageSpec, completed, read_summary, stage_specs
@@ -66,7 +66,7 @@ def pretrain_stage(stage: int) -> dg.AssetsDefinition:
         group_name="model",
         deps=deps,
         kinds={"deepspeed", "pytorch"},
-        tags={"kiln/gpu": "true"},
+        **GPU_STEP,
         description=f"Curriculum stage {stage}: DeepSpeed pretraining of the Llama model on the stage's records, "
         "resuming from the previous stage's checkpoint (torchrun through Dagster Pipes).",
     )
@@ -78,8 +78,10 @@ def pretrain_stage(stage: int) -> dg.AssetsDefinition:
         spec_path = Path(spec.checkpoints) / "spec.json"
         spec_path.parent.mkdir(parents=True, exist_ok=True)
         write_json(spec_path, json.loads(spec.to_json()))
-        gpus = torch.cuda.device_count()
-        pipes.run(command=launch_command(spec_path, spec.ranks), context=context, env=launch_env(spec.ranks, gpus))
+        gpus, cfg = torch.cuda.device_count(), kiln.config.training
+        command = launch_command(spec_path, cfg, gpus, run_id=spec.fingerprint[:16])
+        context.log.info(f"launching stage {stage}: {' '.join(command)}")
+        pipes.run(command=command, context=context, env=launch_env(ranks_per_node(cfg, gpus), gpus))
         return dg.MaterializeResult(metadata=stage_metadata(read_summary(spec.out), Path(spec.out), cached=False))
 
     return _stage

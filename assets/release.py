@@ -17,6 +17,7 @@ from training.stages import read_summary
 
 @dg.asset(
     group_name="release",
+    automation_condition=dg.AutomationCondition.eager(),
     deps=[evaluation, quantized_model, "base_model"],
     kinds={"huggingface"},
     description="releases/<version>/: the model in Hugging Face format with its tokenizer, int8/ variant, "

@@ -1,25 +1,50 @@
-"""The one Definitions object of kiln: assets, checks and resources (`dagster dev` / `dagster asset
-materialize -m pipelines.definitions`). The pretraining stages follow the preset's curriculum schedule
-(KILN_PRESET), one asset per stage."""
+"""The one Definitions object of kiln: assets, checks, resources, the lifecycle job, its sensor and
+schedule (`dagster dev` / `dagster asset materialize -m pipelines.definitions`). The pretraining
+stages follow the preset's curriculum schedule (KILN_PRESET), one asset per stage.
+
+KILN_EXECUTOR picks how steps run: `multiprocess` (default; one process per step on this machine) or
+`k8s` (one Kubernetes pod per step with dagster-k8s' k8s_job_executor; see deploy/)."""
 
 from __future__ import annotations
+
+import os
 
 import dagster as dg
 
 from assets import cleaning, curriculum, difficulty, evaluation, pretraining, release, tokenizer
+from pipelines.automation import cleaning_job, landing_sensor, lifecycle_job, release_automation, weekly_retraining
 from pipelines.resources import Kiln
 
 # Modules whose assets do not depend on the preset; the pretraining stages are built per schedule.
 MODULES = [cleaning, difficulty, tokenizer, curriculum, evaluation, release]
 
 
-def build_definitions(kiln: Kiln) -> dg.Definitions:
+def executor(name: str) -> dg.ExecutorDefinition:
+    if name == "multiprocess":
+        return dg.multiprocess_executor
+    if name == "k8s":
+        from dagster_k8s import k8s_job_executor
+
+        return k8s_job_executor
+    raise ValueError(f"KILN_EXECUTOR must be multiprocess or k8s, not {name!r}")
+
+
+OWNERS = {"data": ["team:data-platform"], "model": ["team:ml-training"], "release": ["team:ml-training"]}
+"""Who answers for each group of assets (shown in the UI); the users named in kiln's design."""
+
+
+def build_definitions(kiln: Kiln, executor_name: str = "multiprocess") -> dg.Definitions:
     stages = len(kiln.config.curriculum.schedule)
+    assets = [*dg.load_assets_from_modules(MODULES), *pretraining.pretraining_assets(stages)]
     return dg.Definitions(
-        assets=[*dg.load_assets_from_modules(MODULES), *pretraining.pretraining_assets(stages)],
+        assets=dg.map_asset_specs(lambda spec: spec.replace_attributes(owners=OWNERS[spec.group_name]), assets),
         asset_checks=[*dg.load_asset_checks_from_modules(MODULES), pretraining.base_model_generates],
+        jobs=[lifecycle_job(), cleaning_job()],
+        sensors=[landing_sensor(kiln), release_automation()],
+        schedules=[weekly_retraining(kiln)],
         resources={"kiln": kiln, "pipes": dg.PipesSubprocessClient()},
+        executor=executor(executor_name),
     )
 
 
-defs = build_definitions(Kiln.from_env())
+defs = build_definitions(Kiln.from_env(), os.environ.get("KILN_EXECUTOR", "multiprocess"))

@@ -206,6 +206,14 @@ class TrainingConfig:
     """Processes per node; None: one per GPU, or `cpu_ranks` without a GPU."""
     cpu_ranks: int = 2
     """Ranks without a GPU: a real multi-rank run over gloo even on a laptop."""
+    nodes: int = 1
+    """Machines a stage trains on. Above 1, every node runs the launch command (torchrun with a c10d
+    rendezvous at master_addr:master_port), or, with a hostfile, DeepSpeed's launcher starts them all."""
+    hostfile: str | None = None
+    """A DeepSpeed hostfile ("host slots=N" per line); the `deepspeed` launcher reaches the nodes over ssh."""
+    master_addr: str = "127.0.0.1"
+    """Rendezvous host of a multi-node stage (the first node)."""
+    master_port: int = 29500
     checkpoint_every: int = 50
     """Optimizer steps between DeepSpeed checkpoints; the last step of a stage always saves."""
     keep_checkpoints: int = 2
@@ -234,6 +242,17 @@ class EvaluationConfig:
 
 
 @dataclass(frozen=True)
+class OperationConfig:
+    """How kiln runs unattended: the retraining sensor and schedule."""
+
+    sensor_interval_seconds: int = 60
+    """Minimum time between two looks at the landing zone; each look hashes the ready batches."""
+    retraining_cron: str = "0 3 * * 1"
+    """`weekly_retraining`: Mondays at 03:00 (UTC by default), everything landed so far."""
+    timezone: str = "UTC"
+
+
+@dataclass(frozen=True)
 class KilnConfig:
     """Everything one preset decides, stage by stage."""
 
@@ -246,3 +265,4 @@ class KilnConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    operation: OperationConfig = field(default_factory=OperationConfig)

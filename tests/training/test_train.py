@@ -70,7 +70,7 @@ def _launch(spec: StageSpec, gpu: bool = False, **popen) -> subprocess.Popen:
     gpus = torch.cuda.device_count() if gpu else 0
     env = {**os.environ, **launch_env(spec.ranks, gpus=gpus), **({} if gpu else {"CUDA_VISIBLE_DEVICES": ""})}
     return subprocess.Popen(
-        launch_command(Path(spec.checkpoints) / "spec.json", spec.ranks), env=env,
+        launch_command(Path(spec.checkpoints) / "spec.json", replace(spec.training, ranks=spec.ranks), gpus), env=env,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen,
     )
 
