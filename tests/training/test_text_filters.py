@@ -86,3 +86,45 @@ def test_entropy_threshold_is_configurable():
 )
 def test_word_count(text, words):
     assert count_words(text) == words
+
+
+EDGE_TEXTS = [
+    "", "a", "seven c", "exactly8", "hello world, hello world",
+    "  leading and trailing whitespace  ", "\t\n\r\x0b\x0c", "x\u00a0\u00a0y " * 40,
+    "buy now " * 60, "-----" * 100 + "x", "a -- b -- c ---- d __ e " * 40, "x" * 3000,
+    "机器学习很有趣。" * 30, "ΣΑΣ ΟΔΟΣ σίσυφος " * 20, "İstanbul " * 30, "🎉🎉🎉 party 🎉🎉 time " * 30,
+    "word " * 1600,  # a last window shorter than half joins the one before
+]
+
+
+@pytest.mark.parametrize("text", EDGE_TEXTS, ids=range(len(EDGE_TEXTS)))
+def test_chunked_entropy_equals_the_per_record_definition(text):
+    from training.data.filters.text import ngram_entropies
+
+    # Alone, and inside a chunk with neighbours on both sides (no n-gram crosses a record).
+    alone = ngram_entropies([text])[0]
+    inside = ngram_entropies(["zzzz " * 9, text, "qqqq qqqq"])[1]
+    assert alone == pytest.approx(ngram_entropy(text), abs=1e-9)
+    assert inside == pytest.approx(ngram_entropy(text), abs=1e-9)
+
+
+def test_chunked_entropy_on_real_documents_and_other_window_sizes():
+    from pydoc_data.topics import topics
+
+    from training.data.filters.text import ngram_entropies
+
+    texts = list(topics.values())[:200]
+    for n, window in ((8, 1024), (3, 64), (5, 300)):
+        expected = [ngram_entropy(t, n, window) for t in texts]
+        assert list(ngram_entropies(texts, n, window)) == pytest.approx(expected, abs=1e-9)
+
+
+def test_the_entropy_filter_gives_the_same_verdicts_per_chunk_and_per_record():
+    from training.data.filters.text import Entropy
+
+    records = [Record(str(i), "text", f"s{i}", text=t) for i, t in enumerate(EDGE_TEXTS)]
+    chunked = Entropy(0.8, 8, 1024)(records)
+    chunk_scores = [r.entropy for r in records]
+    single = [Entropy(0.8, 8, 1024).check(r) for r in records]
+    assert [v and v.reason for v in chunked] == [v and v.reason for v in single]
+    assert chunk_scores == pytest.approx([r.entropy for r in records], abs=1e-9)
