@@ -2,7 +2,6 @@
 release, and the int8 variant with its own quality bound."""
 
 import json
-import math
 
 import dagster as dg
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -11,10 +10,10 @@ from assets.curriculum import curriculum
 from assets.metadata import GPU_STEP
 from pipelines.resources import Kiln
 from training.clip import pick_device
-from training.evaluate import evaluate, load_heldout, record_nll
+from training.evaluate import evaluate, load_heldout
 from training.fsutil import write_json
 from training.model_card import evaluation_tables
-from training.quantize import folder_bytes, load_int8, save_model
+from training.quantize import quantize_int8
 from training.release import latest
 
 HELDOUT = "heldout.parquet"
@@ -101,31 +100,10 @@ def no_regression(kiln: Kiln) -> dg.AssetCheckResult:
     "perplexity and speed against the full model.",
 )
 def quantized_model(kiln: Kiln) -> dg.MaterializeResult:
-    base, out, device = kiln.path("base_model"), kiln.path("quantized_model"), pick_device()
-    tok = AutoTokenizer.from_pretrained(base)
-    texts = [r["text"] for r in load_heldout(kiln.path("curriculum") / HELDOUT, kiln.config.evaluation.max_records)]
-    batch = kiln.config.evaluation.batch_size
-
-    def measure(model) -> tuple[float, float]:
-        nll, count, tokens_per_s = record_nll(model.to(device).eval(), tok, texts, batch)
-        return math.exp(sum(nll) / sum(count)), tokens_per_s
-
-    full_ppl, full_tps = measure(AutoModelForCausalLM.from_pretrained(base))
-    int8 = load_int8(base)
-    int8_ppl, int8_tps = measure(int8)
-    stats = {
-        "full_perplexity": round(full_ppl, 4),
-        "int8_perplexity": round(int8_ppl, 4),
-        "perplexity_change": round(int8_ppl / full_ppl - 1, 6),
-        "bound": kiln.config.evaluation.quantization_bound,
-        "full_bytes": folder_bytes(base),
-        "full_tokens_per_s": round(full_tps, 1),
-        "int8_tokens_per_s": round(int8_tps, 1),
-        "device": str(device),
-        "method": "torchao Int8WeightOnlyConfig via transformers TorchAoConfig (quantize_ on every linear but the output head)",
-    }
-    save_model(int8.to("cpu"), base, out, {"quantization.json": json.dumps(stats, indent=2) + "\n"})
-    stats["int8_bytes"] = folder_bytes(out)
+    cfg = kiln.config.evaluation
+    texts = [r["text"] for r in load_heldout(kiln.path("curriculum") / HELDOUT, cfg.max_records)]
+    out = kiln.path("quantized_model")
+    stats = quantize_int8(kiln.path("base_model"), out, texts, cfg.batch_size, cfg.quantization_bound, pick_device())
     return dg.MaterializeResult(
         metadata={
             **{k: v for k, v in stats.items() if k != "method"},

@@ -10,7 +10,7 @@ from assets.evaluation import evaluation, quantized_model
 from pipelines.resources import Kiln
 from training.data.clean import lineage
 from training.model_card import model_card
-from training.quantize import folder_bytes
+from training.package import folder_bytes
 from training.release import latest, verify, version_name, write_release
 from training.stages import read_summary
 

@@ -8,14 +8,25 @@ from pathlib import Path
 
 from training.fsutil import atomic_path
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def copy_tokenizer(src: Path, dst: Path) -> None:
+    for name in TOKENIZER_FILES:
+        if (src / name).is_file():
+            shutil.copy2(src / name, dst / name)
+
+
+def folder_bytes(path: Path, suffix: str = ".safetensors") -> int:
+    """Bytes of the weights in a model folder."""
+    return sum(f.stat().st_size for f in path.rglob(f"*{suffix}") if f.is_file())
+
 
 def assemble_model(model_dir: Path, tokenizer_dir: Path, out: Path) -> list[str]:
     """Copy a trained model and its tokenizer into `out` atomically; returns the file names."""
     with atomic_path(out) as tmp:
         shutil.copytree(model_dir, tmp)
-        for f in tokenizer_dir.iterdir():
-            if f.is_file():
-                shutil.copy2(f, tmp / f.name)
+        copy_tokenizer(tokenizer_dir, tmp)
         for f in tmp.iterdir():
             f.chmod(0o644)  # safetensors writes owner-only files; a model folder is for sharing
         return sorted(f.name for f in tmp.iterdir())

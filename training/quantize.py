@@ -8,12 +8,17 @@ scales as safetensors. Loading the folder needs torchao installed:
 
 from __future__ import annotations
 
-import shutil
+import json
+import math
 from pathlib import Path
 
-from training.fsutil import atomic_path
+import torch
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+from training.evaluate import record_nll
+from training.fsutil import atomic_path
+from training.package import copy_tokenizer, folder_bytes
+
+METHOD = "torchao Int8WeightOnlyConfig via transformers TorchAoConfig (quantize_ on every linear but the output head)"
 
 
 def load_int8(model_dir: Path):
@@ -27,14 +32,37 @@ def save_model(model, model_dir: Path, out: Path, texts: dict[str, str] | None =
     """The model, the tokenizer files of `model_dir`, and `texts`, into `out` atomically."""
     with atomic_path(out) as tmp:
         model.save_pretrained(tmp)
-        for name in TOKENIZER_FILES:
-            if (model_dir / name).is_file():
-                shutil.copy2(model_dir / name, tmp / name)
+        copy_tokenizer(model_dir, tmp)
         for name, content in (texts or {}).items():
             (tmp / name).write_text(content)
         for f in tmp.iterdir():
             f.chmod(0o644)
 
 
-def folder_bytes(path: Path, suffix: str = ".safetensors") -> int:
-    return sum(f.stat().st_size for f in path.rglob(f"*{suffix}") if f.is_file())
+def quantize_int8(model_dir: Path, out: Path, texts: list[str], batch_size: int, bound: float, device: torch.device) -> dict:
+    """Quantize, measure against the full model on `texts` (perplexity, forward tokens/s on `device`),
+    write the int8 folder with those numbers in quantization.json; returns them with the sizes."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+
+    def measure(model) -> tuple[float, float]:
+        nll, count, tokens_per_s = record_nll(model.to(device).eval(), tokenizer, texts, batch_size)
+        return math.exp(sum(nll) / sum(count)), tokens_per_s
+
+    full_ppl, full_tps = measure(AutoModelForCausalLM.from_pretrained(model_dir))
+    int8 = load_int8(model_dir)
+    int8_ppl, int8_tps = measure(int8)
+    stats = {
+        "full_perplexity": round(full_ppl, 4),
+        "int8_perplexity": round(int8_ppl, 4),
+        "perplexity_change": round(int8_ppl / full_ppl - 1, 6),
+        "bound": bound,
+        "full_bytes": folder_bytes(model_dir),
+        "full_tokens_per_s": round(full_tps, 1),
+        "int8_tokens_per_s": round(int8_tps, 1),
+        "device": str(device),
+        "method": METHOD,
+    }
+    save_model(int8.to("cpu"), model_dir, out, {"quantization.json": json.dumps(stats, indent=2) + "\n"})
+    return stats | {"int8_bytes": folder_bytes(out)}
