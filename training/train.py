@@ -163,8 +163,10 @@ def _restore(engine, spec: StageSpec, log: Log) -> tuple[int, int, str]:
 
 def _export(engine, spec: StageSpec, rank: int, summary: dict, metrics: list[dict], log: Log) -> None:
     """All ranks (ZeRO-3 gathers the partitioned weights); rank 0 writes the output folder atomically."""
+    import deepspeed
+
     gather = (
-        __import__("deepspeed").zero.GatheredParameters(list(engine.module.parameters()))
+        deepspeed.zero.GatheredParameters(list(engine.module.parameters()))
         if spec.training.zero_stage == 3
         else contextlib.nullcontext()
     )
