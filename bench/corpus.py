@@ -1,0 +1,113 @@
+"""The generated benchmark corpus: a landing batch of text records and code files, drawn
+deterministically (one seed) from material that ships with Python, with the defects a real crawl
+holds in known shares.
+
+- text: documents of 3-20 sentences drawn from Python's documentation topics, standard-library
+  docstrings and kiln's Chinese prose (about 900 characters on average), in JSONL shards; 3% exact
+  duplicates of an earlier document, 4% low-entropy spam, 1% fragments of a few words, 0.5% empty
+  and 0.2% malformed lines.
+- code: standard-library modules and kiln's snippets in eight languages, each file made unique by a
+  header comment, 10% of them broken (cut inside a call or before the last brace).
+
+Run by hand:  python -m bench.corpus <dir> [--text N] [--code N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import random
+import re
+from pathlib import Path
+
+from training.data.default_landing import STDLIB, _break
+from training.data.landing import READY_MARKER
+from training.data.snippets import CHINESE_PROSE, SNIPPETS
+from training.fsutil import atomic_path
+
+SHARD_RECORDS = 100_000
+COMMENT = {"python": "#", "c": "//", "cpp": "//", "go": "//", "rust": "//", "java": "//", "javascript": "//", "typescript": "//"}
+SPAM = ["buy now ", "click here to win ", "hahaha ", "free free free ", "lol ", "best price best price "]
+
+
+def sentences() -> list[str]:
+    """Every sentence of Python's documentation topics, the standard library's docstrings and the
+    Chinese prose, whitespace collapsed, at least 20 characters long."""
+    from pydoc_data.topics import topics
+
+    chunks = list(topics.values()) + list(CHINESE_PROSE)
+    for path in sorted(STDLIB.glob("*.py")):
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError):
+            continue
+        chunks += [d for n in ast.walk(tree) if isinstance(n, (ast.Module, ast.FunctionDef, ast.ClassDef)) and (d := ast.get_docstring(n))]
+    split = re.compile(r"(?<=[.!?。！？])\s*")
+    out = [" ".join(s.split()) for c in chunks for s in split.split(c)]
+    return sorted({s for s in out if len(s) >= 20})
+
+
+def _text_line(rng: random.Random, pool: list[str], earlier: list[str], i: int) -> bytes:
+    roll = rng.random()
+    if roll < 0.03 and earlier:
+        text = rng.choice(earlier)
+    elif roll < 0.07:
+        text = rng.choice(SPAM) * rng.randint(20, 200)
+    elif roll < 0.08:
+        text = " ".join(rng.choice(pool).split()[:3])
+    elif roll < 0.085:
+        text = ""
+    elif roll < 0.087:
+        return b'{"id": "broken-%d", "text": "unterminated\n' % i
+    else:
+        text = " ".join(rng.choice(pool) for _ in range(rng.randint(3, 20)))
+        if len(earlier) < 10_000:
+            earlier.append(text)
+        elif rng.random() < 0.01:
+            earlier[rng.randrange(len(earlier))] = text
+    return json.dumps({"id": f"doc-{i}", "text": text}, ensure_ascii=False).encode() + b"\n"
+
+
+def _code_sources() -> list[tuple[str, str, str]]:
+    """(language, extension, source) of every standard-library module under 64 KB and every snippet."""
+    out = [("python", ".py", p.read_text(encoding="utf-8")) for p in sorted(STDLIB.glob("*.py")) if p.stat().st_size < 65_536]
+    for name, source in sorted(SNIPPETS.items()):
+        language = name.split("/", 1)[0]
+        out.append((language, "." + name.rsplit(".", 1)[1], source))
+    return out
+
+
+def write_corpus(batch: Path, text_records: int, code_files: int, seed: int = 0) -> dict:
+    """Write (or reuse, when the same parameters already lie there) a ready batch; returns its card."""
+    card = {"text_records": text_records, "code_files": code_files, "seed": seed}
+    card_path = batch.parent / f"{batch.name}.corpus.json"  # beside the batch: inside, it would be an unrecognized file
+    if card_path.is_file() and json.loads(card_path.read_text()) == card and (batch / READY_MARKER).is_file():
+        return card
+    with atomic_path(batch) as tmp:
+        rng = random.Random(seed)
+        pool, earlier = sentences(), []
+        (tmp / "text").mkdir(parents=True)
+        for shard in range(0, text_records, SHARD_RECORDS):
+            with open(tmp / "text" / f"part-{shard // SHARD_RECORDS:05d}.jsonl", "wb") as f:
+                f.writelines(_text_line(rng, pool, earlier, i) for i in range(shard, min(shard + SHARD_RECORDS, text_records)))
+        sources = _code_sources()
+        for i in range(code_files):
+            language, ext, source = sources[i % len(sources)]
+            if rng.random() < 0.1:
+                source = _break(source, language)
+            path = tmp / "code" / f"{i // 1000:03d}" / f"file_{i:06d}{ext}"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(f"{COMMENT[language]} kiln benchmark file {i}\n{source}", encoding="utf-8")
+        (tmp / READY_MARKER).touch()
+    card_path.write_text(json.dumps(card))
+    return card
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("batch", type=Path)
+    parser.add_argument("--text", type=int, default=1_000_000)
+    parser.add_argument("--code", type=int, default=50_000)
+    args = parser.parse_args()
+    print(write_corpus(args.batch, args.text, args.code))
