@@ -9,7 +9,7 @@ holds in known shares.
 - code: standard-library modules and kiln's snippets in eight languages, each file made unique by a
   header comment, 10% of them broken (cut inside a call or before the last brace).
 
-Run by hand:  python -m bench.corpus <dir> [--text N] [--code N]
+Run by hand:  python -m bench.corpus <landing> [--text N] [--code N]   (one landing zone per modality)
 """
 
 from __future__ import annotations
@@ -78,36 +78,49 @@ def _code_sources() -> list[tuple[str, str, str]]:
     return out
 
 
-def write_corpus(batch: Path, text_records: int, code_files: int, seed: int = 0) -> dict:
-    """Write (or reuse, when the same parameters already lie there) a ready batch; returns its card."""
-    card = {"text_records": text_records, "code_files": code_files, "seed": seed}
+def _write_batch(batch: Path, card: dict, fill) -> dict:
+    """Write a ready batch atomically, or reuse it when one with the same card already lies there."""
     card_path = batch.parent / f"{batch.name}.corpus.json"  # beside the batch: inside, it would be an unrecognized file
     if card_path.is_file() and json.loads(card_path.read_text()) == card and (batch / READY_MARKER).is_file():
         return card
     with atomic_path(batch) as tmp:
-        rng = random.Random(seed)
-        pool, earlier = sentences(), []
+        fill(tmp, random.Random(card["seed"]))
+        (tmp / READY_MARKER).touch()
+    card_path.write_text(json.dumps(card))
+    return card
+
+
+def write_text_batch(batch: Path, records: int, seed: int = 0) -> dict:
+    def fill(tmp: Path, rng: random.Random) -> None:
+        pool: list[str] = sentences()
+        earlier: list[str] = []
         (tmp / "text").mkdir(parents=True)
-        for shard in range(0, text_records, SHARD_RECORDS):
+        for shard in range(0, records, SHARD_RECORDS):
             with open(tmp / "text" / f"part-{shard // SHARD_RECORDS:05d}.jsonl", "wb") as f:
-                f.writelines(_text_line(rng, pool, earlier, i) for i in range(shard, min(shard + SHARD_RECORDS, text_records)))
+                f.writelines(_text_line(rng, pool, earlier, i) for i in range(shard, min(shard + SHARD_RECORDS, records)))
+
+    return _write_batch(batch, {"text_records": records, "seed": seed}, fill)
+
+
+def write_code_batch(batch: Path, files: int, seed: int = 0) -> dict:
+    def fill(tmp: Path, rng: random.Random) -> None:
         sources = _code_sources()
-        for i in range(code_files):
+        for i in range(files):
             language, ext, source = sources[i % len(sources)]
             if rng.random() < 0.1:
                 source = _break(source, language)
             path = tmp / "code" / f"{i // 1000:03d}" / f"file_{i:06d}{ext}"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(f"{COMMENT[language]} kiln benchmark file {i}\n{source}", encoding="utf-8")
-        (tmp / READY_MARKER).touch()
-    card_path.write_text(json.dumps(card))
-    return card
+
+    return _write_batch(batch, {"code_files": files, "seed": seed}, fill)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("batch", type=Path)
+    parser.add_argument("landing", type=Path, help="writes <landing>/text/batch-0001 and <landing>/code/batch-0001")
     parser.add_argument("--text", type=int, default=1_000_000)
     parser.add_argument("--code", type=int, default=50_000)
     args = parser.parse_args()
-    print(write_corpus(args.batch, args.text, args.code))
+    print(write_text_batch(args.landing / "text" / "batch-0001", args.text))
+    print(write_code_batch(args.landing / "code" / "batch-0001", args.code))

@@ -73,6 +73,10 @@ class CleaningConfig:
     image: ImageFilterConfig = field(default_factory=ImageFilterConfig)
     chunk_size: int = 2048
     """Records held in memory between reading and writing; bounds memory whatever the batch size."""
+    workers: int | None = None
+    """Processes parsing code (Tree-sitter holds the GIL, so threads would not help) and threads
+    decoding images (Pillow releases it); None: every core. Not part of the cache key: the verdicts
+    do not depend on it."""
 
 
 @dataclass(frozen=True)

@@ -80,3 +80,18 @@ def test_code_reader_reasons(tmp_path: Path, name, data, expected):
     [rec] = list(read_code(Batch("b", tmp_path / "b"), CodeFilterConfig(max_file_bytes=1024)))
     assert (rec.reject.reason if rec.reject else None) == expected
     assert rec.source == f"b/code/{name}" and rec.modality == "code"
+
+
+def test_worker_processes_give_the_same_verdicts_in_order():
+    from training.data.records import Record
+
+    records = [
+        Record(f"{lang}-{kind}", "code", f"b/code/{lang}-{kind}", text=table[lang], language=lang)
+        for lang in sorted(GRAMMARS)
+        for kind, table in (("ok", VALID), ("broken", BROKEN))
+    ]
+    serial = TreeSitterParse(workers=1)(records)
+    parallel = TreeSitterParse(workers=2)
+    assert parallel(records) == serial
+    assert parallel._pool is not None  # the chunk really went to the pool
+    assert [v is None for v in serial] == [r.id.endswith("-ok") for r in records]

@@ -97,9 +97,10 @@ def test_image_reader_reasons(batch):
     assert count_records(batch, "image_text", ImageFilterConfig().max_caption_bytes) == len(recs)
 
 
-def test_decode_reasons(batch):
+@pytest.mark.parametrize("workers", [1, 3])
+def test_decode_reasons(batch, workers):
     recs = [r for r in read_image_pairs(batch, ImageFilterConfig()) if r.reject is None and r.text.startswith("a picture")]
-    verdicts = ImageDecode(max_bytes=4096, max_pixels=10_000_000)(recs)
+    verdicts = ImageDecode(max_bytes=4096, max_pixels=10_000_000, workers=workers)(recs)
     got = {Path(r.source).name: (v.reason if v else None) for r, v in zip(recs, verdicts)}
     assert got == DECODE_EXPECTED
     ok = next(r for r in recs if r.source.endswith("ok.png"))
@@ -132,3 +133,53 @@ def test_clip_score_threshold_and_annotation():
     assert [v.reason if v else None for v in verdicts] == ["clip_low", "clip_low", None, None, None]
     assert [r.clip_score for r in recs] == pytest.approx([0.0, 0.4, 0.8, 1.2, 1.6])
     assert all(r.image is None for r in recs)
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory) -> Path:
+    """A randomly initialised small CLIP saved with a CLIP image processor (pixels do not depend on weights)."""
+    from transformers import CLIPImageProcessorPil
+
+    from training.clip import _build_model, _train_caption_tokenizer
+    from training.config import ClipTrainConfig
+
+    cfg = ClipTrainConfig(image_size=56)
+    tokenizer = _train_caption_tokenizer(["a red circle on the left", "a blue square at the top"] * 8, cfg)
+    out = tmp_path_factory.mktemp("clip")
+    _build_model(cfg, tokenizer).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    CLIPImageProcessorPil(size={"shortest_edge": 64}, crop_size={"height": 56, "width": 56}).save_pretrained(out)
+    return out
+
+
+@pytest.mark.parametrize(
+    "size, mode",
+    [((96, 96), "RGB"), ((50, 49), "RGB"), ((300, 121), "RGB"), ((121, 300), "RGB"), ((64, 64), "RGB"),
+     ((57, 1000), "RGB"), ((80, 60), "L"), ((70, 90), "RGBA"), ((90, 70), "P")],
+)
+def test_clip_pixels_on_threads_equal_the_processor(clip_dir, size, mode):
+    from training.clip import ClipScorer
+
+    scorer = ClipScorer(str(clip_dir), workers=2)
+    assert scorer._crops  # the fast path, not the processor
+    image = Image.fromarray(np.random.default_rng(size[0]).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).convert(mode)
+    fast = scorer.pixel_values([image, image.transpose(Image.Transpose.ROTATE_90)])
+    reference = scorer.processor(images=[image, image.transpose(Image.Transpose.ROTATE_90)], return_tensors="pt")["pixel_values"]
+    assert fast.shape == reference.shape == (2, 3, 56, 56)
+    assert float((fast - reference).abs().max()) < 1e-5
+
+
+def test_clip_processor_of_another_shape_is_used_as_is(clip_dir, tmp_path):
+    import shutil
+
+    from transformers import CLIPImageProcessorPil
+
+    from training.clip import ClipScorer
+
+    other = tmp_path / "clip"
+    shutil.copytree(clip_dir, other)
+    CLIPImageProcessorPil(size={"height": 40, "width": 60}, crop_size={"height": 40, "width": 40}).save_pretrained(other)
+    scorer = ClipScorer(str(other))
+    assert not scorer._crops
+    image = Image.new("RGB", (120, 90), (10, 200, 30))
+    assert scorer.pixel_values([image]).shape == (1, 3, 40, 40)

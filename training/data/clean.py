@@ -14,6 +14,7 @@ Run by hand:  python -m training.data.clean <landing> <out dir>
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections import Counter
@@ -124,10 +125,11 @@ class _Dedup:
 def _filters(modality: str, cfg: CleaningConfig, score: Callable) -> list[Filter]:
     if modality == "text":
         return text_filters(cfg.text)
+    workers = cfg.workers or os.cpu_count() or 1
     if modality == "code":
-        return [TreeSitterParse()]
+        return [TreeSitterParse(workers)]
     return [
-        ImageDecode(cfg.image.max_image_bytes, cfg.image.max_image_pixels),
+        ImageDecode(cfg.image.max_image_bytes, cfg.image.max_image_pixels, workers),
         ClipScore(score, cfg.image.clip_threshold, cfg.image.batch_size),
     ]
 

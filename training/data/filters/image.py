@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -22,10 +23,18 @@ MAX_SIDE = 512
 
 
 class ImageDecode(Filter):
+    """Decodes a chunk on `workers` threads: Pillow releases the GIL while it decodes and resizes."""
+
     name = "image_decode"
 
-    def __init__(self, max_bytes: int, max_pixels: int):
-        self.max_bytes, self.max_pixels = max_bytes, max_pixels
+    def __init__(self, max_bytes: int, max_pixels: int, workers: int = 1):
+        self.max_bytes, self.max_pixels, self.workers = max_bytes, max_pixels, workers
+
+    def __call__(self, records: Sequence[Record]) -> list[Verdict]:
+        if self.workers <= 1:
+            return super().__call__(records)
+        with ThreadPoolExecutor(self.workers) as pool:
+            return list(pool.map(self.check, records))
 
     def check(self, record: Record) -> Verdict:
         path = record.image_path
