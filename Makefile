@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_VERBOSITY ?= error
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: demo test ui landing clean-data
+.PHONY: demo test bench ui landing clean-data
 
 # torch first, pinned to the CPU build that lies on these machines: resolving a bare `torch` through the
 # project's dependencies would fetch a multi-GB CUDA build instead.
@@ -35,6 +35,11 @@ demo: $(BIN)/.installed $(DAGSTER_HOME)/dagster.yaml landing
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest
+
+# Every benchmark at full scale (1M text records, 50K code files; about half an hour on 2 cores):
+# bench/results/<host>.json and .md. BENCH_ARGS="--only cleaning,clip" picks sections.
+bench: $(BIN)/.installed
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 ui: $(BIN)/.installed $(DAGSTER_HOME)/dagster.yaml landing
 	$(BIN)/dagster dev -m pipelines.definitions --host 127.0.0.1

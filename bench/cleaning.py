@@ -133,7 +133,7 @@ def _child_run(pipeline: str, landing: Path, out: Path) -> dict:
         kept, reasons = _loop_clean(landing, out, cfg)
         rejected = sum(reasons.values())
     seconds = time.perf_counter() - start
-    text_bytes = sum(p.stat().st_size for p in (landing).rglob("*.jsonl"))
+    input_bytes = sum(p.stat().st_size for p in landing.rglob("*") if p.is_file() and p.name != "_SUCCESS")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     remove(out)
     return {
@@ -142,12 +142,14 @@ def _child_run(pipeline: str, landing: Path, out: Path) -> dict:
         "kept": kept,
         "rejected": rejected,
         "reasons": dict(sorted(reasons.items())),
-        "input_mb": round(text_bytes / 1e6, 1),
+        "input_mb": round(input_bytes / 1e6, 1),
         "peak_rss_mb": round(peak, 1),
     }
 
 
-def whole_text_cleaning(landing: Path, work: Path, pipeline: str) -> dict:
+def whole_cleaning(landing: Path, work: Path, pipeline: str) -> dict:
+    """A whole landing zone cleaned in a child process: kiln's `clean_landing`, or (text only) the
+    same pipeline with the per-record loop."""
     result = subprocess.run(
         [sys.executable, "-m", "bench.cleaning", "run", pipeline, str(landing), str(work / f"run-{pipeline}")],
         check=True, capture_output=True, text=True,

@@ -1,0 +1,145 @@
+"""Model-side benchmarks of the data stages: CLIP scoring end to end (image files on disk to
+CLIPScores, decoding included), BERTScore difficulty, tokenizer training.
+
+CLIP runs at ViT-B/32 size (the `CLIPConfig` defaults) with random weights: speed does not depend
+on the weights, and no pretrained CLIP can be fetched offline. The quick scale uses the size of
+kiln's own small CLIP instead.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import torch
+
+from bench.cleaning import median_seconds
+from training.clip import ClipScorer, _train_caption_tokenizer
+from training.config import ClipTrainConfig, DifficultyConfig, ImageFilterConfig, TextFilterConfig, TokenizerConfig
+from training.data.clean import chunks
+from training.data.default_landing import _caption, _draw, _encode, _scene
+from training.data.difficulty import BertScore, split_record
+from training.data.filters.image import ClipScore, ImageDecode
+from training.data.landing import READY_MARKER, ready_batches
+from training.data.readers import read_image_pairs, read_text
+from training.fsutil import atomic_path
+from training.tokenizer import train_tokenizer
+
+
+def write_image_batch(batch: Path, pairs: int, side: int = 384, seed: int = 0) -> Path:
+    """`pairs` procedurally drawn scenes of `side` pixels as JPEG (quality 90, as photographs
+    arrive), each with its caption; reused when it already lies there."""
+    card = batch.parent / f"{batch.name}.corpus.json"
+    want = {"pairs": pairs, "side": side, "seed": seed}
+    if card.is_file() and json.loads(card.read_text()) == want:
+        return batch
+    rng = random.Random(seed)
+    with atomic_path(batch) as tmp:
+        (tmp / "images").mkdir(parents=True)
+        lines = []
+        for i in range(pairs):
+            scene = _scene(rng)
+            (tmp / "images" / f"{i:06d}.jpg").write_bytes(_encode(_draw(scene, side, rng), "JPEG"))
+            lines.append(json.dumps({"image": f"{i:06d}.jpg", "caption": _caption(scene, rng)}) + "\n")
+        (tmp / "images" / "captions.jsonl").write_text("".join(lines))
+        (tmp / READY_MARKER).touch()
+    card.write_text(json.dumps(want))
+    return batch
+
+
+def clip_model(out: Path, vit_b32: bool) -> Path:
+    """A CLIP with random weights, its caption tokenizer and CLIP's image processor: ViT-B/32 size
+    (`CLIPConfig`'s defaults, 224 px) or the size of the CLIP kiln trains by default."""
+    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel
+
+    from training.clip import _build_model
+
+    if (out / "config.json").is_file():
+        return out
+    captions = [f"a {c} {s} on the {p}" for c in ("red", "blue") for s in ("circle", "square") for p in ("left", "right")]
+    small = ClipTrainConfig()
+    tokenizer = _train_caption_tokenizer(captions, small)
+    if vit_b32:
+        config = CLIPConfig()
+        config.text_config.vocab_size = len(tokenizer)
+        config.text_config.pad_token_id = tokenizer.pad_token_id
+        config.text_config.bos_token_id, config.text_config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
+        model, processor = CLIPModel(config), CLIPImageProcessorPil()
+    else:
+        side = {"height": small.image_size, "width": small.image_size}
+        model, processor = _build_model(small, tokenizer), CLIPImageProcessorPil(size={"shortest_edge": small.image_size}, crop_size=side)
+    with atomic_path(out) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+    return out
+
+
+def clip_table(batch_dir: Path, model_dir: Path, pairs: int, batch_size: int, repeats: int, workers: int) -> list[dict]:
+    """Pairs/s from files to CLIPScores, kiln's path (threaded decode, uint8 crops normalized on the
+    device) against the serial one (decode one by one, the processor's float pixels), with the model
+    and without it (decoding and preprocessing alone)."""
+    cfg = ImageFilterConfig(batch_size=batch_size)
+    [batch] = ready_batches(batch_dir)
+    records = [r for r, _ in zip(read_image_pairs(batch, cfg), range(pairs)) if r.reject is None]
+    scorer = ClipScorer(str(model_dir), workers=workers)
+    rows = []
+    for variant, threads, crops in (("kiln: threaded decode, uint8 crops", workers, True), ("serial decode, processor", 1, False)):
+        decode = ImageDecode(cfg.max_image_bytes, cfg.max_image_pixels, threads)
+        scorer.workers, scorer._crops = threads, crops and scorer._crops
+        for with_model in (False, True):
+            clip = ClipScore(scorer.score, 0.0, batch_size)
+
+            def run() -> None:
+                for chunk in chunks(records, batch_size):
+                    decode(chunk)
+                    if with_model:
+                        clip(chunk)
+                    else:
+                        scorer.pixel_values([r.image for r in chunk])
+                    if scorer.device.type == "cuda":
+                        torch.cuda.synchronize()
+                    for r in chunk:
+                        r.image = None
+
+            run()  # warm up (CUDA kernels, thread start)
+            seconds, all_s = median_seconds(run, repeats)
+            rows.append({"path": variant, "model": with_model, "pairs": len(records), "pairs_per_s": round(len(records) / seconds, 1),
+                         "device": str(scorer.device), "batch_size": batch_size, "seconds": [round(t, 3) for t in all_s]})
+    return rows
+
+
+def _texts(text_landing: Path, limit_mb: float) -> list[str]:
+    [batch] = ready_batches(text_landing)
+    out, size = [], 0
+    for r in read_text(batch, TextFilterConfig()):
+        if r.reject is None and r.text:
+            out.append(r.text)
+            size += len(r.text.encode("utf-8"))
+            if size >= limit_mb * 1e6:
+                break
+    return out
+
+
+def bertscore_row(text_landing: Path, records: int, repeats: int) -> dict:
+    """Records/s of the difficulty scoring's BERTScore (persistence predictions against the true
+    continuations, as before the first release), on this machine's device."""
+    cfg = DifficultyConfig()
+    halves = [split_record(t, cfg.span_words) for t in _texts(text_landing, 1e9)[:records]]
+    beginnings, continuations = [b for b, _ in halves], [c for _, c in halves]
+    bert = BertScore(cfg)
+    bert(beginnings[:8], continuations[:8])  # warm up
+    seconds, all_s = median_seconds(lambda: bert(beginnings, continuations), repeats)
+    return {"records": len(halves), "records_per_s": round(len(halves) / seconds, 1), "device": bert.device,
+            "encoder": "all-MiniLM-L6-v2", "span_words": cfg.span_words, "batch_size": cfg.batch_size, "seconds": [round(t, 3) for t in all_s]}
+
+
+def tokenizer_row(text_landing: Path, work: Path, mb: float, repeats: int) -> dict:
+    """MB/s of byte-level BPE training at the default vocabulary (65,536)."""
+    texts = _texts(text_landing, mb)
+    size = sum(len(t.encode("utf-8")) for t in texts) / 1e6
+    cfg = TokenizerConfig()
+    seconds, all_s = median_seconds(lambda: train_tokenizer(iter(texts), cfg, work / "tokenizer"), repeats)
+    return {"mb": round(size, 1), "mb_per_s": round(size / seconds, 2), "vocab_size": cfg.vocab_size,
+            "threads": torch.get_num_threads(), "seconds": [round(t, 3) for t in all_s]}

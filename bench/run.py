@@ -1,0 +1,178 @@
+"""`make bench`: every benchmark in one run, written to bench/results/<machine>.json and .md.
+
+    python -m bench.run                      # the full scale: 1M text records, 50K code files
+    python -m bench.run --scale quick        # minutes: what the test suite runs, numbers not quotable
+    python -m bench.run --only cleaning,clip
+
+Each comparison is measured side by side in this one run; figures are medians of `--repeats` runs
+(the whole-corpus cleanings run once each: they are the streaming and memory measurement).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from bench import cleaning, models
+from bench.corpus import write_code_batch, write_text_batch
+
+ROOT = Path(__file__).resolve().parent
+SECTIONS = ("cleaning", "tree_sitter", "clip", "bertscore", "tokenizer", "training", "e2e")
+
+
+@dataclass(frozen=True)
+class Scale:
+    text_records: int
+    code_files: int
+    filter_sample: int
+    """Records each text filter is timed on, chunked and per record."""
+    side_by_side: int
+    """Records of the whole text cleaning run both ways (the per-record loop is the slow one)."""
+    code_sample: int
+    clip_pairs: int
+    bert_records: int
+    tokenizer_mb: float
+    training_steps: int
+    clip_vit_b32: bool
+    """CLIP at ViT-B/32 size (the issue's yardstick), or kiln's own small CLIP's size."""
+
+
+SCALES = {
+    "full": Scale(1_000_000, 50_000, 20_000, 100_000, 5_000, 512, 1_000, 50, 20, True),
+    "quick": Scale(3_000, 200, 500, 1_000, 100, 32, 20, 1, 2, False),
+}
+GPU_SCALE = {"clip_pairs": 8_192, "bert_records": 20_000}
+
+
+def machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").is_file() else platform.processor()
+    return {
+        "host": socket.gethostname(),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+
+
+def run(sections: list[str], scale: Scale, repeats: int, work: Path) -> dict:
+    cuda = torch.cuda.is_available()
+    results: dict = {"machine": machine(), "scale": scale.__dict__, "repeats": repeats}
+    text, code = work / "text", work / "code"
+    if {"cleaning", "bertscore", "tokenizer"} & set(sections):
+        results["corpus"] = write_text_batch(text / "batch-0001", scale.text_records)
+    if "cleaning" in sections:
+        # The side-by-side corpus is the first shard of the full one (the same seed writes the same records).
+        side = work / "text-side" / "batch-0001"
+        if not (side / "_SUCCESS").is_file():
+            (side / "text").mkdir(parents=True, exist_ok=True)
+            first = text / "batch-0001" / "text" / "part-00000.jsonl"
+            with open(first, "rb") as src, open(side / "text" / "part-00000.jsonl", "wb") as dst:
+                for i, line in enumerate(src):
+                    if i == scale.side_by_side:
+                        break
+                    dst.write(line)
+            (side / "_SUCCESS").touch()
+        results["text_filters"] = cleaning.text_filter_table(text, scale.filter_sample, repeats, 2048)
+        results["text_cleaning"] = [cleaning.whole_cleaning(side.parent, work, p) for p in ("kiln", "loop")]
+        results["text_cleaning"].append({**cleaning.whole_cleaning(text, work, "kiln"), "pipeline": "kiln, whole corpus"})
+    if "tree_sitter" in sections:
+        results["corpus_code"] = write_code_batch(code / "batch-0001", scale.code_files)
+        results["tree_sitter"] = cleaning.tree_sitter_table(code, scale.code_sample, repeats, 2048)
+        results["code_cleaning"] = cleaning.whole_cleaning(code, work, "kiln")
+    if "clip" in sections:
+        pairs = GPU_SCALE["clip_pairs"] if cuda else scale.clip_pairs
+        images = models.write_image_batch(work / "images" / "batch-0001", pairs)
+        model = models.clip_model(work / ("clip-vit-b32" if scale.clip_vit_b32 else "clip-small"), scale.clip_vit_b32)
+        results["clip"] = models.clip_table(images.parent, model, pairs, 1024 if cuda else 64, repeats, os.cpu_count() or 1)
+    if "bertscore" in sections:
+        results["bertscore"] = models.bertscore_row(text, GPU_SCALE["bert_records"] if cuda else scale.bert_records, repeats)
+    if "tokenizer" in sections:
+        results["tokenizer"] = models.tokenizer_row(text, work, scale.tokenizer_mb, repeats)
+    if "training" in sections:
+        from bench import training
+
+        presets = ["gpu-124m", "gpu-350m"] if cuda else ["tiny"]
+        results["training"] = [training.run(p, scale.training_steps, 3, None) for p in presets]
+    if "e2e" in sections:
+        from bench import e2e
+
+        results["e2e"] = e2e.demo(work / "demo")
+    return results
+
+
+def markdown(results: dict) -> str:
+    m = results["machine"]
+    out = [f"# kiln benchmarks: {m['host']}", "",
+           f"{m['cpu']}, {m['cores']} cores, {m['memory_gb']} GiB, GPU: {m['gpu'] or 'none'}; Python {m['python']}, torch {m['torch']}; {m['date']}.",
+           f"Medians of {results['repeats']} runs unless stated.", ""]
+
+    def table(title: str, header: list[str], rows: list[list], note: str = "") -> None:
+        out.extend([f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)])
+        out.extend("| " + " | ".join(str(c) for c in row) + " |" for row in rows)
+        out.extend(["", note, ""] if note else [""])
+
+    if "text_filters" in results:
+        rows = results["text_filters"]
+        table("Text filters: chunked (kiln) against a per-record loop", ["filter", "records", "MB", "kiln records/s", "kiln MB/s", "loop records/s", "loop MB/s", "speedup"],
+              [[r["filter"], r["records"], r["mb"], r["chunked_records_per_s"], r["chunked_mb_per_s"], r["loop_records_per_s"], r["loop_mb_per_s"], f"{r['speedup']}×"] for r in rows])
+        table("Whole text cleaning (read, filter, dedup, write), one run each", ["pipeline", "records", "input MB", "seconds", "records/s", "MB/s", "peak RSS MB"],
+              [[r["pipeline"], r["kept"] + r["rejected"], r["input_mb"], r["seconds"], r["records_per_s"], r["mb_per_s"], r["peak_rss_mb"]] for r in results["text_cleaning"]])
+    if "tree_sitter" in results:
+        table("Tree-sitter parse", ["processes", "files", "MB", "MB/s", "files/s", "scaling"],
+              [[r["workers"], r["files"], r["mb"], r["mb_per_s"], r["files_per_s"], f"{r['scaling']}×"] for r in results["tree_sitter"]])
+        r = results["code_cleaning"]
+        out.extend([f"Whole code cleaning of {r['kept'] + r['rejected']} files ({r['input_mb']} MB, one run): {r['seconds']} s, "
+                    f"{r['records_per_s']} files/s, {r['mb_per_s']} MB/s, peak RSS {r['peak_rss_mb']} MB.", ""])
+    if "clip" in results:
+        table("CLIP scoring end to end (ViT-B/32 size, JPEG files to CLIPScores)", ["path", "model", "pairs", "pairs/s", "device", "batch"],
+              [[r["path"], "yes" if r["model"] else "no (decode + preprocess)", r["pairs"], r["pairs_per_s"], r["device"], r["batch_size"]] for r in results["clip"]])
+    if "bertscore" in results:
+        r = results["bertscore"]
+        table("BERTScore difficulty", ["records", "records/s", "device", "encoder", "span words"], [[r["records"], r["records_per_s"], r["device"], r["encoder"], r["span_words"]]])
+    if "tokenizer" in results:
+        r = results["tokenizer"]
+        table("Tokenizer training (byte-level BPE)", ["MB", "MB/s", "vocabulary", "threads"], [[r["mb"], r["mb_per_s"], r["vocab_size"], r["threads"]]])
+    for t in results.get("training", []):
+        out.extend([f"## Training: {t.get('preset')}", "", t.get("markdown", "```\n" + json.dumps(t, indent=1) + "\n```"), ""])
+    if "e2e" in results:
+        out.extend(["## End to end: `make demo` (tiny preset)", "", results["e2e"]["markdown"], ""])
+    return "\n".join(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scale", choices=sorted(SCALES), default="full")
+    parser.add_argument("--repeats", type=int, default=None, help="default: 5 at full scale, 1 at quick")
+    parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
+    parser.add_argument("--work", type=Path, default=ROOT / ".work", help="generated corpora and scratch (reused across runs)")
+    parser.add_argument("--out", type=Path, default=ROOT / "results")
+    parser.add_argument("--name", default=None, help="result file name; default: the host name")
+    args = parser.parse_args()
+    sections = [s for s in args.only.split(",") if s]
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown sections {sorted(unknown)}; choose from {SECTIONS}")
+    repeats = args.repeats or (5 if args.scale == "full" else 1)
+    results = run(sections, SCALES[args.scale], repeats, args.work)
+    name = args.name or results["machine"]["host"]
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
+    (args.out / f"{name}.md").write_text(markdown(results) + "\n")
+    print(markdown(results))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
