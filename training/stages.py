@@ -85,10 +85,13 @@ def stage_specs(
     total = sum(p.steps for p in plans)
     tokenizer_hash = sha256_file(data_dir / "tokenizer" / "tokenizer.json")
     specs: list[StageSpec] = []
-    for plan in plans:
+    for plan, entry in zip(plans, curriculum["stages"]):
         records = data_dir / "curriculum" / stage_file(plan.stage)
         prev = specs[-1] if specs else None
-        key = fingerprint(model, training, plan, total, ranks, sha256_file(records), tokenizer_hash, prev and prev.fingerprint)
+        # The curriculum records each file's hash as it writes it: every stage asset computes every
+        # spec of the chain, and hashing all stage files each time would read the corpus nine times.
+        content = entry.get("sha256") or sha256_file(records)
+        key = fingerprint(model, training, plan, total, ranks, content, tokenizer_hash, prev and prev.fingerprint)
         specs.append(
             StageSpec(
                 stage=plan.stage, plan=plan, total_steps=total, records=str(records), tokenizer=str(data_dir / "tokenizer"),

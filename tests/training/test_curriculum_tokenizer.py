@@ -7,6 +7,7 @@ from transformers import AutoTokenizer
 
 from training.config import CurriculumConfig, TokenizerConfig
 from training.data.curriculum import build_curriculum, stage_file
+from training.fsutil import sha256_file
 from training.tokenizer import round_trip_failures, train_tokenizer
 
 
@@ -41,6 +42,7 @@ def test_pendulum_stages_sample_levels_up_to_k(scored, tmp_path):
     for s in summary["stages"]:
         stage = pq.read_table(tmp_path / "cur" / stage_file(s["stage"]))
         assert max(stage["level"].to_pylist()) <= s["level"]
+        assert s["sha256"] == sha256_file(tmp_path / "cur" / stage_file(s["stage"]))  # what stage specs fingerprint
 
 
 def test_custom_schedule_and_determinism(scored, tmp_path):

@@ -25,7 +25,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from training.config import CurriculumConfig
-from training.fsutil import atomic_path
+from training.fsutil import atomic_path, sha256_file
 
 
 def stage_file(stage: int) -> str:
@@ -53,7 +53,8 @@ def build_curriculum(
             stage = pool.take(pa.array(order, pa.int64()))
             pq.write_table(stage, tmp / stage_file(i))
             stages.append(
-                {"stage": i, "level": level, "records": stage.num_rows, "tokens": count_tokens(stage["text"].to_pylist())}
+                {"stage": i, "level": level, "records": stage.num_rows, "tokens": count_tokens(stage["text"].to_pylist()),
+                 "sha256": sha256_file(tmp / stage_file(i))}
             )
         summary = {
             "schedule": list(cfg.schedule),
