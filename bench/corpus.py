@@ -84,6 +84,7 @@ def _write_batch(batch: Path, card: dict, fill) -> dict:
     if card_path.is_file() and json.loads(card_path.read_text()) == card and (batch / READY_MARKER).is_file():
         return card
     with atomic_path(batch) as tmp:
+        tmp.mkdir(parents=True)
         fill(tmp, random.Random(card["seed"]))
         (tmp / READY_MARKER).touch()
     card_path.write_text(json.dumps(card))
@@ -94,7 +95,7 @@ def write_text_batch(batch: Path, records: int, seed: int = 0) -> dict:
     def fill(tmp: Path, rng: random.Random) -> None:
         pool: list[str] = sentences()
         earlier: list[str] = []
-        (tmp / "text").mkdir(parents=True)
+        (tmp / "text").mkdir()
         for shard in range(0, records, SHARD_RECORDS):
             with open(tmp / "text" / f"part-{shard // SHARD_RECORDS:05d}.jsonl", "wb") as f:
                 f.writelines(_text_line(rng, pool, earlier, i) for i in range(shard, min(shard + SHARD_RECORDS, records)))

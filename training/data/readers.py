@@ -111,8 +111,9 @@ def _text_record(obj: Any, source: str, max_bytes: int) -> Record:
 
 
 def _read_jsonl(batch: Batch, path: Path, cfg: TextFilterConfig) -> Iterator[Record]:
+    file_source = source_of(batch, path)  # once per file: a path computation per line costs more than the JSON
     for number, raw in read_lines(path, cfg.max_record_bytes):
-        source = source_of(batch, path, number)
+        source = f"{file_source}:{number}"
         if raw is None:
             yield Record(source, "text", source, reject=Reject("record_too_large", f"line > {cfg.max_record_bytes} bytes"))
             continue
@@ -135,6 +136,7 @@ def _read_parquet(batch: Batch, path: Path, cfg: TextFilterConfig) -> Iterator[R
         src = source_of(batch, path)
         yield Record(src, "text", src, reject=Reject("file_unreadable", str(e)[:500]))
         return
+    file_source = source_of(batch, path)
     names = set(pf.schema_arrow.names)
     columns = [c for c in ("text", "id") if c in names]
     row = 0
@@ -144,11 +146,11 @@ def _read_parquet(batch: Batch, path: Path, cfg: TextFilterConfig) -> Iterator[R
             rows = pf.read_row_group(group, columns=columns).to_pylist() if columns else [{}] * n
         except Exception as e:
             for i in range(n):
-                src = source_of(batch, path, row + i + 1)
+                src = f"{file_source}:{row + i + 1}"
                 yield Record(src, "text", src, reject=Reject("file_unreadable", f"row group {group}: {str(e)[:300]}"))
         else:
             for i, obj in enumerate(rows):
-                yield _text_record(obj, source_of(batch, path, row + i + 1), cfg.max_record_bytes)
+                yield _text_record(obj, f"{file_source}:{row + i + 1}", cfg.max_record_bytes)
         row += n
 
 
