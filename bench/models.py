@@ -77,17 +77,22 @@ def clip_model(out: Path, vit_b32: bool) -> Path:
 
 
 def clip_table(batch_dir: Path, model_dir: Path, pairs: int, batch_size: int, repeats: int, workers: int) -> list[dict]:
-    """Pairs/s from files to CLIPScores, kiln's path (threaded decode, uint8 crops normalized on the
-    device) against the serial one (decode one by one, the processor's float pixels), with the model
-    and without it (decoding and preprocessing alone)."""
+    """Pairs/s from files to CLIPScores: kiln's paths (decoding on threads; the resize on the device,
+    or Pillow's on threads) against the serial one (decode one by one, the processor's float
+    pixels), with the model and without it (decoding and preprocessing alone)."""
     cfg = ImageFilterConfig(batch_size=batch_size)
     [batch] = ready_batches(batch_dir)
     records = [r for r, _ in zip(read_image_pairs(batch, cfg), range(pairs)) if r.reject is None]
     scorer = ClipScorer(str(model_dir), workers=workers)
+    variants = [("kiln: threaded decode, resize on the device", workers, "device"),
+                ("kiln: threaded decode, Pillow resize on threads", workers, "threads"),
+                ("serial decode, the processor", 1, "processor")]
+    if scorer.device.type != "cuda":  # the device path is for GPUs; on a CPU threads are the default
+        variants = variants[1:] + variants[:1]
     rows = []
-    for variant, threads, crops in (("kiln: threaded decode, uint8 crops", workers, True), ("serial decode, processor", 1, False)):
+    for variant, threads, resize in variants:
         decode = ImageDecode(cfg.max_image_bytes, cfg.max_image_pixels, threads)
-        scorer.workers, scorer._crops = threads, crops and scorer._crops
+        scorer.workers, scorer.resize = threads, resize
         for with_model in (False, True):
             clip = ClipScore(scorer.score, 0.0, batch_size)
 

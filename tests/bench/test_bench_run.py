@@ -35,6 +35,6 @@ def test_quick_bench_measures_and_agrees(tmp_path):
     assert code["kept"] + code["rejected"] == 200 and code["reasons"].get("tree_sitter_error", 0) > 0
 
     clip = results["clip"]
-    assert len(clip) == 4 and all(r["pairs"] == 32 and r["pairs_per_s"] > 0 for r in clip)
+    assert len(clip) == 6 and all(r["pairs"] == 32 and r["pairs_per_s"] > 0 for r in clip)
     assert results["bertscore"]["records"] == 20 and results["bertscore"]["records_per_s"] > 0
     assert results["tokenizer"]["mb"] >= 1 and results["tokenizer"]["vocab_size"] == 65_536

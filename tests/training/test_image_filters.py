@@ -161,12 +161,19 @@ def test_clip_pixels_on_threads_equal_the_processor(clip_dir, size, mode):
     from training.clip import ClipScorer
 
     scorer = ClipScorer(str(clip_dir), workers=2)
-    assert scorer._crops  # the fast path, not the processor
-    image = Image.fromarray(np.random.default_rng(size[0]).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).convert(mode)
-    fast = scorer.pixel_values([image, image.transpose(Image.Transpose.ROTATE_90)])
-    reference = scorer.processor(images=[image, image.transpose(Image.Transpose.ROTATE_90)], return_tensors="pt")["pixel_values"]
-    assert fast.shape == reference.shape == (2, 3, 56, 56)
-    assert float((fast - reference).abs().max()) < 1e-5
+    assert scorer.resize == "threads"  # the default on a CPU, not the processor
+    noise = np.random.default_rng(size[0]).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    images = [Image.fromarray(noise).convert(mode), Image.fromarray(noise).convert(mode).transpose(Image.Transpose.ROTATE_90)]
+    reference = scorer.processor(images=images, return_tensors="pt")["pixel_values"]
+    threads = scorer.pixel_values(images)
+    assert threads.shape == reference.shape == (2, 3, 56, 56)
+    assert float((threads - reference).abs().max()) < 1e-5
+    # On the device: torch's antialiased bicubic instead of Pillow's, within a fraction of a level
+    # on average even on noise (one level is 1/255/std = about 0.015 here).
+    scorer.resize = "device"
+    device = scorer.pixel_values(images)
+    assert device.shape == reference.shape
+    assert float((device - reference).abs().mean()) < 0.015
 
 
 def test_clip_processor_of_another_shape_is_used_as_is(clip_dir, tmp_path):
@@ -180,6 +187,6 @@ def test_clip_processor_of_another_shape_is_used_as_is(clip_dir, tmp_path):
     shutil.copytree(clip_dir, other)
     CLIPImageProcessorPil(size={"height": 40, "width": 60}, crop_size={"height": 40, "width": 40}).save_pretrained(other)
     scorer = ClipScorer(str(other))
-    assert not scorer._crops
+    assert scorer.resize == "processor"
     image = Image.new("RGB", (120, 90), (10, 200, 30))
     assert scorer.pixel_values([image]).shape == (1, 3, 40, 40)
