@@ -94,6 +94,9 @@ EDGE_TEXTS = [
     "buy now " * 60, "-----" * 100 + "x", "a -- b -- c ---- d __ e " * 40, "x" * 3000,
     "机器学习很有趣。" * 30, "ΣΑΣ ΟΔΟΣ σίσυφος " * 20, "İstanbul " * 30, "🎉🎉🎉 party 🎉🎉 time " * 30,
     "word " * 1600,  # a last window shorter than half joins the one before
+    "curly \u201cquotes\u201d \u2014 mostly ASCII\u2026 " * 25, "lone \ud800\ud800 surrogate " * 20,
+    "\uffff at the top of the 16-bit range \uffff\uffff " * 20, "Kelvin \u212a lowercases to ASCII " * 20,
+    "\U0001f389 abcdefgh abefcdgh",  # hashed in blocks of two code points: the middle two swapped differ
 ]
 
 
@@ -106,6 +109,24 @@ def test_chunked_entropy_equals_the_per_record_definition(text):
     inside = ngram_entropies(["zzzz " * 9, text, "qqqq qqqq"])[1]
     assert alone == pytest.approx(ngram_entropy(text), abs=1e-9)
     assert inside == pytest.approx(ngram_entropy(text), abs=1e-9)
+
+
+@pytest.mark.parametrize(
+    "texts",
+    [
+        [t for t in EDGE_TEXTS if t.isascii()],  # bytes
+        [t for t in EDGE_TEXTS if not t.isascii() and max(t) < "\uffff"],  # 16-bit code points
+        EDGE_TEXTS,  # mixed: ASCII in bytes, the rest in 32-bit code points (an emoji is past 16 bits)
+    ],
+    ids=["ascii", "bmp", "mixed"],
+)
+@pytest.mark.parametrize("n, window", [(8, 1024), (1, 50), (2, 16), (3, 64), (5, 300), (12, 100)])
+def test_chunked_entropy_on_each_stream_and_n_gram_key(texts, n, window):
+    # n-grams of up to 8 bytes, 4 or 2 code points are their own keys, longer ones hashed.
+    from training.data.filters.text import ngram_entropies
+
+    expected = [ngram_entropy(t, n, window) for t in texts]
+    assert list(ngram_entropies(texts, n, window)) == pytest.approx(expected, abs=1e-9)
 
 
 def test_chunked_entropy_on_real_documents_and_other_window_sizes():

@@ -61,100 +61,169 @@ def ngram_entropy(text: str, n: int = 8, window: int = 1024) -> float:
     return total / len(grams)
 
 
-_MULT = np.uint64(0x100000001B3)  # FNV's 64-bit prime as the polynomial base of the n-gram hash
+_MULT = np.uint64(0x9E3779B97F4A7C15)  # 2^64/φ, odd: the n-gram hash's polynomial base spreads every bit
+_WORD_CHAR, _SEPARATOR, _SYMBOL_CHAR, _SPACE_CHAR = 0, 1, 2, 3  # classes; the last two collapse in runs
+_ASCII_SEPARATOR = 0x80  # frames ASCII records; the others' is 0xFFFF, or past the last code point
+_BUCKET = 64  # rows of one padded sort hold windows within this many n-grams of one another's length
 
 
 @functools.cache
-def _classes() -> tuple[np.ndarray, np.ndarray]:
-    """(is_space, is_word) for every code point, as `re` decides whitespace and word characters."""
-    chars = [chr(c) for c in range(sys.maxunicode + 1)]
-    is_space = np.fromiter((ch.isspace() for ch in chars), bool, len(chars))
-    is_word = np.fromiter((ch.isalnum() or ch == "_" for ch in chars), bool, len(chars))
-    return is_space, is_word
+def _classes(separator: int) -> np.ndarray:
+    """The class of every character below `separator` as `re` decides word and whitespace characters
+    (the rest are symbols), and of `separator`: a value no record of the stream holds."""
+    chars = map(chr, range(separator))
+    classes = [_SPACE_CHAR if c.isspace() else _WORD_CHAR if c.isalnum() or c == "_" else _SYMBOL_CHAR for c in chars]
+    return np.array(classes + [_SEPARATOR], np.uint8)
 
 
-def _polynomial_hashes(x: np.ndarray, n: int) -> np.ndarray:
-    """hash(x[i:i+n]) = sum_k x[i+k]·P^(n-1-k) mod 2^64 for every i, by doubling (a hash of length 2L
-    from two of length L): log2(n) passes over the array instead of n."""
-    if len(x) < n:
-        return np.zeros(0, np.uint64)
-    h, length = x, 1
+@functools.cache
+def _blanks(separator: int) -> np.ndarray:
+    """Every character up to `separator` as itself, whitespace as a space."""
+    table = np.arange(separator + 1, dtype=np.uint16 if separator <= 0xFFFF else np.uint32)
+    table[_classes(separator) == _SPACE_CHAR] = 32
+    return table
+
+
+@functools.cache
+def _ascii_table() -> bytes:
+    """`bytes.translate` table: lowercase and whitespace as a space in one pass in C."""
+    return bytes(_blanks(_ASCII_SEPARATOR)[ord(chr(b).lower())] if b <= _ASCII_SEPARATOR else b for b in range(256))
+
+
+def _stream(texts: Sequence[str]) -> tuple[np.ndarray, int]:
+    """The records lowercased, whitespace as a space, in one array with a separator before, between
+    and after them: bytes if all are ASCII, else 16-bit code points if they fit, else 32-bit."""
+    if all(t.isascii() for t in texts):
+        raw = chr(_ASCII_SEPARATOR).join(["", *texts, ""]).encode("latin-1")
+        return np.frombuffer(raw.translate(_ascii_table()), np.uint8), _ASCII_SEPARATOR
+    lowered = [t.lower() for t in texts]
+    # surrogatepass: a lone surrogate (JSON may carry one) is a symbol, as in the definition.
+    cp = np.frombuffer("".join(lowered).encode("utf-32-le", "surrogatepass"), "<u4")
+    separator = 0xFFFF if cp.max(initial=0) < 0xFFFF else sys.maxunicode + 1
+    cp = np.insert(cp, np.cumsum([0] + [len(t) for t in lowered]), separator)
+    return _blanks(separator)[cp], separator
+
+
+def _normalize(chars: np.ndarray, separator: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The definition's normalization of a stream: a space or symbol equal to the character before it
+    goes (runs become one), and so does a space after a separator (strip). Returns the stream and its
+    records' starts and lengths, these less a trailing space."""
+    # Equal neighbours are rare in text: classify just those, not the whole stream.
+    same = np.flatnonzero(chars[1:] == chars[:-1]) + 1
+    repeat = same[_classes(separator)[chars[same]] >= _SYMBOL_CHAR]
+    seps = np.flatnonzero(chars == separator)
+    lead = seps[:-1] + 1
+    lead = lead[chars[lead] == 32]
+    if len(repeat) or len(lead):
+        keep = np.ones(len(chars), bool)
+        keep[repeat] = keep[lead] = False
+        chars = chars[keep]
+        seps = np.flatnonzero(chars == separator)
+    lengths = np.diff(seps) - 1
+    lengths -= (lengths > 0) & (chars[seps[1:] - 1] == 32)  # runs are single by now
+    return chars, seps[:-1] + 1, lengths
+
+
+def _gram_keys(chars: np.ndarray, n: int, size: int) -> np.ndarray:
+    """A 64-bit key of the n-gram at each of the first `size` positions (those past the stream's
+    end are padding).
+
+    An n-gram of up to 8 bytes, 4 UTF-16 or 2 UTF-32 units is its own key: an unaligned 8-byte view
+    of the stream, masked to n units, so such n-grams never collide. Longer ones take a polynomial
+    of such blocks mod 2^64 (base P), by doubling: log2 passes over the array instead of n."""
+    unit = chars.itemsize
+    fit = 8 // unit
+    buf = np.concatenate((chars, np.zeros(size + n + fit - len(chars), chars.dtype)))
+    packed = np.ndarray((size + n,), "<u8", buf, strides=(unit,))
+
+    def block(units: int) -> np.ndarray:
+        return packed if units == fit else packed & np.uint64((1 << (8 * unit * units)) - 1)
+
+    if n <= fit:
+        return block(n)
+    h, length, blocks = block(fit)[: size + n - fit], fit, 1  # h[i]: the units i .. i+length-1
     with np.errstate(over="ignore"):
         while 2 * length <= n:
-            h = h[:-length] * np.uint64(pow(int(_MULT), length, 2**64)) + h[length:]
-            length *= 2
-        while length < n:  # the rest one code point at a time (none when n is a power of two)
-            h = h[:-1] * _MULT + x[length:]
-            length += 1
+            h = h[:-length] * np.uint64(pow(int(_MULT), blocks, 2**64)) + h[length:]
+            length, blocks = 2 * length, 2 * blocks
+        while length < n:  # the rest a block at a time
+            units = min(fit, n - length)
+            h = h[:-units] * _MULT + block(units)[length : length + len(h) - units]
+            length += units
     return h
+
+
+def _entropies(chars: np.ndarray, starts: np.ndarray, lengths: np.ndarray, n: int, window: int) -> np.ndarray:
+    """The score of every record of a normalized stream."""
+    grams = np.maximum(lengths - n + 1, 0)
+    scores = np.zeros(len(grams))
+    scored = np.flatnonzero(grams >= 2)
+    if len(scored) == 0:
+        return scores
+    # Windows of W n-grams; a last window shorter than W/2 joins the one before.
+    g = grams[scored]
+    windows = -(-g // window)
+    windows -= (windows > 1) & (g - (windows - 1) * window < window // 2)
+    row_text = np.repeat(np.arange(len(scored)), windows)
+    j = np.arange(len(row_text)) - np.repeat(np.cumsum(windows) - windows, windows)
+    row_start = starts[scored][row_text] + j * window
+    m = np.where(j == windows[row_text] - 1, g[row_text] - j * window, window)
+
+    # Each window's keys are sorted in a row of their own: a padded 2-D sort stays in cache, unlike
+    # one sort of the chunk. Rows of similar length go together so that little of it is padding.
+    order = np.argsort(m, kind="stable")
+    m, row_text, row_start = m[order], row_text[order], row_start[order]
+    widest = int(m[-1])
+    keys = np.lib.stride_tricks.sliding_window_view(_gram_keys(chars, n, len(chars) + widest), widest)
+    cols = np.arange(widest)
+    groups = np.flatnonzero(np.diff((m - 1) // _BUCKET)) + 1
+    repeats, row_at, at = [], [], 0  # the groups' flags laid end to end: row r's first flag at row_at[r]
+    for lo, hi in zip(np.append(0, groups), np.append(groups, len(m))):
+        mr = m[lo:hi, None]
+        width = int(mr[-1, 0])
+        tail = max(width - _BUCKET, 0)  # every row of the group is full up to here
+        k = keys[row_start[lo:hi], :width].view(np.int64)  # numpy sorts signed integers faster
+        # Padding sorts last (the maximum), so a row's first m sorted keys are its window's.
+        k[:, tail:][cols[tail:width] >= mr] = np.iinfo(np.int64).max
+        k.sort(axis=1)
+        flat = k.ravel()
+        repeat = np.empty(len(flat), bool)  # repeat[i]: key i repeats key i - 1
+        np.equal(flat[1:], flat[:-1], out=repeat[1:])
+        repeat = repeat.reshape(k.shape)
+        repeat[:, 0] = False  # no row continues the one before
+        repeat[:, tail:][cols[tail:width] >= mr] = False
+        repeats.append(np.flatnonzero(repeat) + at)
+        row_at.append(at + width * np.arange(hi - lo))
+        at += repeat.size
+    # Only repeated n-grams add to sum c log c (c = 1 adds 0): c equal keys are a run of c - 1 flags,
+    # and a run never continues into the next row (its first flag is always off).
+    flags = np.concatenate(repeats)
+    first = np.flatnonzero(np.diff(flags, prepend=-2) != 1)
+    c = np.diff(first, append=len(flags)) + 1.0
+    row = np.searchsorted(np.concatenate(row_at), flags[first], side="right") - 1
+    c_log_c = np.bincount(row, weights=c * np.log(c), minlength=len(m))
+    per_window = (np.log(m) - c_log_c / m) / np.log(m)  # H(w) / log|w|, with sum c = m
+    scores[scored] = np.bincount(row_text, weights=per_window * m, minlength=len(scored)) / g
+    return scores
 
 
 def ngram_entropies(texts: Sequence[str], n: int = 8, window: int = 1024) -> np.ndarray:
     """`ngram_entropy` of many texts at once, in numpy, for the cleaning runner's chunks.
 
-    The normalization works on code points (whitespace runs to one space, runs of one repeated
-    symbol to one, trimmed); each n-gram becomes a 64-bit polynomial hash; one sort of a key that
-    holds the (text, window) id in its high bits and the hash's top bits below gives the n-gram
-    counts as runs. Equal to the per-text definition up to float rounding, unless two n-grams of
-    one window agree in the ~50 hash bits the key keeps (chance about 1e-9 per window at 1,024
-    n-grams; the window's score would move by about 1/1024)."""
-    if not texts:
-        return np.zeros(0)
-    lowered = [t.lower() for t in texts]
-    lengths = np.fromiter((len(t) for t in lowered), np.int64, len(lowered))
-    cp = np.frombuffer("".join(lowered).encode("utf-32-le"), np.uint32).astype(np.int64)
-    is_space, is_word = _classes()
-    space, word = is_space[cp], is_word[cp]
-    cp[space] = 32
-    first = np.zeros(len(cp), bool)
-    first[np.cumsum(lengths)[:-1][lengths[1:] > 0] if len(lengths) > 1 else []] = True
-    first[0:1] = True
-    same_as_previous = np.concatenate(([False], cp[1:] == cp[:-1])) & ~first
-    keep = ~(same_as_previous & (space | ~word))  # a space or symbol repeating the one before
-    text_of = np.repeat(np.arange(len(texts)), lengths)
-    cp, space, text_of = cp[keep], space[keep], text_of[keep]
-    # Trim one leading and one trailing space per text (runs are already single).
-    counts = np.bincount(text_of, minlength=len(texts))
-    ends = np.cumsum(counts)
-    starts = ends - counts
-    trim = np.zeros(len(cp), bool)
-    nonempty = counts > 0
-    trim[starts[nonempty]] |= space[starts[nonempty]]
-    trim[ends[nonempty] - 1] |= space[ends[nonempty] - 1]
-    cp, text_of = cp[~trim], text_of[~trim]
-    lengths = np.bincount(text_of, minlength=len(texts))
-
-    grams = np.maximum(lengths - n + 1, 0)
-    if grams.sum() == 0:
-        return np.zeros(len(texts))
-    h = _polynomial_hashes(cp.astype(np.uint64), n)
-    offsets = np.cumsum(lengths) - lengths
-    owner = np.repeat(np.arange(len(texts)), grams)
-    local = np.arange(grams.sum()) - np.repeat(np.cumsum(grams) - grams, grams)
-    h = h[offsets[owner] + local]
-    # splitmix64's finalizer: a bijection (no new collisions) that spreads every input bit over the
-    # top bits the sort key keeps; the polynomial alone leaves them poorly mixed.
-    with np.errstate(over="ignore"):
-        h ^= h >> np.uint64(33)
-        h *= np.uint64(0xFF51AFD7ED558CCD)
-        h ^= h >> np.uint64(33)
-        h *= np.uint64(0xC4CEB9FE1A85EC53)
-        h ^= h >> np.uint64(33)
-    # Windows of W n-grams; a last window shorter than W/2 joins the one before.
-    windows = np.maximum(-(-grams // window), 1)
-    windows -= (windows > 1) & (grams - (windows - 1) * window < window // 2)
-    wid = (np.cumsum(windows) - windows)[owner] + np.minimum(local // window, windows[owner] - 1)
-    bits = np.uint64(max(1, int(windows.sum()).bit_length()))
-    key = np.sort((wid.astype(np.uint64) << (np.uint64(64) - bits)) | (h >> bits))
-    runs = np.flatnonzero(np.concatenate(([True], key[1:] != key[:-1])))
-    run_counts = np.diff(np.append(runs, len(key))).astype(np.float64)
-    run_window = (key[runs] >> (np.uint64(64) - bits)).astype(np.int64)
-    m = np.bincount(wid, minlength=int(windows.sum())).astype(np.float64)
-    c_log_c = np.bincount(run_window, weights=run_counts * np.log(run_counts), minlength=len(m))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        per_window = np.where(m >= 2, (np.log(m) - c_log_c / m) / np.log(m), 0.0)  # H(w) / log|w|
-    weighted = np.bincount(np.repeat(np.arange(len(texts)), windows), weights=per_window * m, minlength=len(texts))
-    return np.divide(weighted, grams, out=np.zeros(len(texts)), where=grams >= 2)
+    A chunk's records are normalized in one stream with separators between them: bytes for the
+    ASCII ones, 16- or 32-bit code points for the rest. Every n-gram gets a 64-bit key; each window's
+    keys are sorted in a row of a 2-D array and repeats counted as runs. Equal to the per-text
+    definition up to float rounding: n-grams of ASCII up to 8 characters (and of up to 4 or 2
+    characters otherwise) are their own keys; longer ones are hashed, and two distinct ones of a
+    window could share all 64 bits (about m²/2^65 per window of m n-grams: 6e-14 at 1,535; the
+    score would move by about 1/m)."""
+    scores = np.zeros(len(texts))
+    ascii_ = np.fromiter((t.isascii() for t in texts), bool, len(texts))
+    for group in (np.flatnonzero(ascii_), np.flatnonzero(~ascii_)):
+        if len(group):
+            chars, separator = _stream([texts[i] for i in group])
+            scores[group] = _entropies(*_normalize(chars, separator), n, window)
+    return scores
 
 
 class NotEmpty(Filter):
