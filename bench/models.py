@@ -76,7 +76,7 @@ def clip_model(out: Path, vit_b32: bool) -> Path:
     return out
 
 
-def clip_table(batch_dir: Path, model_dir: Path, pairs: int, batch_size: int, repeats: int, workers: int) -> list[dict]:
+def clip_table(batch_dir: Path, model_dir: Path, pairs: int, model_pairs: int, batch_size: int, repeats: int, workers: int) -> list[dict]:
     """Pairs/s from files to CLIPScores: kiln's paths (decoding on threads; the resize on the device,
     or Pillow's on threads) against the serial one (decode one by one, the processor's float
     pixels), with the model and without it (decoding and preprocessing alone)."""
@@ -95,9 +95,10 @@ def clip_table(batch_dir: Path, model_dir: Path, pairs: int, batch_size: int, re
         scorer.workers, scorer.resize = threads, resize
         for with_model in (False, True):
             clip = ClipScore(scorer.score, 0.0, batch_size)
+            subset = records[:model_pairs] if with_model else records
 
             def run() -> None:
-                for chunk in chunks(records, batch_size):
+                for chunk in chunks(subset, batch_size):
                     decode(chunk)
                     if with_model:
                         clip(chunk)
@@ -110,7 +111,7 @@ def clip_table(batch_dir: Path, model_dir: Path, pairs: int, batch_size: int, re
 
             run()  # warm up (CUDA kernels, thread start)
             seconds, all_s = median_seconds(run, repeats)
-            rows.append({"path": variant, "model": with_model, "pairs": len(records), "pairs_per_s": round(len(records) / seconds, 1),
+            rows.append({"path": variant, "model": with_model, "pairs": len(subset), "pairs_per_s": round(len(subset) / seconds, 1),
                          "device": str(scorer.device), "batch_size": batch_size, "seconds": [round(t, 3) for t in all_s]})
     return rows
 
