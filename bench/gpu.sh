@@ -7,6 +7,8 @@
 # installs DeepSpeed and the test runner from the carried wheels, runs the GPU-marked tests, then
 # the benchmarks, writing results into $OUT (or bench/results/). One command after another: append
 # more benchmarks at the end. The exit status is 1 when any step failed; every step runs regardless.
+# PRESETS="gpu-124m" (default both) times one preset, for a runner that caps one command's time:
+# seven of the ten variants of a preset compile.
 #
 # The wheels folder is made on a machine with the registry (cp312 manylinux wheels):
 #     pip wheel --no-deps deepspeed==0.19.8 -w .whl/
@@ -34,7 +36,7 @@ python -c "import pyarrow, matplotlib" 2>/dev/null || { echo "no pyarrow/matplot
 python -m pytest -q -m gpu -p no:cacheprovider tests/training/test_loss.py $trainer_test 2>&1 | tee "$OUT/pytest-gpu.txt" || status=1
 
 # Training throughput: the reference loop, kiln's DeepSpeed step and its ablations (bench/training.py).
-for preset in gpu-124m gpu-350m; do
+for preset in ${PRESETS:-gpu-124m gpu-350m}; do
     python -m bench.training --preset "$preset" --steps 20 --warmup 5 --out "$OUT/training-$preset.json" 2>&1 \
         | tee "$OUT/training-$preset.log" || status=1
 done
