@@ -46,7 +46,10 @@ def gpu_124m() -> KilnConfig:
         model=ModelConfig(hidden_size=768, layers=12, heads=12, max_seq_len=1024),
         # Micro-batch 32 x 1024 tokens fits an 80 GB GPU with room for the logits; the documents'
         # progressive batch 128 -> 256 -> 512 sequences (128K-512K tokens per step).
-        training=TrainingConfig(learning_rate=6e-4, global_batch=(128, 256, 512), micro_batch=32, checkpoint_every=200),
+        # ZeRO stage 0: one GPU has nothing to partition (see TrainingConfig.zero_stage).
+        training=TrainingConfig(
+            learning_rate=6e-4, global_batch=(128, 256, 512), micro_batch=32, zero_stage=0, checkpoint_every=200
+        ),
     )
 
 

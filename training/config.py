@@ -197,8 +197,9 @@ class TrainingConfig:
     activation_checkpointing: bool = False
     """Recompute each decoder layer's activations in the backward pass: less memory, ~30% more compute."""
     zero_stage: int = 1
-    """ZeRO 0-3. One GPU or CPU ranks gain nothing from partitioning parameters; stage 1 shards the
-    optimizer state across ranks at no communication cost over plain data parallelism."""
+    """ZeRO 0-3. Stage 1 shards the optimizer state across ranks at no communication cost over plain
+    data parallelism. One rank has nothing to shard: stage 0 there (the GPU presets) leaves torch's
+    fused AdamW to update the model's own parameters, with no flat copies of them to keep."""
     offload_optimizer: bool = False
     """ZeRO-Offload: optimizer state and step on the CPU (stage >= 1), for models whose Adam state
     does not fit in GPU memory."""
@@ -206,6 +207,20 @@ class TrainingConfig:
     """Parameters on the CPU between uses (stage 3 only)."""
     precision: str = "auto"
     """"bf16", "fp16" (dynamic loss scaling) or "fp32"; "auto": bf16 on a GPU, fp32 on the CPU."""
+    autocast: bool = True
+    """bf16 as `torch.autocast` over fp32 weights (DeepSpeed's `torch_autocast`): the numerics of a
+    plain PyTorch AMP loop, fp32 weights updated in place by the optimizer, no bf16 copies to keep in
+    step. False: DeepSpeed's bf16 optimizer (bf16 weights in the model, fp32 masters in the optimizer,
+    copied back every step). fp16 always uses DeepSpeed's fp16 optimizer, for its loss scaling."""
+    compile: bool | None = None
+    """torch.compile the model and its loss as one graph (`engine.compile()`). None: on a GPU only;
+    compiling on a CPU takes longer than the tiny preset's stages train."""
+    loss_chunk_tokens: int | None = 8192
+    """Tokens per chunk of the cross-entropy (`training/loss.py`), which never holds the full
+    [tokens, vocabulary] logits: a chunk's fp32 logits take chunk x vocabulary x 4 bytes (2 GiB at
+    a 65,536 vocabulary), and a chunk of 8,192 rows keeps the output matmul large enough to run at
+    full speed. None: full logits through `F.cross_entropy`, the reference the chunked loss is
+    tested and benchmarked against."""
     ranks: int | None = None
     """Processes per node; None: one per GPU, or `cpu_ranks` without a GPU."""
     cpu_ranks: int = 2

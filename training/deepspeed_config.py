@@ -84,6 +84,15 @@ def resolve_precision(cfg: TrainingConfig, cuda: bool) -> str:
     return precision
 
 
+def trainer_clips(cfg: TrainingConfig, precision: str) -> bool:
+    """Whether the trainer, not DeepSpeed, clips the gradients: under ZeRO-0 without DeepSpeed's
+    fp16/bf16 optimizer, where the engine would clip with a Python loop over the parameters and
+    discard the norm, which kiln logs; torch's foreach `clip_grad_norm_` does both in a few kernels
+    (`training.step.forward_backward`). Under ZeRO the gradients are partitioned, and DeepSpeed's
+    fp16/bf16 optimizers keep gradients of their own: those clip and report the norm themselves."""
+    return cfg.zero_stage == 0 and (precision == "fp32" or (precision == "bf16" and cfg.autocast))
+
+
 def deepspeed_config(cfg: TrainingConfig, plan: StagePlan, total_steps: int, precision: str, cuda: bool) -> dict:
     """The DeepSpeed JSON of one stage."""
     if cfg.zero_stage not in (0, 1, 2, 3):
@@ -97,6 +106,7 @@ def deepspeed_config(cfg: TrainingConfig, plan: StagePlan, total_steps: int, pre
         # torch's AdamW (fused on a GPU) instead of DeepSpeed's JIT-built FusedAdam, which fails to
         # build for some CUDA arch lists; with offload DeepSpeed's CPU Adam does the step.
         optimizer |= {"torch_adam": True} | ({"fused": True} if cuda else {})
+    autocast = precision == "bf16" and cfg.autocast
     zero: dict = {"stage": cfg.zero_stage}
     if cfg.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": cuda}
@@ -106,7 +116,7 @@ def deepspeed_config(cfg: TrainingConfig, plan: StagePlan, total_steps: int, pre
         "train_batch_size": plan.global_batch,
         "train_micro_batch_size_per_gpu": plan.micro_batch,
         "gradient_accumulation_steps": plan.grad_accum,
-        "gradient_clipping": cfg.grad_clip,
+        "gradient_clipping": 0.0 if trainer_clips(cfg, precision) else cfg.grad_clip,
         "optimizer": {"type": "AdamW", "params": optimizer},
         "scheduler": {
             "type": "WarmupCosineLR",
@@ -119,7 +129,8 @@ def deepspeed_config(cfg: TrainingConfig, plan: StagePlan, total_steps: int, pre
             },
         },
         "zero_optimization": zero,
-        "bf16": {"enabled": precision == "bf16"},
+        "torch_autocast": {"enabled": autocast, "dtype": "bfloat16"},
+        "bf16": {"enabled": precision == "bf16" and not autocast},
         "fp16": {
             "enabled": precision == "fp16",
             "loss_scale": 0,  # 0: dynamic loss scaling

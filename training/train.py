@@ -10,6 +10,8 @@ hand, metrics print to stdout instead. A stage
 - takes `plan.steps` optimizer steps over its packed records in a fixed order (step s always sees the
   same rows), so a resumed run ends where an uninterrupted one does;
 - saves a DeepSpeed checkpoint every `checkpoint_every` steps and at its last step, keeping the last K;
+- steps as `training/step.py` builds the step (on a GPU the model and its chunked loss compiled as
+  one graph, micro-batches prefetched, one host sync per step);
 - stops at a NaN or infinite loss before the optimizer applies it, keeping the last good checkpoint;
 - writes its output folder atomically: the weights in Hugging Face format, stage.json, metrics.jsonl
   and loss.png.
@@ -34,41 +36,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from training.deepspeed_config import deepspeed_config, resolve_precision
+from training.deepspeed_config import resolve_precision, trainer_clips
 from training.fsutil import atomic_path, remove
-from training.model import build_model, count_parameters, flops_per_token, llama_config
+from training.model import build_model, count_parameters, flops_per_token, llama_config, peak_flops
 from training.report import append_metrics, plot_loss, read_metrics, truncate_metrics
 from training.stages import STAGE_SUMMARY, StageSpec, pack_records, read_summary, save_array
-
-PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "GH200": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12}
-"""Dense bf16 peak per GPU (vendor datasheets), the denominator of MFU."""
+from training.step import build_engine, forward_backward, micro_batches, prefetch
 
 Log = Callable[[str], None]
 
 
 class NonFiniteLoss(RuntimeError):
     pass
-
-
-def peak_flops(device: torch.device) -> float | None:
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((v for k, v in sorted(PEAK_BF16_FLOPS.items(), key=lambda kv: -len(kv[0])) if k in name), None)
-
-
-def causal_lm_loss(engine, input_ids: torch.Tensor, label_smoothing: float) -> torch.Tensor:
-    logits = engine(input_ids=input_ids, use_cache=False).logits
-    return F.cross_entropy(
-        logits[:, :-1].flatten(0, 1).float(), input_ids[:, 1:].flatten(), label_smoothing=label_smoothing
-    )
-
-
-def _grad_norm(model: torch.nn.Module) -> float:
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])).item()
 
 
 def _tags(ckpt: Path) -> list[Path]:
@@ -125,15 +105,6 @@ def _prepare_workdir(spec: StageSpec, tokenizer, log: Log) -> None:
         save_array(pack_records(spec.records, tokenizer, spec.seq_len), ckpt / "packed.npy")
 
 
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices only: norms (1-D) are not decayed, as in GPT-3 and Llama."""
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    return [
-        {"params": [p for p in trainable if p.ndim >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0},
-    ]
-
-
 def _restore(engine, spec: StageSpec, log: Log) -> tuple[int, int, str]:
     """(stage step to continue from, tokens already seen in this stage, where the weights came from)."""
     ckpt = Path(spec.checkpoints)
@@ -176,7 +147,8 @@ def _export(engine, spec: StageSpec, rank: int, summary: dict, metrics: list[dic
         out = Path(spec.out)
         with atomic_path(out) as tmp:
             tmp.mkdir()
-            engine.module.save_pretrained(tmp / "model", state_dict={k: v.detach().cpu() for k, v in engine.module.state_dict().items()})
+            lm = engine.module.lm  # the LlamaForCausalLM inside CausalLMLoss
+            lm.save_pretrained(tmp / "model", state_dict={k: v.detach().cpu() for k, v in lm.state_dict().items()})
             shutil.copy(Path(spec.checkpoints) / "metrics.jsonl", tmp / "metrics.jsonl")
             if metrics:
                 plot_loss(metrics, tmp / "loss.png", f"stage {spec.stage} (level {spec.plan.level}): loss by step")
@@ -227,8 +199,8 @@ def train_stage(spec: StageSpec, log: Log = print) -> dict:
     for i in plan.frozen_layers:
         model.model.layers[i].requires_grad_(False)
     precision = resolve_precision(tcfg, cuda)
-    ds_config = deepspeed_config(tcfg, plan, spec.total_steps, precision, cuda)
-    engine, *_ = deepspeed.initialize(model=model, model_parameters=_param_groups(model, tcfg.weight_decay), config=ds_config)
+    engine = build_engine(model, tcfg, plan, spec.total_steps, precision, cuda)
+    clip = tcfg.grad_clip if trainer_clips(tcfg, precision) else None
 
     start_step, tokens, initialised_from = _restore(engine, spec, log)
     # The schedule sits at iteration g before global step g (DeepSpeed advances it after each step),
@@ -242,68 +214,56 @@ def train_stage(spec: StageSpec, log: Log = print) -> dict:
     fpt = flops_per_token(config, spec.seq_len)
     peak = peak_flops(device)
     tokens_per_step = plan.global_batch * spec.seq_len
-    train_time, trained_tokens = 0.0, 0
+    step_seconds: list[float] = []
     log(
         f"stage {spec.stage} (level {plan.level}): steps {start_step + 1}-{plan.steps} of {plan.steps}, "
         f"global batch {plan.global_batch} x {spec.seq_len} tokens, {world} ranks on {device.type}, {precision}, "
         f"ZeRO {tcfg.zero_stage}, {count_parameters(config) / 1e6:.2f}M parameters"
+        + (", compiled" if engine.is_compiled else "")
     )
-    for step in range(start_step, plan.steps):
-        t0 = time.perf_counter()
-        losses = []
-        for micro in range(plan.grad_accum):
-            first = step * plan.global_batch + (micro * world + rank) * plan.micro_batch
-            rows = np.arange(first, first + plan.micro_batch) % plan.sequences
-            batch = torch.from_numpy(data[rows].astype(np.int64)).to(device)
-            loss = causal_lm_loss(engine, batch, tcfg.label_smoothing)
-            engine.backward(loss)
-            losses.append(loss.detach().float())
-            if micro < plan.grad_accum - 1:
-                engine.step()  # accumulates; DeepSpeed steps the optimizer only at the boundary
-        mean = torch.stack(losses).mean()
-        torch.distributed.all_reduce(mean)
-        mean = mean.item() / world
-        global_step = plan.first_step + step + 1
-        if not math.isfinite(mean):
-            good = _latest_tag(ckpt)
-            raise NonFiniteLoss(
-                f"stage {spec.stage}: the loss became {mean} at stage step {step + 1} (global step {global_step}); "
-                f"the update was not applied. Last good checkpoint: {ckpt / good if good else 'none in this stage'}"
-            )
-        lr = engine.get_lr()[0]
-        # DeepSpeed reports the gradient norm under ZeRO only; without it, measure the reduced
-        # gradients before the step clips them.
-        own_norm = None if tcfg.zero_stage else _grad_norm(engine.module)
-        engine.step()
-        if cuda:
-            torch.cuda.synchronize()
-        dt = time.perf_counter() - t0
-        train_time += dt
-        trained_tokens += tokens_per_step
-        tokens += tokens_per_step
-        grad_norm = engine.get_global_grad_norm() if own_norm is None else own_norm
-        row = {
-            "step": step + 1,
-            "global_step": global_step,
-            "loss": round(mean, 6),
-            "lr": lr,
-            "grad_norm": float(grad_norm) if grad_norm is not None else None,
-            "tokens_per_s": round(tokens_per_step / dt, 1),
-        }
-        if rank == 0:
-            append_metrics(metrics_path, row)
-            if (step + 1) % tcfg.log_every == 0 or step + 1 == plan.steps:
-                log(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
-        if (step + 1) % tcfg.checkpoint_every == 0 or step + 1 == plan.steps:
-            tag = f"step_{step + 1:06d}"
-            client = {"stage": spec.stage, "stage_step": step + 1, "global_step": global_step, "tokens": tokens}
-            engine.save_checkpoint(str(ckpt), tag=tag, client_state=client)
-            torch.distributed.barrier()
+    with contextlib.closing(prefetch(micro_batches(data, plan, rank, world, start_step), device)) as batches:
+        for step in range(start_step, plan.steps):
+            # Timed from launching the step's work to handing the update to the GPU: forward_backward
+            # waits for the GPU once per step, so in a steady state this is the step's GPU time.
+            t0 = time.perf_counter()
+            mean, own_norm = forward_backward(engine, batches, plan.grad_accum, clip)
+            global_step = plan.first_step + step + 1
+            if not math.isfinite(mean):
+                good = _latest_tag(ckpt)
+                raise NonFiniteLoss(
+                    f"stage {spec.stage}: the loss became {mean} at stage step {step + 1} (global step {global_step}); "
+                    f"the update was not applied. Last good checkpoint: {ckpt / good if good else 'none in this stage'}"
+                )
+            lr = engine.get_lr()[0]
+            engine.step()
+            dt = time.perf_counter() - t0
+            step_seconds.append(dt)
+            tokens += tokens_per_step
+            grad_norm = engine.get_global_grad_norm() if own_norm is None else own_norm
+            row = {
+                "step": step + 1,
+                "global_step": global_step,
+                "loss": round(mean, 6),
+                "lr": lr,
+                "grad_norm": float(grad_norm) if grad_norm is not None else None,
+                "tokens_per_s": round(tokens_per_step / dt, 1),
+            }
             if rank == 0:
-                _prune(ckpt, 1 if step + 1 == plan.steps else tcfg.keep_checkpoints)
+                append_metrics(metrics_path, row)
+                if (step + 1) % tcfg.log_every == 0 or step + 1 == plan.steps:
+                    log(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
+            if (step + 1) % tcfg.checkpoint_every == 0 or step + 1 == plan.steps:
+                tag = f"step_{step + 1:06d}"
+                client = {"stage": spec.stage, "stage_step": step + 1, "global_step": global_step, "tokens": tokens}
+                engine.save_checkpoint(str(ckpt), tag=tag, client_state=client)
+                torch.distributed.barrier()
+                if rank == 0:
+                    _prune(ckpt, 1 if step + 1 == plan.steps else tcfg.keep_checkpoints)
 
     metrics = read_metrics(metrics_path) if rank == 0 else []
-    tokens_per_s = trained_tokens / train_time if train_time else None
+    # The first step of a process compiles the graph: throughput is that of the steps after it.
+    steady = step_seconds[1:] or step_seconds
+    tokens_per_s = tokens_per_step * len(steady) / sum(steady) if steady else None
     summary = {
         "stage": spec.stage,
         "level": plan.level,
@@ -325,7 +285,7 @@ def train_stage(spec: StageSpec, log: Log = print) -> dict:
         "flops_per_token": fpt,
         "tokens_per_s": round(tokens_per_s, 1) if tokens_per_s else None,
         "mfu": round(tokens_per_s * fpt / (world * peak), 4) if tokens_per_s and peak else None,
-        "train_seconds": round(train_time, 2),
+        "train_seconds": round(sum(step_seconds), 2),
         "wall_seconds": round(time.perf_counter() - started, 2),
         "device": torch.cuda.get_device_name(device) if cuda else "cpu",
         "ranks": world,

@@ -5,7 +5,7 @@ import math
 import pytest
 
 from training.config import TrainingConfig
-from training.deepspeed_config import deepspeed_config, per_stage, plan_stages, resolve_precision
+from training.deepspeed_config import deepspeed_config, per_stage, plan_stages, resolve_precision, trainer_clips
 
 
 def _plan(cfg: TrainingConfig, stages=((1, 64 * 100), (2, 64 * 400), (3, 64 * 1000)), seq=64, world=2):
@@ -87,8 +87,30 @@ def test_zero_stages_and_offload(overrides, cuda, expected_zero, expected_optimi
     assert params["lr"] == pytest.approx(plan.learning_rate) and params["weight_decay"] == cfg.weight_decay
     assert params["betas"] == [0.9, 0.95]
     assert ds["train_batch_size"] == plan.global_batch == plan.micro_batch * 2 * ds["gradient_accumulation_steps"]
-    assert ds["gradient_clipping"] == 1.0
-    assert ds["bf16"]["enabled"] is cuda and ds["fp16"]["enabled"] is False
+    assert ds["fp16"]["enabled"] is False
+
+
+@pytest.mark.parametrize(
+    ("overrides", "precision", "autocast", "ds_bf16", "trainer_clips_"),
+    [
+        # One GPU: torch.autocast over fp32 weights, the trainer clips with torch's foreach kernels.
+        ({"zero_stage": 0}, "bf16", True, False, True),
+        ({"zero_stage": 0}, "fp32", False, False, True),
+        # DeepSpeed's bf16 and fp16 optimizers, and ZeRO's partitioned gradients, clip themselves.
+        ({"zero_stage": 0, "autocast": False}, "bf16", False, True, False),
+        ({"zero_stage": 0}, "fp16", False, False, False),
+        ({"zero_stage": 1}, "bf16", True, False, False),
+        ({"zero_stage": 2}, "fp32", False, False, False),
+    ],
+)
+def test_mixed_precision_and_who_clips(overrides, precision, autocast, ds_bf16, trainer_clips_):
+    cfg = TrainingConfig(micro_batch=8, grad_clip=0.5, **overrides)
+    ds = deepspeed_config(cfg, _plan(cfg)[0], 100, precision, cuda=precision != "fp32")
+    assert ds["torch_autocast"]["enabled"] is autocast and ds["bf16"]["enabled"] is ds_bf16
+    assert ds["fp16"]["enabled"] is (precision == "fp16")
+    assert trainer_clips(cfg, precision) is trainer_clips_
+    # Never both, never neither: DeepSpeed clips exactly when the trainer does not.
+    assert ds["gradient_clipping"] == (0.0 if trainer_clips_ else 0.5)
 
 
 def test_schedule_is_warmup_cosine_over_all_stages():
