@@ -101,7 +101,8 @@ def demo(work: Path) -> dict:
     """A fresh `make demo` into `work`, timed and analysed."""
     shutil.rmtree(work, ignore_errors=True)
     env = {**os.environ, "KILN_DATA_DIR": str(work), "DAGSTER_HOME": str(work / "dagster_home")}
-    env.pop("KILN_LANDING_DIR", None)
+    for name in ("KILN_LANDING_DIR", "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)  # the demo's own landing zone; torchrun sets the ranks of its stages itself
     start = time.perf_counter()
     subprocess.run(["make", "-C", str(REPO), "demo"], env=env, check=True, capture_output=True)
     wall = time.perf_counter() - start

