@@ -117,6 +117,16 @@ def _loop_clean(landing: Path, out: Path, cfg: CleaningConfig) -> tuple[int, Cou
     return kept.rows, reasons
 
 
+def _peak_rss_mb() -> float:
+    """This process's peak resident set. Not getrusage's ru_maxrss: that survives exec, so a child
+    would report its parent's peak when the parent was larger."""
+    status = Path("/proc/self/status")
+    if status.is_file():
+        hwm = next(line for line in status.read_text().splitlines() if line.startswith("VmHWM:"))
+        return round(int(hwm.split()[1]) / 1024, 1)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 1)  # macOS: bytes
+
+
 def _child_run(pipeline: str, landing: Path, out: Path) -> dict:
     """One whole-corpus cleaning in this process: wall time, records, bytes, peak RSS."""
     cfg = CleaningConfig()
@@ -134,7 +144,7 @@ def _child_run(pipeline: str, landing: Path, out: Path) -> dict:
         rejected = sum(reasons.values())
     seconds = time.perf_counter() - start
     input_bytes = sum(p.stat().st_size for p in landing.rglob("*") if p.is_file() and p.name != "_SUCCESS")
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    peak = _peak_rss_mb()
     remove(out)
     return {
         "pipeline": pipeline,
@@ -143,7 +153,7 @@ def _child_run(pipeline: str, landing: Path, out: Path) -> dict:
         "rejected": rejected,
         "reasons": dict(sorted(reasons.items())),
         "input_mb": round(input_bytes / 1e6, 1),
-        "peak_rss_mb": round(peak, 1),
+        "peak_rss_mb": peak,
     }
 
 

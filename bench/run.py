@@ -2,7 +2,7 @@
 
     python -m bench.run                      # the full scale: 1M text records, 50K code files
     python -m bench.run --scale quick        # minutes: what the test suite runs, numbers not quotable
-    python -m bench.run --only cleaning,clip
+    python -m bench.run --only cleaning,clip   # rerun sections; the file keeps the others
 
 Each comparison is measured side by side in this one run; figures are medians of `--repeats` runs
 (the whole-corpus cleanings run once each: they are the streaming and memory measurement).
@@ -173,6 +173,9 @@ def main() -> None:
     results = run(sections, SCALES[args.scale], repeats, args.work)
     name = args.name or results["machine"]["host"]
     args.out.mkdir(parents=True, exist_ok=True)
+    previous = args.out / f"{name}.json"
+    if previous.is_file() and set(sections) != set(SECTIONS):  # a partial rerun keeps the other sections
+        results = {**json.loads(previous.read_text()), **results}
     (args.out / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
     (args.out / f"{name}.md").write_text(markdown(results) + "\n")
     print(markdown(results))
