@@ -255,9 +255,14 @@ def train_stage(spec: StageSpec, log: Log = print) -> dict:
             if (step + 1) % tcfg.checkpoint_every == 0 or step + 1 == plan.steps:
                 tag = f"step_{step + 1:06d}"
                 client = {"stage": spec.stage, "stage_step": step + 1, "global_step": global_step, "tokens": tokens}
-                engine.save_checkpoint(str(ckpt), tag=tag, client_state=client)
+                # DeepSpeed writes `latest` in place, so a kill between its open and its write would
+                # leave it empty and the resumed stage would start over: kiln writes it, atomically,
+                # once every rank has saved.
+                engine.save_checkpoint(str(ckpt), tag=tag, client_state=client, save_latest=False)
                 torch.distributed.barrier()
                 if rank == 0:
+                    with atomic_path(ckpt / "latest") as tmp:
+                        tmp.write_text(tag)
                     _prune(ckpt, 1 if step + 1 == plan.steps else tcfg.keep_checkpoints)
 
     metrics = read_metrics(metrics_path) if rank == 0 else []
