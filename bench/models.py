@@ -116,14 +116,15 @@ def clip_table(batch_dir: Path, model_dir: Path, pairs: int, model_pairs: int, b
     return rows
 
 
-def _texts(text_landing: Path, limit_mb: float) -> list[str]:
+def _texts(text_landing: Path, limit_mb: float = float("inf"), limit_records: float = float("inf")) -> list[str]:
+    """The first readable texts of the corpus, up to `limit_mb` or `limit_records`."""
     [batch] = ready_batches(text_landing)
     out, size = [], 0
     for r in read_text(batch, TextFilterConfig()):
         if r.reject is None and r.text:
             out.append(r.text)
             size += len(r.text.encode("utf-8"))
-            if size >= limit_mb * 1e6:
+            if size >= limit_mb * 1e6 or len(out) >= limit_records:
                 break
     return out
 
@@ -132,7 +133,7 @@ def bertscore_row(text_landing: Path, records: int, repeats: int) -> dict:
     """Records/s of the difficulty scoring's BERTScore (persistence predictions against the true
     continuations, as before the first release), on this machine's device."""
     cfg = DifficultyConfig()
-    halves = [split_record(t, cfg.span_words) for t in _texts(text_landing, 1e9)[:records]]
+    halves = [split_record(t, cfg.span_words) for t in _texts(text_landing, limit_records=records)]
     beginnings, continuations = [b for b, _ in halves], [c for _, c in halves]
     bert = BertScore(cfg)
     bert(beginnings[:8], continuations[:8])  # warm up
@@ -143,7 +144,7 @@ def bertscore_row(text_landing: Path, records: int, repeats: int) -> dict:
 
 def tokenizer_row(text_landing: Path, work: Path, mb: float, repeats: int) -> dict:
     """MB/s of byte-level BPE training at the default vocabulary (65,536)."""
-    texts = _texts(text_landing, mb)
+    texts = _texts(text_landing, limit_mb=mb)
     size = sum(len(t.encode("utf-8")) for t in texts) / 1e6
     cfg = TokenizerConfig()
     seconds, all_s = median_seconds(lambda: train_tokenizer(iter(texts), cfg, work / "tokenizer"), repeats)

@@ -98,22 +98,25 @@ class ClipScorer:
         long = int(short * max(w, h) / min(w, h))
         return (long, short) if w <= h else (short, long)
 
-    def _centre(self, x, height: int, width: int):
+    def _centre(self, height: int, width: int) -> tuple[slice, slice]:
+        """Rows and columns of the processor's centre crop of a `height` x `width` image."""
         ch, cw = self.processor.crop_size.height, self.processor.crop_size.width
         top, left = (height - ch) // 2, (width - cw) // 2
-        return x[..., top : top + ch, left : left + cw, :] if isinstance(x, np.ndarray) else x[..., top : top + ch, left : left + cw]
+        return slice(top, top + ch), slice(left, left + cw)
 
     def _crop(self, image: Image.Image) -> np.ndarray:
         """The processor's resize (its resampling filter) and centre crop in Pillow, as uint8 HWC."""
         image = image.convert("RGB")
         h, w = self._resized_size(*image.size)
-        return self._centre(np.asarray(image.resize((w, h), resample=self.processor.resample)), h, w)
+        rows, cols = self._centre(h, w)
+        return np.asarray(image.resize((w, h), resample=self.processor.resample))[rows, cols]
 
     def _on_device(self, image: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(image).to(self.device).permute(2, 0, 1)[None].float()
         h, w = self._resized_size(image.shape[1], image.shape[0])
         x = torch.nn.functional.interpolate(x, size=(h, w), mode="bicubic", antialias=True, align_corners=False)
-        return self._centre(x.round_().clamp_(0, 255), h, w)  # Pillow resizes to uint8
+        rows, cols = self._centre(h, w)
+        return x.round_().clamp_(0, 255)[..., rows, cols]  # Pillow resizes to uint8
 
     def pixel_values(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """What the processor returns for `images`, on the device."""
