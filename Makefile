@@ -36,7 +36,7 @@ demo: $(BIN)/.installed $(DAGSTER_HOME)/dagster.yaml landing
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest
 
-# Every benchmark at full scale (1M text records, 50K code files; about half an hour on 2 cores):
+# Every benchmark at full scale (1M text records, 50K code files; about 25 minutes on 2 cores):
 # bench/results/<host>.json and .md. BENCH_ARGS="--only cleaning,clip" picks sections.
 bench: $(BIN)/.installed
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
