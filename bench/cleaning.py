@@ -23,7 +23,7 @@ from pathlib import Path
 
 from training.config import CleaningConfig, CodeFilterConfig, TextFilterConfig
 from training.data.clean import chunks, clean_landing
-from training.data.filters.base import Filter, Unique, content_key, id_key
+from training.data.filters.base import dedup_filters
 from training.data.filters.code import TreeSitterParse
 from training.data.filters.text import text_filters
 from training.data.landing import ready_batches
@@ -49,10 +49,6 @@ def _readable(records: list[Record]) -> list[Record]:
     return [r for r in records if r.reject is None]
 
 
-def _dedup() -> list[Filter]:
-    return [Unique("dedup", content_key, "duplicate"), Unique("unique_id", id_key, "duplicate_id")]
-
-
 def text_filter_table(landing: Path, sample: int, repeats: int, chunk_size: int) -> list[dict]:
     """Each text filter on the same `sample` records: chunked (kiln's runner) against per record.
     Every filter sees every readable record, not only the survivors of the one before it."""
@@ -61,7 +57,7 @@ def text_filter_table(landing: Path, sample: int, repeats: int, chunk_size: int)
     mb = _mb(records)
     # A factory per filter: the Unique filters carry state, so every repeat starts a fresh one.
     factories = {f.name: (lambda f=f: f) for f in text_filters(TextFilterConfig())}
-    factories |= {f.name: (lambda i=i: _dedup()[i]) for i, f in enumerate(_dedup())}
+    factories |= {f.name: (lambda i=i: dedup_filters()[i]) for i, f in enumerate(dedup_filters())}
     rows = []
     for name, fresh in factories.items():
         fresh()(records[:chunk_size])  # warm up: the entropy filter builds its code-point tables once
@@ -98,7 +94,7 @@ def _loop_clean(landing: Path, out: Path, cfg: CleaningConfig) -> tuple[int, Cou
     """The reference pipeline: the same readers, filters and writers, each filter applied record by
     record through `check`."""
     [batch] = ready_batches(landing)
-    filters = text_filters(cfg.text) + _dedup()
+    filters = text_filters(cfg.text) + dedup_filters()
     reasons: Counter = Counter()
     out.mkdir(parents=True, exist_ok=True)
     kept, rejected = RecordWriter(out / "kept.parquet", rejected=False), RecordWriter(out / "rejected.parquet", rejected=True)
