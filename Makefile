@@ -30,8 +30,14 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 landing: $(BIN)/.installed
 	@if [ -z "$$KILN_LANDING_DIR" ]; then $(BIN)/python -m training.data.default_landing $(KILN_DATA_DIR)/landing; fi
 
+# What the daemon does by itself (`make ui`), step by step: the CLIP, each ready batch as its own
+# partition run, then the corpus and the retraining to a release.
+DAGSTER_RUN := $(BIN)/dagster asset materialize -m pipelines.definitions
 demo: $(BIN)/.installed $(DAGSTER_HOME)/dagster.yaml landing
-	$(BIN)/dagster asset materialize -m pipelines.definitions --select '*'
+	$(DAGSTER_RUN) --select clip_model
+	set -e; batches=$$($(BIN)/python -m pipelines.batches); for batch in $$batches; do \
+		$(DAGSTER_RUN) --select cleaned_batch --partition "$$batch"; done
+	$(DAGSTER_RUN) --select 'cleaned_corpus*'
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest

@@ -1,4 +1,5 @@
-"""Cleaning assets: the CLIP the image filter uses, and the cleaned corpus with its rejections."""
+"""Cleaning assets: the CLIP that scores pairs, each landing batch cleaned as its own partition, and
+the deduplicated corpus over every cleaned batch."""
 
 import time
 
@@ -6,30 +7,37 @@ import dagster as dg
 
 from assets.metadata import GPU_STEP, md_table
 from pipelines.resources import Kiln
-from training.clip import ClipScorer, build_clip_model, model_fingerprint
-from training.data.clean import clean_landing, verify_accounting
+from training.clip import build_clip_model, current_clip
+from training.data.clean import build_corpus, clean_batch, cleaned_batches, verify_batch, verify_corpus
+from training.data.landing import ready_batch, ready_batches
+
+LANDING_BATCHES = dg.DynamicPartitionsDefinition(name="landing_batches")
+"""One partition per ready landing batch, added (and deleted) by `landing_sensor`."""
 
 
 @dg.asset(
     group_name="data",
     kinds={"pytorch"},
     **GPU_STEP,
-    description="The CLIP model scoring image-caption pairs. Unless a pretrained CLIP is configured, a "
-    "small CLIP trained by kiln on the landing zone's own pairs (no pretrained weights offline).",
+    description="The CLIP scoring image-caption pairs: a configured pretrained CLIP, or kiln's own small CLIP "
+    "trained on the landing zone's pairs once enough have landed (first at ClipTrainConfig.min_pairs, again "
+    "each time they double). With too few pairs there is no CLIP yet, and pairs wait as clip_unavailable.",
 )
 def clip_model(context: dg.AssetExecutionContext, kiln: Kiln) -> dg.MaterializeResult:
     cfg = kiln.config
     stats = build_clip_model(kiln.landing, kiln.path("clip_model"), cfg.clip, cfg.cleaning.image)
     ev = stats["evaluation"]
-    context.log.info(f"CLIP: {stats['provenance']}; filter on known mismatches: {ev}")
+    context.log.info(f"CLIP {stats['version']}: {stats['provenance']}; filter on known mismatches: {ev}")
     metadata = {
+        "version": stats["version"] or "none",
         "provenance": stats["provenance"],
-        "model": dg.MetadataValue.path(stats["model"]),
-        "cached": stats.get("cached", False),
+        "cached": stats["cached"],
         "pairs_scored": ev["pairs_scored"],
         "clip_threshold": ev["threshold"],
     }
-    for key in ("pairs", "final_loss", "train_seconds", "parameters", "device"):
+    if stats["model"]:
+        metadata["model"] = dg.MetadataValue.path(stats["model"])
+    for key in ("reason", "pairs", "final_loss", "train_seconds", "parameters", "device"):
         if key in stats:
             metadata[f"train/{key}"] = stats[key]
     for key in ("known_mismatches", "rejected", "precision", "recall", "mean_score_matched", "mean_score_mismatched"):
@@ -38,59 +46,61 @@ def clip_model(context: dg.AssetExecutionContext, kiln: Kiln) -> dg.MaterializeR
     return dg.MaterializeResult(metadata=metadata)
 
 
+def _counts(results) -> dg.MarkdownMetadataValue:
+    return md_table(
+        ["batch", "modality", "kept", "rejected", "rejected by reason", "cached"],
+        [
+            (r.batch, r.modality, r.kept, r.rejected, ", ".join(f"{k} {v}" for k, v in sorted(r.reasons.items(), key=lambda kv: -kv[1])) or "-", r.cached)
+            for r in results
+        ],
+    )
+
+
 @dg.asset(
     group_name="data",
     deps=[clip_model],
+    partitions_def=LANDING_BATCHES,
+    # A backfill of many batches is one run (one pod on Kubernetes) per batch: kiln's fan-out.
+    backfill_policy=dg.BackfillPolicy.multi_run(1),
     kinds={"parquet"},
     **GPU_STEP,
-    description="Every record of every ready landing batch, kept (cleaned_corpus/) or rejected with a "
-    "reason (rejected/): entropy filter for text, Tree-sitter parse for code, CLIPScore for pairs.",
+    description="One landing batch, every record kept (cleaned_batch/<batch>/) or rejected with a reason "
+    "(rejected/<batch>/): entropy filter for text, Tree-sitter parse for code, CLIPScore for pairs.",
 )
-def cleaned_corpus(context: dg.AssetExecutionContext, kiln: Kiln) -> dg.MaterializeResult:
+def cleaned_batch(context: dg.AssetExecutionContext, kiln: Kiln) -> dg.MaterializeResult:
     cfg = kiln.config.cleaning
-    clip_ref = cfg.image.clip_model or str(kiln.path("clip_model"))
+    batch = ready_batch(kiln.landing, context.partition_key)
+    clip = current_clip(kiln.path("clip_model"), cfg.image)
     start = time.perf_counter()
-    scorer: list[ClipScorer] = []
-
-    def load_scorer():  # only called if some batch has pairs to score
-        scorer.append(ClipScorer(clip_ref))
-        return scorer[0].score
-
-    report = clean_landing(
-        kiln.landing, kiln.path("cleaned_corpus"), kiln.path("rejected"), cfg,
-        clip_fingerprint=model_fingerprint(clip_ref), clip_scorer=load_scorer, log=context.log.info,
-    )
-    seconds = time.perf_counter() - start
-    fresh = [r for r in report.results if not r.cached]
-    totals = report.by_modality()
-    reasons = {m: dict(sorted(t["reasons"].items(), key=lambda kv: -kv[1])) for m, t in totals.items()}
+    results = clean_batch(batch, kiln.path("cleaned_batch"), kiln.path("rejected"), cfg, clip, context.log.info)
+    fresh = [r for r in results if not r.cached]
     return dg.MaterializeResult(
         metadata={
-            "counts": md_table(
-                ["modality", "kept", "rejected", "rejected by reason"],
-                [(m, t["kept"], t["rejected"], ", ".join(f"{k} {v}" for k, v in reasons[m].items()) or "-") for m, t in totals.items()],
-            ),
-            "rejected_by_reason": reasons,
-            "kept": sum(t["kept"] for t in totals.values()),
-            "rejected": sum(t["rejected"] for t in totals.values()),
-            "batches": len({r.batch for r in report.results}),
-            "cleaned": [f"{r.batch}/{r.modality}" for r in fresh],
-            "cached": len(report.results) - len(fresh),
-            "removed_batches": report.removed_batches,
-            "unrecognized_files": report.unrecognized_files,
-            "records_per_second": round(sum(r.kept + r.rejected for r in fresh) / max(seconds, 1e-9), 1),
-            "clip_device": str(scorer[0].device) if scorer else "not loaded (no pairs to score)",
-            "path": dg.MetadataValue.path(kiln.path("cleaned_corpus")),
+            "counts": _counts(results),
+            "kept": sum(r.kept for r in results),
+            "rejected": sum(r.rejected for r in results),
+            "cleaned": [r.modality for r in fresh],
+            "clip": clip.version if clip else "none: pairs rejected as clip_unavailable",
+            "records_per_second": round(sum(r.kept + r.rejected for r in fresh) / max(time.perf_counter() - start, 1e-9), 1),
+            "path": dg.MetadataValue.path(kiln.path("cleaned_batch") / batch.name),
         }
     )
 
 
-@dg.asset_check(asset=cleaned_corpus, blocking=True, description="Per batch and modality, records in = kept + rejected.")
-def records_accounted(kiln: Kiln) -> dg.AssetCheckResult:
-    rows = verify_accounting(kiln.landing, kiln.path("cleaned_corpus"), kiln.path("rejected"), kiln.config.cleaning)
-    bad = [r for r in rows if not r.ok]
+@dg.asset_check(
+    asset=cleaned_batch,
+    partitions_def=LANDING_BATCHES,
+    blocking=True,
+    description="Per modality of the batch: records in the landing zone (counted independently of the readers) = kept + rejected.",
+)
+def records_accounted(context: dg.AssetCheckExecutionContext, kiln: Kiln) -> dg.AssetCheckResult:
+    batch = ready_batch(kiln.landing, context.partition_key)
+    return _accounting(verify_batch(batch, kiln.path("cleaned_batch"), kiln.path("rejected"), kiln.config.cleaning))
+
+
+def _accounting(rows) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(
-        passed=not bad,
+        passed=all(r.ok for r in rows),
         metadata={
             "table": md_table(
                 ["batch", "modality", "records in", "kept", "rejected", "ok"],
@@ -99,3 +109,48 @@ def records_accounted(kiln: Kiln) -> dg.AssetCheckResult:
             "unaccounted": sum(abs(r.records_in - r.kept - r.rejected) for r in rows),
         },
     )
+
+
+def _corpus_batches(kiln: Kiln) -> tuple[list[str], list[str]]:
+    """(cleaned, pending): the ready batches whose partition has been cleaned, in batch order, and those not yet."""
+    ready = [b.name for b in ready_batches(kiln.landing)]
+    cleaned = cleaned_batches(kiln.path("cleaned_batch"), ready)
+    return cleaned, [n for n in ready if n not in cleaned]
+
+
+@dg.asset(
+    group_name="data",
+    deps=[cleaned_batch],
+    kinds={"parquet"},
+    # Follows the batches: any cleaned partition updates it, even while another batch is missing or failed.
+    automation_condition=dg.AutomationCondition.eager().without(~dg.AutomationCondition.any_deps_missing()),
+    description="Every cleaned batch, deduplicated in batch order (the first occurrence kept): the corpus the "
+    "curriculum reads. Incremental: only batches whose records, or an earlier batch's, changed are redone.",
+)
+def cleaned_corpus(context: dg.AssetExecutionContext, kiln: Kiln) -> dg.MaterializeResult:
+    names, pending = _corpus_batches(kiln)
+    start = time.perf_counter()
+    report = build_corpus(
+        kiln.path("cleaned_batch"), names, kiln.path("cleaned_corpus"), kiln.path("rejected"), kiln.config.cleaning.chunk_size, context.log.info
+    )
+    fresh = [f"{r.batch}/{r.modality}" for r in report.results if not r.cached]
+    return dg.MaterializeResult(
+        metadata={
+            "batches": dg.MetadataValue.json(names),
+            "kept": sum(r.kept for r in report.results),
+            "duplicates": sum(r.rejected for r in report.results),
+            "deduplicated": dg.MetadataValue.json(fresh),
+            "cached": len(report.results) - len(fresh),
+            "removed_batches": dg.MetadataValue.json(report.removed_batches),
+            "pending_batches": dg.MetadataValue.json(pending),
+            "seconds": round(time.perf_counter() - start, 3),
+            "path": dg.MetadataValue.path(kiln.path("cleaned_corpus")),
+        }
+    )
+
+
+@dg.asset_check(
+    asset=cleaned_corpus, blocking=True, description="Per cleaned batch and modality: its cleaned records = kept in the corpus + duplicates."
+)
+def corpus_accounted(kiln: Kiln) -> dg.AssetCheckResult:
+    return _accounting(verify_corpus(kiln.path("cleaned_batch"), kiln.path("cleaned_corpus"), kiln.path("rejected")))

@@ -1,5 +1,16 @@
-"""Retraining automation: the lifecycle job, the sensor that starts it when a batch lands, and the
-weekly schedule."""
+"""How kiln runs unattended: arrivals are cleaned at once, training follows a policy.
+
+- `landing_sensor`: each ready batch is a partition of `cleaned_batch`; a new or changed batch is
+  cleaned (one run per batch), a batch that left the landing zone loses its partition and outputs,
+  and kiln's own CLIP is (re)trained when enough pairs have landed (then batches with pairs are
+  re-scored by it).
+- `kiln_automation`: declarative automation; `cleaned_corpus` follows the cleaned batches, and a
+  new base model is evaluated, quantized and released when its gates pass.
+- `retraining_policy` (sensor) and `weekly_retraining` (schedule): the `retraining` job, when enough
+  new kept data has landed (RetrainingPolicy) or on the cron; never more than one queued or running.
+
+All of them run as soon as the daemon does (`make ui`); KILN_AUTOMATION=off starts them stopped.
+"""
 
 from __future__ import annotations
 
@@ -7,83 +18,177 @@ import json
 
 import dagster as dg
 
+from assets.cleaning import LANDING_BATCHES, clip_model, cleaned_batch, cleaned_corpus
 from pipelines.resources import Kiln
-from training.data.landing import ready_batches
+from training.clip import clip_due, read_card
+from training.data.clean import remove_batch
+from training.data.landing import count_records, ready_batches
+from training.fsutil import fingerprint
+from training.retraining import new_since_release, retrain_reason
 
-LIFECYCLE = "lifecycle"
-"""The job that materializes every asset, from the landing zone to a release."""
+RETRAINING = "retraining"
+"""The job that trains from the cleaned corpus to a release."""
+RETRAIN_TAG = "kiln/retraining"
+ACTIVE = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+]
 
 
-def lifecycle_job() -> dg.UnresolvedAssetJobDefinition:
-    # One lifecycle at a time per deployment: runs share KILN_DATA_DIR (see the run queue's tag limit in dagster.yaml).
+def automation_status(setting: str) -> dg.DefaultSensorStatus:
+    """KILN_AUTOMATION: `on` (default) or `off`; sensors and schedules start in that state."""
+    if setting not in ("on", "off"):
+        raise ValueError(f"KILN_AUTOMATION must be on or off, not {setting!r}")
+    return dg.DefaultSensorStatus.RUNNING if setting == "on" else dg.DefaultSensorStatus.STOPPED
+
+
+def retraining_job() -> dg.UnresolvedAssetJobDefinition:
+    # One at a time per deployment (the run queue's kiln/lifecycle limit in dagster.yaml): runs share KILN_DATA_DIR.
     return dg.define_asset_job(
-        LIFECYCLE,
-        selection=dg.AssetSelection.all(),
-        tags={"kiln/lifecycle": "true"},
-        description="The whole lifecycle: landing zone to cleaned corpus, curriculum, pretraining stages, release.",
+        RETRAINING,
+        selection=dg.AssetSelection.assets(cleaned_corpus).downstream(),
+        tags={"kiln/lifecycle": "true", RETRAIN_TAG: "true"},
+        description="From the cleaned corpus to a release: difficulty, tokenizer, curriculum, pretraining stages, "
+        "evaluation, quantization, release.",
     )
 
 
 def cleaning_job() -> dg.UnresolvedAssetJobDefinition:
-    """Clean what has landed without retraining: the CLIP and the cleaned corpus, with its check."""
+    """Clean one landing batch (pick the partition, or backfill many: one run per batch)."""
     return dg.define_asset_job(
-        "cleaning",
-        selection=dg.AssetSelection.assets("clip_model", "cleaned_corpus"),
-        tags={"kiln/lifecycle": "true"},
-        description="Clean what has landed (CLIP and cleaned corpus) without retraining.",
+        "cleaning", selection=dg.AssetSelection.assets(cleaned_batch),
+        description="Clean landing batches, one run per batch (pick partitions, or backfill).",
     )
 
 
-def landing_sensor(kiln: Kiln) -> dg.SensorDefinition:
-    cfg = kiln.config.operation
+def landing_sensor(kiln: Kiln, status: dg.DefaultSensorStatus) -> dg.SensorDefinition:
+    cfg = kiln.config
 
     @dg.sensor(
         name="landing_sensor",
-        job_name=LIFECYCLE,
-        minimum_interval_seconds=cfg.sensor_interval_seconds,
-        description="Starts the lifecycle when a batch with _SUCCESS appears in the landing zone or its "
-        "content changes; batches without _SUCCESS are ignored.",
+        minimum_interval_seconds=cfg.operation.sensor_interval_seconds,
+        default_status=status,
+        target=dg.AssetSelection.assets(clip_model, cleaned_batch, cleaned_corpus),
+        description="Each ready batch (with _SUCCESS) becomes a partition of cleaned_batch and is cleaned; a changed "
+        "batch is cleaned again; a batch that left the landing zone loses its partition and outputs. Trains "
+        "kiln's CLIP once enough pairs have landed, then re-scores the batches with pairs.",
     )
     def _sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
-        # The cursor maps batch name -> content hash of what was last requested, so a restarted
-        # daemon neither repeats a batch nor misses one; run keys make each (batch, content) run once.
-        seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
+        # The cursor maps each batch to what was last requested for it (its files' stat hash and the CLIP
+        # for its pairs), so a restarted daemon neither repeats a batch nor misses one.
+        state: dict = json.loads(context.cursor) if context.cursor else {}
+        batches: dict = state.setdefault("batches", {})
+        ready = {b.name: b for b in ready_batches(kiln.landing)}
+        known = set(context.instance.get_dynamic_partitions(LANDING_BATCHES.name))
+        clip_version = _clip_version(kiln)
         requests = []
-        for batch in ready_batches(kiln.landing):
-            digest = batch.batch_fingerprint()
-            if seen.get(batch.name) == digest:
+        for name, batch in ready.items():
+            seen = batches.get(name, {})
+            files = batch.stat_fingerprint()
+            pairs = seen["pairs"] if seen.get("files") == files else count_records(batch, "image_text", cfg.cleaning.image.max_caption_bytes)
+            clip = clip_version if pairs else ""
+            if name in known and seen.get("files") == files and seen.get("clip") == clip:
                 continue
-            seen[batch.name] = digest
+            why = "landed" if name not in known or not seen else "changed" if seen.get("files") != files else f"new CLIP {clip}"
+            n = seen.get("requests", 0) + 1
+            batches[name] = {"files": files, "pairs": pairs, "clip": clip, "requests": n}
             requests.append(
                 dg.RunRequest(
-                    run_key=f"{batch.name}:{digest[:16]}",
-                    tags={"kiln/batch": batch.name, "kiln/batch_sha256": digest},
+                    run_key=f"{name}:{n}:{fingerprint(files, clip)[:12]}",
+                    partition_key=name,
+                    asset_selection=[cleaned_batch.key],
+                    tags={"kiln/batch": name, "kiln/reason": why},
                 )
             )
-        return dg.SensorResult(run_requests=requests, cursor=json.dumps(seen, sort_keys=True))
+        gone = sorted((known | set(batches)) - set(ready))
+        for name in gone:  # left the landing zone (or lost _SUCCESS): its outputs go with its partition
+            remove_batch(name, kiln.path("cleaned_batch"), kiln.path("rejected"))
+            batches.pop(name, None)
+        if gone:
+            requests.append(
+                dg.RunRequest(
+                    run_key=f"removed:{fingerprint(gone, context.cursor)[:12]}",
+                    asset_selection=[cleaned_corpus.key],
+                    tags={"kiln/lifecycle": "true", "kiln/reason": f"removed: {', '.join(gone)}"},
+                )
+            )
+        if not cfg.cleaning.image.clip_model:
+            pairs = sum(b["pairs"] for b in batches.values())
+            if reason := clip_due(pairs, read_card(kiln.path("clip_model")), cfg.clip):
+                requests.append(
+                    dg.RunRequest(run_key=f"clip:{pairs}:{clip_version}", asset_selection=[clip_model.key], tags={"kiln/reason": reason})
+                )
+        added = sorted(set(ready) - known)
+        partition_requests = [LANDING_BATCHES.build_add_request(added)] if added else []
+        deleted = sorted(known - set(ready))
+        if deleted:
+            partition_requests.append(LANDING_BATCHES.build_delete_request(deleted))
+        return dg.SensorResult(run_requests=requests, cursor=json.dumps(state, sort_keys=True), dynamic_partitions_requests=partition_requests)
 
     return _sensor
 
 
-def weekly_retraining(kiln: Kiln) -> dg.ScheduleDefinition:
-    cfg = kiln.config.operation
-    return dg.ScheduleDefinition(
-        name="weekly_retraining",
-        job_name=LIFECYCLE,
-        cron_schedule=cfg.retraining_cron,
-        execution_timezone=cfg.timezone,
-        description="Retrains on everything landed so far, whether or not a batch arrived.",
+def _clip_version(kiln: Kiln) -> str:
+    configured = kiln.config.cleaning.image.clip_model
+    return f"configured:{configured}" if configured else read_card(kiln.path("clip_model")).get("version", "none")
+
+
+def _retraining_active(instance: dg.DagsterInstance) -> bool:
+    return bool(instance.get_run_ids(dg.RunsFilter(tags={RETRAIN_TAG: "true"}, statuses=ACTIVE), limit=1))
+
+
+def retraining_sensor(kiln: Kiln, status: dg.DefaultSensorStatus) -> dg.SensorDefinition:
+    policy = kiln.config.operation.retraining
+
+    @dg.sensor(
+        name="retraining_policy",
+        job_name=RETRAINING,
+        minimum_interval_seconds=kiln.config.operation.sensor_interval_seconds,
+        default_status=status,
+        description="Starts the retraining job when enough new kept data has landed since the latest release "
+        "(RetrainingPolicy.min_new_kept_bytes); never while one is queued or running. The run's tags say why.",
     )
+    def _sensor(context: dg.SensorEvaluationContext):
+        if _retraining_active(context.instance):
+            return dg.SkipReason("a retraining is queued or running; never more than one")
+        new = new_since_release(kiln.path("cleaned_corpus"), kiln.path("releases"))
+        reason = retrain_reason(policy, new)
+        if reason is None:
+            return dg.SkipReason(f"{new['bytes']:,} new kept bytes since {new['release'] or 'the start'}; policy: {policy.min_new_kept_bytes}")
+        # One retraining per corpus state: a failed one (a gate, say) is not retried until new data lands.
+        return dg.RunRequest(run_key=f"corpus:{new['state']}", tags={"kiln/reason": reason, "kiln/trigger": "policy"})
+
+    return _sensor
 
 
-def release_automation() -> dg.AutomationConditionSensorDefinition:
-    """Evaluates the `release` group's automation conditions (AutomationCondition.eager() on evaluation,
-    quantized_model and release): whenever base_model changes outside a lifecycle run (a stage
-    retrained by hand, say), evaluation and quantization follow, then the release, which the
-    regression gate still guards."""
+def weekly_retraining(kiln: Kiln, status: dg.DefaultSensorStatus) -> dg.ScheduleDefinition:
+    policy = kiln.config.operation.retraining
+
+    @dg.schedule(
+        name="weekly_retraining",
+        job_name=RETRAINING,
+        cron_schedule=policy.cron or "0 3 * * 1",
+        execution_timezone=policy.timezone,
+        default_status=dg.DefaultScheduleStatus[status.name] if policy.cron else dg.DefaultScheduleStatus.STOPPED,
+        description="Retrains on everything landed so far, whether or not new data arrived; skipped while a "
+        "retraining is queued or running.",
+    )
+    def _schedule(context: dg.ScheduleEvaluationContext):
+        if _retraining_active(context.instance):
+            return dg.SkipReason("a retraining is queued or running; never more than one")
+        return dg.RunRequest(tags={"kiln/reason": f"schedule {policy.cron} ({policy.timezone})", "kiln/trigger": "schedule"})
+
+    return _schedule
+
+
+def kiln_automation(status: dg.DefaultSensorStatus) -> dg.AutomationConditionSensorDefinition:
+    """Evaluates the automation conditions: `cleaned_corpus` follows the cleaned batches; evaluation,
+    quantized_model and release follow a new base model, and the release only when its gates passed."""
     return dg.AutomationConditionSensorDefinition(
-        "release_automation",
-        target=dg.AssetSelection.groups("release"),
-        default_status=dg.DefaultSensorStatus.RUNNING,
+        "kiln_automation",
+        target=dg.AssetSelection.assets(cleaned_corpus) | dg.AssetSelection.groups("release"),
+        default_status=status,
         run_tags={"kiln/lifecycle": "true"},
     )

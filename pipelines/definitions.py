@@ -2,7 +2,8 @@
 schedule (`dagster dev` / `dagster asset materialize -m pipelines.definitions`). The pretraining
 stages follow the preset's curriculum schedule (KILN_PRESET), one asset per stage.
 
-KILN_EXECUTOR picks how steps run: `multiprocess` (default; one process per step on this machine) or
+KILN_AUTOMATION (`on` by default) starts the sensors and the schedule running with the daemon; `off`
+starts them stopped (turn them on in the UI). KILN_EXECUTOR picks how steps run: `multiprocess` (default; one process per step on this machine) or
 `k8s` (one Kubernetes pod per step with dagster-k8s' k8s_job_executor; see deploy/)."""
 
 from __future__ import annotations
@@ -12,7 +13,15 @@ import os
 import dagster as dg
 
 from assets import cleaning, curriculum, difficulty, evaluation, pretraining, release, tokenizer
-from pipelines.automation import cleaning_job, landing_sensor, lifecycle_job, release_automation, weekly_retraining
+from pipelines.automation import (
+    automation_status,
+    cleaning_job,
+    kiln_automation,
+    landing_sensor,
+    retraining_job,
+    retraining_sensor,
+    weekly_retraining,
+)
 from pipelines.resources import Kiln
 
 # Modules whose assets do not depend on the preset; the pretraining stages are built per schedule.
@@ -37,18 +46,21 @@ OWNERS = {"data": ["team:data-platform"], "model": ["team:ml-training"], "releas
 """Who answers for each group of assets (shown in the UI); the users named in kiln's design."""
 
 
-def build_definitions(kiln: Kiln, executor_name: str = "multiprocess") -> dg.Definitions:
+def build_definitions(kiln: Kiln, executor_name: str = "multiprocess", automation: str = "on") -> dg.Definitions:
     stages = len(kiln.config.curriculum.schedule)
+    status = automation_status(automation)
     assets = [*dg.load_assets_from_modules(MODULES), *pretraining.pretraining_assets(stages)]
     return dg.Definitions(
         assets=dg.map_asset_specs(lambda spec: spec.replace_attributes(owners=OWNERS[spec.group_name]), assets),
         asset_checks=[*dg.load_asset_checks_from_modules(MODULES), pretraining.base_model_generates],
-        jobs=[lifecycle_job(), cleaning_job()],
-        sensors=[landing_sensor(kiln), release_automation()],
-        schedules=[weekly_retraining(kiln)],
+        jobs=[retraining_job(), cleaning_job()],
+        sensors=[landing_sensor(kiln, status), retraining_sensor(kiln, status), kiln_automation(status)],
+        schedules=[weekly_retraining(kiln, status)],
         resources={"kiln": kiln, "pipes": dg.PipesSubprocessClient()},
         executor=executor(executor_name),
     )
 
 
-defs = build_definitions(Kiln.from_env(), os.environ.get("KILN_EXECUTOR", "multiprocess"))
+defs = build_definitions(
+    Kiln.from_env(), os.environ.get("KILN_EXECUTOR", "multiprocess"), os.environ.get("KILN_AUTOMATION", "on").lower()
+)

@@ -20,34 +20,55 @@ def default_landing(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dic
     return landing, expected
 
 
+class Pipeline:
+    """kiln's Definitions on a data dir and landing zone, materialized in process on one instance, the
+    way the daemon or `make demo` runs it: the CLIP, each ready batch as its partition, the corpus."""
+
+    def __init__(self, data: Path, landing: Path, instance=None, **kiln):
+        import dagster as dg
+
+        from pipelines.definitions import build_definitions
+        from pipelines.resources import Kiln
+
+        self.data, self.landing = data, landing
+        self.kiln = Kiln(data_dir=str(data), landing_dir=str(landing), **kiln)
+        self.defs = build_definitions(self.kiln)
+        self.instance = instance or dg.DagsterInstance.ephemeral()
+
+    def materialize(self, selection: str, partition: str | None = None, raise_on_error: bool = True):
+        import dagster as dg
+
+        return dg.materialize(
+            [*self.defs.assets, *self.defs.asset_checks], selection=dg.AssetSelection.assets(*selection.split()),
+            resources=self.defs.resources, instance=self.instance, partition_key=partition, raise_on_error=raise_on_error,
+        )
+
+    def clean(self) -> dict:
+        """clip_model, every ready batch's partition, cleaned_corpus: {"clip_model": result,
+        "batches": {name: result}, "cleaned_corpus": result}."""
+        from pipelines.batches import sync_partitions
+
+        clip = self.materialize("clip_model")
+        ready, _, _ = sync_partitions(self.instance, self.kiln)
+        batches = {b: self.materialize("cleaned_batch", b) for b in ready}
+        return {"clip_model": clip, "batches": batches, "cleaned_corpus": self.materialize("cleaned_corpus")}
+
+
 @pytest.fixture(scope="session")
 def cleaned(default_landing, tmp_path_factory):
     """The cleaning assets materialized once on the default landing zone with the real CLIP:
-    (data dir, expected defects, the first result, a function materializing a selection again)."""
-    import dagster as dg
-
-    from pipelines.definitions import build_definitions
-    from pipelines.resources import Kiln
-
+    (data dir, expected defects, the first results (Pipeline.clean), the Pipeline)."""
     landing, expected = default_landing
-    data = tmp_path_factory.mktemp("data")
-    defs = build_definitions(Kiln(data_dir=str(data), landing_dir=str(landing)))
-
-    def materialize(selection: str = "clip_model cleaned_corpus") -> dg.ExecuteInProcessResult:
-        keys = selection.split()
-        return dg.materialize(
-            [*defs.assets, *defs.asset_checks], selection=dg.AssetSelection.assets(*keys), resources=defs.resources
-        )
-
-    return data, expected, materialize(), materialize
+    pipeline = Pipeline(tmp_path_factory.mktemp("data"), landing)
+    return pipeline.data, expected, pipeline.clean(), pipeline
 
 
 @pytest.fixture(scope="session")
 def downstream(cleaned):
     """difficulty_scores, tokenizer and curriculum materialized once on the cleaned default:
     (data dir, the result)."""
-    data, _, _, materialize = cleaned
-    return data, materialize("difficulty_scores tokenizer curriculum")
+    data, _, _, pipeline = cleaned
+    return data, pipeline.materialize("difficulty_scores tokenizer curriculum")
 
 
 def pytest_collection_modifyitems(config, items):

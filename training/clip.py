@@ -33,6 +33,7 @@ from transformers import (
 )
 
 from training.config import ClipTrainConfig, ImageFilterConfig
+from training.data.clean import Clip
 from training.data.filters.image import ImageDecode
 from training.data.landing import Batch, ready_batches
 from training.data.readers import read_image_pairs
@@ -40,8 +41,6 @@ from training.fsutil import atomic_path, fingerprint, sha256_file, tree_fingerpr
 
 CARD_FILE = "kiln_clip.json"
 PROVENANCE = "trained by kiln on the landing zone's image-caption pairs; not a pretrained CLIP"
-# Below this many pairs a contrastive model learns nothing worth filtering with.
-MIN_PAIRS = 64
 
 
 def pick_device() -> torch.device:
@@ -219,9 +218,9 @@ def train_clip(
 ) -> dict:
     """Contrastive training of a small CLIP on `pairs`; writes a loadable model folder atomically,
     with a card (`kiln_clip.json`) saying what it is and what it was trained on (`key`)."""
-    if len(pairs) < MIN_PAIRS:
+    if len(pairs) < cfg.min_pairs:
         raise ValueError(
-            f"{len(pairs)} decodable image-caption pairs are too few to train a CLIP on (need {MIN_PAIRS}); "
+            f"{len(pairs)} decodable image-caption pairs are too few to train a CLIP on (need {cfg.min_pairs}); "
             "land more pairs or configure a pretrained CLIP (ImageFilterConfig.clip_model)"
         )
     device = device or pick_device()
@@ -267,6 +266,7 @@ def train_clip(
     model.eval()
     stats = {
         "key": key,
+        "version": f"kiln-{key[:12]}",
         "provenance": PROVENANCE,
         "pairs": len(pairs),
         "steps": len(losses),
@@ -312,30 +312,67 @@ def evaluate_filter(scorer: ClipScorer, pairs: list[Pair], threshold: float, bat
     return result
 
 
+def clip_due(pairs: int, card: dict, cfg: ClipTrainConfig) -> str | None:
+    """Why kiln's own CLIP should be (re)trained now on `pairs` decodable pairs, or None. `card` is
+    the current model's card ({} when there is none)."""
+    if not card.get("version"):
+        return f"first CLIP: {pairs} pairs >= {cfg.min_pairs}" if pairs >= cfg.min_pairs else None
+    if card.get("config") != asdict(cfg):
+        return "the CLIP training config changed"
+    if pairs >= cfg.retrain_growth * card.get("pairs", 0):
+        return f"pairs grew from {card.get('pairs', 0)} to {pairs} (retrain at x{cfg.retrain_growth})"
+    return None
+
+
+def read_card(clip_dir: Path) -> dict:
+    """The card of kiln's CLIP in `clip_dir`; {} when there is none (or it was never trained)."""
+    card = clip_dir / CARD_FILE
+    try:
+        data = json.loads(card.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if data.get("version") and (clip_dir / "config.json").is_file() else {}
+
+
+def current_clip(clip_dir: Path, image_cfg: ImageFilterConfig) -> Clip | None:
+    """The CLIP that scores pairs now: the configured one, else kiln's own in `clip_dir` once trained,
+    else None (pairs are rejected as `clip_unavailable` until then)."""
+    if image_cfg.clip_model:
+        ref = image_cfg.clip_model
+        return Clip(model_fingerprint(ref)[:16], f"configured: {ref}", lambda: ClipScorer(ref).score)
+    card = read_card(clip_dir)
+    if not card:
+        return None
+    return Clip(card["version"], card["provenance"], lambda: ClipScorer(str(clip_dir)).score)
+
+
 def build_clip_model(
     landing: Path, out_dir: Path, train_cfg: ClipTrainConfig, image_cfg: ImageFilterConfig
 ) -> dict:
     """The CLIP the image filter will use, and how well it separates the known mismatches.
 
     With `image_cfg.clip_model` set, that model is only evaluated. Otherwise kiln's own CLIP is
-    (re)trained into `out_dir` when the landing zone's images or the training config changed."""
+    trained into `out_dir` when `clip_due` says so (first at `min_pairs` pairs, then each time the
+    pairs have grown by `retrain_growth`); too few pairs is not an error: there is no CLIP yet."""
     batches = ready_batches(landing)
     pairs = landing_pairs(batches, image_cfg)
     if image_cfg.clip_model:
-        ref, stats = image_cfg.clip_model, {"provenance": f"configured: {image_cfg.clip_model}"}
+        clip = current_clip(out_dir, image_cfg)
+        stats: dict = {"provenance": clip.provenance, "version": clip.version, "cached": True}  # type: ignore[union-attr]
     else:
-        ref = str(out_dir)
-        key = fingerprint(train_cfg, [b.fingerprint("image_text") for b in batches])
-        card = out_dir / CARD_FILE
-        previous = json.loads(card.read_text()) if card.is_file() else {}
-        if previous.get("key") == key:
-            stats = {**previous, "cached": True}
+        card = read_card(out_dir)
+        reason = clip_due(len(pairs), card, train_cfg)
+        if reason:
+            key = fingerprint(train_cfg, [b.fingerprint("image_text") for b in batches])
+            stats = {**train_clip(pairs, train_cfg, out_dir, key), "cached": False, "reason": reason}
+        elif card:
+            stats = {**card, "cached": True}
         else:
-            stats = {**train_clip(pairs, train_cfg, out_dir, key), "cached": False}
-    scorer = ClipScorer(ref)
-    stats["evaluation"] = evaluate_filter(scorer, pairs, image_cfg.clip_threshold, image_cfg.batch_size)
+            return {"provenance": f"none: {len(pairs)} decodable pairs < {train_cfg.min_pairs}", "version": None,
+                    "cached": False, "model": None, "evaluation": {"pairs_scored": 0, "threshold": image_cfg.clip_threshold}}
+    ref = image_cfg.clip_model or str(out_dir)
+    stats["evaluation"] = evaluate_filter(ClipScorer(ref), pairs, image_cfg.clip_threshold, image_cfg.batch_size)
     stats["model"] = ref
-    stats["fingerprint"] = model_fingerprint(ref)
     return stats
 
 

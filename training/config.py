@@ -102,6 +102,13 @@ class ClipTrainConfig:
     weight_decay: float = 0.1
     warmup_fraction: float = 0.05
     seed: int = 0
+    min_pairs: int = 64
+    """Below this many decodable pairs a contrastive model learns nothing worth filtering with: until
+    then pairs are rejected as `clip_unavailable` (text and code clean regardless)."""
+    retrain_growth: float = 2.0
+    """kiln's CLIP is retrained only once the decodable pairs have grown by this factor since the one in
+    use was trained. Every new CLIP re-scores every batch with pairs, so retraining on each batch would
+    re-score the whole landing zone each time; doubling bounds it to log2(pairs) re-scorings."""
 
 
 @dataclass(frozen=True)
@@ -261,14 +268,29 @@ class EvaluationConfig:
 
 
 @dataclass(frozen=True)
-class OperationConfig:
-    """How kiln runs unattended: the retraining sensor and schedule."""
+class RetrainingPolicy:
+    """When kiln retrains: arrivals are cleaned at once, training follows this policy. Never more than
+    one retraining is queued or running."""
 
-    sensor_interval_seconds: int = 60
-    """Minimum time between two looks at the landing zone; each look hashes the ready batches."""
-    retraining_cron: str = "0 3 * * 1"
-    """`weekly_retraining`: Mondays at 03:00 (UTC by default), everything landed so far."""
+    min_new_kept_bytes: int | None = 4_000_000
+    """Retrain once this many bytes of kept records (after cleaning and deduplication) have landed
+    since the corpus the latest release was trained on; None: only on the cron. Bytes, not tokens:
+    the tokenizer is retrained with the model, so a token count would change meaning between
+    releases (kiln's byte-level BPE averages 3-4 bytes per token: 4 MB is about a million tokens)."""
+    cron: str | None = "0 3 * * 1"
+    """`weekly_retraining`: Mondays at 03:00, on everything landed so far (the difficulty of every
+    record is re-scored by the latest release, so a retrain without new data still moves). None: off."""
     timezone: str = "UTC"
+
+
+@dataclass(frozen=True)
+class OperationConfig:
+    """How kiln runs unattended: the landing sensor, the retraining policy and its schedule."""
+
+    sensor_interval_seconds: int = 30
+    """Minimum time between two looks at the landing zone. A look lists the batches and stats their
+    files (size and modification time); contents are hashed only by the cleaning itself."""
+    retraining: RetrainingPolicy = field(default_factory=RetrainingPolicy)
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,27 @@
-"""Cleaning: every record of every ready batch is kept or rejected with a reason, incrementally.
+"""Cleaning, in the two steps kiln's assets run:
 
-    <corpus_dir>/<batch>/<modality>.parquet      kept records
-    <corpus_dir>/<batch>/_manifest.json          per modality: cache key, counts by reason, timing
-    <rejected_dir>/<batch>/<modality>.parquet    rejected records with `reason` and `detail`
+1. `clean_batch` (the partitioned `cleaned_batch` asset): every record of one landing batch is
+   decoded and filtered on its own (entropy, Tree-sitter, CLIP, ...), kept or rejected with a reason.
 
-A (batch, modality) is cleaned again only when its cache key changes. The key hashes the modality's
-files, the filter config, the CLIP model (for pairs) and the key of the same modality in the batch
-before: duplicates are judged against earlier batches, so a changed batch also invalidates the
-batches after it, while a newly landed batch (the usual case) leaves every earlier one untouched.
+       <batches_dir>/<batch>/<modality>.parquet     records that passed the batch's filters
+       <batches_dir>/<batch>/_manifest.json         per modality: cache key, records in, counts by
+                                                    reason; the content hashes; the CLIP that scored it
+       <rejected_dir>/<batch>/<modality>.parquet    rejected records with `reason` and `detail`
+
+   A batch depends on nothing but its own files, the filter config and (for pairs) the CLIP, so
+   batches clean in any order, in parallel, one run (or Kubernetes pod) each. A modality whose cache
+   key is unchanged is not cleaned again.
+
+2. `build_corpus` (the unpartitioned `cleaned_corpus`): exact duplicates (content, then id) across
+   the cleaned batches in batch order, the first occurrence kept.
+
+       <corpus_dir>/<batch>/<modality>.parquet      kept records: what the curriculum reads
+       <corpus_dir>/<batch>/_manifest.json          lineage: content hashes, CLIP, kept/rejected by reason
+       <rejected_dir>/<batch>/<modality>.duplicates.parquet
+
+   Incremental: a (batch, modality) is deduplicated again only when its cleaned records, or those of
+   a batch before it, changed; landing a new batch (the usual case) touches nothing else.
+
 Run by hand:  python -m training.data.clean <landing> <out dir>
 """
 
@@ -27,7 +41,7 @@ import pyarrow.parquet as pq
 from training.config import CleaningConfig
 from training.data.filters.base import Filter, Unique, content_key, id_key
 from training.data.filters.code import TreeSitterParse
-from training.data.filters.image import ClipScore, ImageDecode
+from training.data.filters.image import ClipScore, ClipUnavailable, ImageDecode
 from training.data.filters.text import text_filters
 from training.data.landing import Batch, count_records, ready_batches
 from training.data.readers import read_code, read_image_pairs, read_text
@@ -35,8 +49,22 @@ from training.data.records import MODALITIES, Record, RecordWriter
 from training.fsutil import atomic_path, fingerprint, remove, write_json
 
 # Bump when what a filter decides changes, so every cached batch is cleaned again.
-LOGIC_VERSION = 1
+LOGIC_VERSION = 2
 MANIFEST = "_manifest.json"
+DUPLICATES = "{modality}.duplicates.parquet"
+
+ScoreFn = Callable[[list, list[str]], object]
+
+
+@dataclass(frozen=True)
+class Clip:
+    """The CLIP that scores a batch's pairs: its version is recorded with every batch it scored."""
+
+    version: str
+    """Content fingerprint of the model: part of the pairs' cache key, and their lineage."""
+    provenance: str
+    load: Callable[[], ScoreFn]
+    """Loads the model and returns its scoring function; called only if some pair is to be scored."""
 
 
 @dataclass
@@ -48,6 +76,7 @@ class ModalityResult:
     rejected: int
     reasons: dict[str, int]
     seconds: float
+    records_in: int = 0
     cached: bool = False
 
 
@@ -100,9 +129,131 @@ def run_filters(records: Iterable[Record], filters: list[Filter], chunk_size: in
     return reasons
 
 
+def _write_filtered(records: Iterable[Record], filters: list[Filter], chunk_size: int, kept_path: Path, rejected_path: Path) -> tuple[RecordWriter, RecordWriter, Counter]:
+    """`run_filters` into two Parquet files that appear together, whole, or not at all."""
+    with atomic_path(kept_path) as kept_tmp, atomic_path(rejected_path) as rej_tmp:
+        kept, rejected = RecordWriter(kept_tmp, rejected=False), RecordWriter(rej_tmp, rejected=True)
+        try:
+            reasons = run_filters(records, filters, chunk_size, kept, rejected)
+        finally:
+            kept.close()
+            rejected.close()
+    return kept, rejected, reasons
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+# --- Step 1: one batch ------------------------------------------------------------------------------
+
+
+def _filters(modality: str, cfg: CleaningConfig, clip: Clip | None, score: ScoreFn) -> list[Filter]:
+    if modality == "text":
+        return text_filters(cfg.text)
+    workers = cfg.workers or os.cpu_count() or 1
+    if modality == "code":
+        return [TreeSitterParse(workers)]
+    decode = ImageDecode(cfg.image.max_image_bytes, cfg.image.max_image_pixels, workers)
+    if clip is None:
+        return [decode, ClipUnavailable()]
+    return [decode, ClipScore(score, cfg.image.clip_threshold, cfg.image.batch_size)]
+
+
+def _read(modality: str, batch: Batch, cfg: CleaningConfig) -> Iterator[Record]:
+    if modality == "text":
+        return read_text(batch, cfg.text)
+    if modality == "code":
+        return read_code(batch, cfg.code)
+    return read_image_pairs(batch, cfg.image)
+
+
+def clean_batch(
+    batch: Batch,
+    batches_dir: Path,
+    rejected_dir: Path,
+    cfg: CleaningConfig,
+    clip: Clip | None = None,
+    log: Callable[[str], None] = lambda _: None,
+) -> list[ModalityResult]:
+    """Clean every modality of one ready batch whose cache key changed. Pairs are scored by `clip`;
+    without one, a decodable pair is rejected as `clip_unavailable` and scored when its batch is
+    cleaned again with a CLIP (the pairs' cache key holds the CLIP's version)."""
+    manifest_path = batches_dir / batch.name / MANIFEST
+    manifest = _read_json(manifest_path)
+    loaded: list[ScoreFn] = []
+
+    def score(images: list, captions: list[str]):  # loads the CLIP on the first pair to score
+        if not loaded:
+            loaded.append(clip.load())  # type: ignore[union-attr]
+        return loaded[0](images, captions)
+
+    clip_version = clip.version if clip else "none"
+    results = []
+    for modality in MODALITIES:
+        content = batch.fingerprint(modality)
+        settings = {"text": cfg.text, "code": cfg.code, "image_text": (cfg.image, clip_version)}[modality]
+        key = fingerprint(LOGIC_VERSION, modality, settings, content)
+        entry = manifest.get("modalities", {}).get(modality)
+        if entry and entry["key"] == key:
+            results.append(ModalityResult(batch.name, modality, cached=True, **entry))
+            continue
+        log(f"cleaning {batch.name}/{modality}")
+        start = time.perf_counter()
+        kept, rejected, reasons = _write_filtered(
+            _read(modality, batch, cfg), _filters(modality, cfg, clip, score), cfg.chunk_size,
+            batches_dir / batch.name / f"{modality}.parquet", rejected_dir / batch.name / f"{modality}.parquet",
+        )
+        result = ModalityResult(
+            batch.name, modality, key, kept.rows, rejected.rows, dict(sorted(reasons.items())), round(time.perf_counter() - start, 3),
+            records_in=count_records(batch, modality, cfg.image.max_caption_bytes),
+        )
+        results.append(result)
+        manifest.setdefault("modalities", {})[modality] = {k: v for k, v in asdict(result).items() if k not in ("batch", "modality", "cached")}
+        manifest.setdefault("content_sha256", {})[modality] = content
+        if modality == "image_text":
+            manifest["clip"] = {"version": clip_version, "provenance": clip.provenance if clip else "none: pairs not scored"}
+        manifest["unrecognized_files"] = [str(p.relative_to(batch.path.parent)) for p in batch.unrecognized_files()]
+        write_json(manifest_path, manifest)
+    return results
+
+
+def cleaned_batches(batches_dir: Path, names: Iterable[str]) -> list[str]:
+    """The batches among `names` whose every modality has been cleaned, in order."""
+    done = []
+    for name in names:
+        entries = _read_json(batches_dir / name / MANIFEST).get("modalities", {})
+        if all(m in entries for m in MODALITIES):
+            done.append(name)
+    return done
+
+
+def remove_batch(name: str, *roots: Path) -> bool:
+    """Delete a batch's outputs under each root (a batch that left the landing zone)."""
+    found = False
+    for root in roots:
+        if (root / name).exists():
+            remove(root / name)
+            found = True
+    return found
+
+
+# --- Step 2: the corpus -----------------------------------------------------------------------------
+
+
+@dataclass
+class CorpusReport:
+    results: list[ModalityResult] = field(default_factory=list)
+    """Per (batch, modality): kept after deduplication, duplicates rejected."""
+    removed_batches: list[str] = field(default_factory=list)
+
+
 class _Dedup:
-    """The uniqueness filters of one modality, carried across batches in landing order. Keys of
-    cached batches are loaded only when a later batch of the modality has to be cleaned."""
+    """The uniqueness filters of one modality, carried across batches in batch order. Keys of
+    cached batches are loaded only when a later batch of the modality has to be deduplicated."""
 
     def __init__(self, modality: str, corpus_dir: Path):
         self.corpus_dir = corpus_dir
@@ -122,24 +273,77 @@ class _Dedup:
         self.unloaded.clear()
 
 
-def _filters(modality: str, cfg: CleaningConfig, score: Callable) -> list[Filter]:
-    if modality == "text":
-        return text_filters(cfg.text)
-    workers = cfg.workers or os.cpu_count() or 1
-    if modality == "code":
-        return [TreeSitterParse(workers)]
-    return [
-        ImageDecode(cfg.image.max_image_bytes, cfg.image.max_image_pixels, workers),
-        ClipScore(score, cfg.image.clip_threshold, cfg.image.batch_size),
-    ]
+def _cleaned_records(path: Path, modality: str, chunk_size: int) -> Iterator[Record]:
+    for part in pq.ParquetFile(path).iter_batches(batch_size=chunk_size):
+        for row in part.to_pylist():
+            yield Record(
+                row["id"], modality, row["source"], text=row["text"], language=row["language"],
+                entropy=row["entropy"], clip_score=row["clip_score"],
+            )
 
 
-def _read(modality: str, batch: Batch, cfg: CleaningConfig) -> Iterator[Record]:
-    if modality == "text":
-        return read_text(batch, cfg.text)
-    if modality == "code":
-        return read_code(batch, cfg.code)
-    return read_image_pairs(batch, cfg.image)
+def build_corpus(
+    batches_dir: Path,
+    names: list[str],
+    corpus_dir: Path,
+    rejected_dir: Path,
+    chunk_size: int = 2048,
+    log: Callable[[str], None] = lambda _: None,
+) -> CorpusReport:
+    """Deduplicate the cleaned batches `names` (in that order) into `corpus_dir`; drop the corpus
+    outputs of any other batch."""
+    report = CorpusReport()
+    corpus_dir.mkdir(parents=True, exist_ok=True)
+    for old in sorted(corpus_dir.iterdir()):
+        if old.is_dir() and old.name[0] not in "._" and old.name not in names:
+            remove(old)
+            for modality in MODALITIES:
+                (rejected_dir / old.name / DUPLICATES.format(modality=modality)).unlink(missing_ok=True)
+            report.removed_batches.append(old.name)
+    batch_manifests = {n: _read_json(batches_dir / n / MANIFEST) for n in names}
+    for modality in MODALITIES:
+        dedup = _Dedup(modality, corpus_dir)
+        previous = ""
+        for name in names:
+            cleaned = batch_manifests[name]["modalities"][modality]
+            key = fingerprint(LOGIC_VERSION, modality, cleaned["key"], previous)
+            previous = key
+            manifest_path = corpus_dir / name / MANIFEST
+            manifest = _read_json(manifest_path)
+            entry = manifest.get("modalities", {}).get(modality)
+            if entry and entry["key"] == key:
+                report.results.append(ModalityResult(name, modality, key, entry["kept"], entry["duplicates"], entry["duplicate_reasons"], 0.0, cached=True))
+                dedup.unloaded.append(name)
+                continue
+            dedup.load_cached()
+            log(f"deduplicating {name}/{modality}")
+            start = time.perf_counter()
+            writer, dup_writer, reasons = _write_filtered(
+                _cleaned_records(batches_dir / name / f"{modality}.parquet", modality, chunk_size), dedup.filters, chunk_size,
+                corpus_dir / name / f"{modality}.parquet", rejected_dir / name / DUPLICATES.format(modality=modality),
+            )
+            kept, dups = writer.rows, dup_writer.rows
+            result = ModalityResult(name, modality, key, kept, dups, dict(sorted(reasons.items())), round(time.perf_counter() - start, 3))
+            report.results.append(result)
+            all_reasons = Counter(cleaned["reasons"]) + reasons
+            manifest.setdefault("modalities", {})[modality] = {
+                "key": key,
+                "records_in": cleaned["records_in"],
+                "kept": kept,
+                "kept_bytes": writer.text_bytes,
+                "rejected": cleaned["rejected"] + dups,
+                "reasons": dict(sorted(all_reasons.items())),
+                "duplicates": dups,
+                "duplicate_reasons": dict(sorted(reasons.items())),
+            }
+            for copied in ("content_sha256", "clip", "unrecognized_files"):
+                if copied in batch_manifests[name]:
+                    manifest[copied] = batch_manifests[name][copied]
+            write_json(manifest_path, manifest)
+    return report
+
+
+# --- The whole landing zone at once (the command line, the benchmarks) ------------------------------
 
 
 def clean_landing(
@@ -147,73 +351,37 @@ def clean_landing(
     corpus_dir: Path,
     rejected_dir: Path,
     cfg: CleaningConfig,
-    clip_fingerprint: str = "",
-    clip_scorer: Callable[[], Callable] | None = None,
+    clip: Clip | None = None,
     log: Callable[[str], None] = lambda _: None,
+    batches_dir: Path | None = None,
 ) -> CleaningReport:
-    """Clean every ready batch of `landing` that is new or changed; drop outputs of batches that
-    left the landing zone. `clip_scorer()` returns the pair-scoring function and is only called if
-    some batch's pairs have to be scored."""
+    """Both steps over every ready batch of `landing`, dropping the outputs of batches that left it.
+    The per-batch outputs go to `batches_dir` (default: `cleaned_batch/` beside `corpus_dir`)."""
+    batches_dir = batches_dir or corpus_dir.parent / "cleaned_batch"
     batches = ready_batches(landing)
+    names = [b.name for b in batches]
     report = CleaningReport()
-    names = {b.name for b in batches}
-    for root in (corpus_dir, rejected_dir):
-        root.mkdir(parents=True, exist_ok=True)
-        for old in sorted(root.iterdir()):
-            if old.is_dir() and old.name[0] not in "._" and old.name not in names:
-                remove(old)
-                if root == corpus_dir:
-                    report.removed_batches.append(old.name)
-    loaded: list[Callable] = []
-
-    def score(images: list, captions: list[str]):  # loads the CLIP on the first pair to score
-        if not loaded:
-            if clip_scorer is None:
-                raise ValueError("image-caption pairs need a CLIP model to be scored; none was configured")
-            loaded.append(clip_scorer())
-        return loaded[0](images, captions)
-
-    modality_cfg = {"text": cfg.text, "code": cfg.code, "image_text": (cfg.image, clip_fingerprint)}
-    for modality in MODALITIES:
-        dedup = _Dedup(modality, corpus_dir)
-        previous = ""
-        for batch in batches:
-            key = fingerprint(LOGIC_VERSION, modality, modality_cfg[modality], batch.fingerprint(modality), previous)
-            previous = key
-            manifest_path = corpus_dir / batch.name / MANIFEST
-            manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
-            entry = manifest.get("modalities", {}).get(modality)
-            if entry and entry["key"] == key:
-                report.results.append(ModalityResult(batch.name, modality, cached=True, **entry))
-                dedup.unloaded.append(batch.name)
-                continue
-            dedup.load_cached()
-            log(f"cleaning {batch.name}/{modality}")
-            start = time.perf_counter()
-            filters = _filters(modality, cfg, score) + dedup.filters
-            with (
-                atomic_path(corpus_dir / batch.name / f"{modality}.parquet") as kept_tmp,
-                atomic_path(rejected_dir / batch.name / f"{modality}.parquet") as rej_tmp,
-            ):
-                kept, rejected = RecordWriter(kept_tmp, rejected=False), RecordWriter(rej_tmp, rejected=True)
-                try:
-                    reasons = run_filters(_read(modality, batch, cfg), filters, cfg.chunk_size, kept, rejected)
-                finally:
-                    kept.close()
-                    rejected.close()
-            result = ModalityResult(
-                batch.name, modality, key, kept.rows, rejected.rows, dict(sorted(reasons.items())), round(time.perf_counter() - start, 3)
-            )
-            report.results.append(result)
-            entry = {k: v for k, v in asdict(result).items() if k not in ("batch", "modality", "cached")}
-            manifest.setdefault("modalities", {})[modality] = entry
-            manifest.setdefault("content_sha256", {})[modality] = batch.fingerprint(modality)
-            manifest["unrecognized_files"] = [str(p.relative_to(landing)) for p in batch.unrecognized_files()]
-            write_json(manifest_path, manifest)
+    for root in (batches_dir, rejected_dir):
+        if root.is_dir():
+            for old in sorted(root.iterdir()):
+                if old.is_dir() and old.name[0] not in "._" and old.name not in names:
+                    remove(old)
     for batch in batches:
-        manifest_path = corpus_dir / batch.name / MANIFEST
-        report.unrecognized_files += json.loads(manifest_path.read_text()).get("unrecognized_files", [])
+        report.results += clean_batch(batch, batches_dir, rejected_dir, cfg, clip, log)
+    corpus = build_corpus(batches_dir, names, corpus_dir, rejected_dir, cfg.chunk_size, log)
+    report.removed_batches = corpus.removed_batches
+    # Kept after deduplication; rejected by the batch's filters and as duplicates.
+    dedup = {(r.batch, r.modality): r for r in corpus.results}
+    for r in report.results:
+        d = dedup[(r.batch, r.modality)]
+        r.kept, r.rejected = d.kept, r.rejected + d.rejected
+        r.reasons = dict(sorted((Counter(r.reasons) + Counter(d.reasons)).items()))
+    for name in names:
+        report.unrecognized_files += _read_json(batches_dir / name / MANIFEST).get("unrecognized_files", [])
     return report
+
+
+# --- Accounting -------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -229,54 +397,76 @@ class AccountingRow:
         return self.records_in == self.kept + self.rejected
 
 
-def verify_accounting(landing: Path, corpus_dir: Path, rejected_dir: Path, cfg: CleaningConfig) -> list[AccountingRow]:
-    """Records in (counted from the landing zone, independently of the readers) against the rows
-    actually in the kept and rejected files, per batch and modality."""
+def _rows(path: Path) -> int:
+    return pq.read_metadata(path).num_rows if path.is_file() else 0
 
-    def rows(path: Path) -> int:
-        return pq.read_metadata(path).num_rows if path.is_file() else 0
 
+def verify_batch(batch: Batch, batches_dir: Path, rejected_dir: Path, cfg: CleaningConfig) -> list[AccountingRow]:
+    """Records in one batch (counted from the landing zone, independently of the readers) against the
+    rows actually in its kept and rejected files, per modality."""
     return [
         AccountingRow(
-            b.name,
-            m,
-            count_records(b, m, cfg.image.max_caption_bytes),
-            rows(corpus_dir / b.name / f"{m}.parquet"),
-            rows(rejected_dir / b.name / f"{m}.parquet"),
+            batch.name, m, count_records(batch, m, cfg.image.max_caption_bytes),
+            _rows(batches_dir / batch.name / f"{m}.parquet"), _rows(rejected_dir / batch.name / f"{m}.parquet"),
         )
-        for b in ready_batches(landing)
         for m in MODALITIES
     ]
 
 
-if __name__ == "__main__":
-    from training.clip import ClipScorer, build_clip_model
-    from training.config import ClipTrainConfig
+def verify_corpus(batches_dir: Path, corpus_dir: Path, rejected_dir: Path) -> list[AccountingRow]:
+    """Per batch of the corpus and modality: its cleaned records = kept in the corpus + rejected duplicates."""
+    names = sorted(p.name for p in corpus_dir.iterdir() if p.is_dir() and p.name[0] not in "._") if corpus_dir.is_dir() else []
+    return [
+        AccountingRow(
+            n, m, _rows(batches_dir / n / f"{m}.parquet"),
+            _rows(corpus_dir / n / f"{m}.parquet"), _rows(rejected_dir / n / DUPLICATES.format(modality=m)),
+        )
+        for n in names
+        for m in MODALITIES
+    ]
 
-    landing, out = Path(sys.argv[1]), Path(sys.argv[2])
-    config = CleaningConfig()
-    clip = build_clip_model(landing, out / "clip_model", ClipTrainConfig(), config.image)
-    rep = clean_landing(
-        landing, out / "cleaned_corpus", out / "rejected", config, clip["fingerprint"],
-        lambda: ClipScorer(clip["model"]).score, print,
-    )
-    print(json.dumps({m: {**v, "reasons": dict(v["reasons"])} for m, v in rep.by_modality().items()}, indent=2))
+
+def verify_accounting(landing: Path, batches_dir: Path, corpus_dir: Path, rejected_dir: Path, cfg: CleaningConfig) -> list[AccountingRow]:
+    """End to end, per batch and modality: records in the landing zone = kept in the corpus + every
+    rejection (by the batch's filters and as duplicates)."""
+    rows = []
+    for batch in ready_batches(landing):
+        for row in verify_batch(batch, batches_dir, rejected_dir, cfg):
+            dups = _rows(rejected_dir / batch.name / DUPLICATES.format(modality=row.modality))
+            row.kept = _rows(corpus_dir / batch.name / f"{row.modality}.parquet")
+            row.rejected += dups
+            rows.append(row)
+    return rows
 
 
 def lineage(corpus_dir: Path) -> list[dict]:
-    """Per batch and modality: the landing files' content hash, kept and rejected counts, reasons."""
+    """Per batch and modality: the landing files' content hash, the CLIP that scored the pairs, kept
+    and rejected counts, reasons."""
     rows = []
     for manifest_path in sorted(corpus_dir.glob(f"*/{MANIFEST}")):
         manifest = json.loads(manifest_path.read_text())
         for modality, entry in sorted(manifest.get("modalities", {}).items()):
-            rows.append(
-                {
-                    "batch": manifest_path.parent.name,
-                    "modality": modality,
-                    "content_sha256": manifest.get("content_sha256", {}).get(modality),
-                    "kept": entry["kept"],
-                    "rejected": entry["rejected"],
-                    "reasons": entry["reasons"],
-                }
-            )
+            row = {
+                "batch": manifest_path.parent.name,
+                "modality": modality,
+                "content_sha256": manifest.get("content_sha256", {}).get(modality),
+                "kept": entry["kept"],
+                "kept_bytes": entry.get("kept_bytes", 0),
+                "rejected": entry["rejected"],
+                "reasons": entry["reasons"],
+            }
+            if modality == "image_text" and "clip" in manifest:
+                row["clip"] = manifest["clip"]["version"]
+            rows.append(row)
     return rows
+
+
+if __name__ == "__main__":
+    from training.clip import build_clip_model, current_clip
+    from training.config import ClipTrainConfig
+
+    landing, out = Path(sys.argv[1]), Path(sys.argv[2])
+    config = CleaningConfig()
+    build_clip_model(landing, out / "clip_model", ClipTrainConfig(), config.image)
+    rep = clean_landing(landing, out / "cleaned_corpus", out / "rejected", config, current_clip(out / "clip_model", config.image), print)
+    print(json.dumps({m: {**v, "reasons": dict(v["reasons"])} for m, v in rep.by_modality().items()}, indent=2))

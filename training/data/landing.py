@@ -12,6 +12,7 @@ Batches are processed in name order, so names that sort in landing order (timest
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -49,9 +50,14 @@ class Batch:
     def fingerprint(self, modality: str) -> str:
         return tree_fingerprint(self.path, self.files(modality))
 
-    def batch_fingerprint(self) -> str:
-        """Hash of everything in the batch: what sensors key runs on."""
-        return tree_fingerprint(self.path, _walk(self.path))
+    def stat_fingerprint(self) -> str:
+        """Hash of every file's path, size and modification time: what the landing sensor compares on
+        each look, cheaply (contents are hashed by the cleaning, whose cache key decides)."""
+        h = hashlib.sha256()
+        for p in _walk(self.path):
+            st = p.stat()
+            h.update(f"{p.relative_to(self.path).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        return h.hexdigest()
 
 
 def _walk(root: Path) -> list[Path]:
@@ -73,6 +79,14 @@ def ready_batches(landing: Path) -> list[Batch]:
         for p in sorted(landing.iterdir())
         if p.is_dir() and p.name[0] not in "._" and (p / READY_MARKER).is_file()
     ]
+
+
+def ready_batch(landing: Path, name: str) -> Batch:
+    """The ready batch `name`, or a clear error (it left the landing zone or lost its _SUCCESS)."""
+    batch = Batch(name, landing / name)
+    if name[0] in "._" or "/" in name or not (batch.path / READY_MARKER).is_file():
+        raise ValueError(f"{name!r} is not a ready batch of {landing} (no such folder, or no {READY_MARKER} in it)")
+    return batch
 
 
 def source_of(batch: Batch, path: Path, line: int | None = None) -> str:

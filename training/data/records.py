@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 MODALITIES = ("text", "code", "image_text")
@@ -67,6 +68,8 @@ class RecordWriter:
         self.schema = REJECTED_SCHEMA if rejected else KEPT_SCHEMA
         self.rejected = rejected
         self.rows = 0
+        self.text_bytes = 0
+        """UTF-8 bytes of `text` written: how much a batch adds to the corpus (the retraining policy)."""
         self._writer = pq.ParquetWriter(path, self.schema, compression="zstd")
 
     def write(self, records: list[Record]) -> None:
@@ -85,8 +88,10 @@ class RecordWriter:
         if self.rejected:
             cols["reason"] = [r.reject.reason for r in records]  # type: ignore[union-attr]
             cols["detail"] = [r.reject.detail for r in records]  # type: ignore[union-attr]
-        self._writer.write_table(pa.table(cols, schema=self.schema))
+        table = pa.table(cols, schema=self.schema)
+        self._writer.write_table(table)
         self.rows += len(records)
+        self.text_bytes += pc.sum(pc.binary_length(table["text"])).as_py() or 0
 
     def close(self) -> None:
         self._writer.close()

@@ -87,3 +87,19 @@ class ClipScore(Filter):
                 ok = rec.clip_score >= self.threshold
                 verdicts.append(None if ok else Reject("clip_low", f"CLIPScore {rec.clip_score:.3f} < {self.threshold}"))
         return verdicts
+
+
+class ClipUnavailable(Filter):
+    """Stands in for `ClipScore` while no CLIP exists (a landing zone with too few pairs for kiln to
+    train its own, and none configured): each decodable pair is rejected with a reason, nothing is
+    lost, and the pair is scored when its batch is cleaned again with a CLIP."""
+
+    name = "clip"
+    DETAIL = (
+        "no CLIP to score pairs yet: kiln trains its own once ClipTrainConfig.min_pairs pairs have landed "
+        "(or set ImageFilterConfig.clip_model); the batch is re-scored when a CLIP exists"
+    )
+
+    def check(self, record: Record) -> Verdict:
+        record.image = None
+        return Reject("clip_unavailable", self.DETAIL)
