@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from training.config import CleaningConfig, TextFilterConfig
-from training.data.clean import clean_landing, verify_accounting
+from training.data.clean import Clip, clean_landing, verify_accounting
 
 PROSE = [
     "Kilns fire clay at high temperature until it turns hard and dense.",
@@ -52,7 +52,12 @@ def redness(images, captions):
 
 
 def clean(landing: Path, out: Path, cfg: CleaningConfig = CleaningConfig(), scorer=lambda: redness, fp="test-scorer"):
-    return clean_landing(landing, out / "kept", out / "rejected", cfg, fp, scorer)
+    clip = Clip(fp, "a test scorer", scorer) if scorer else None
+    return clean_landing(landing, out / "kept", out / "rejected", cfg, clip, batches_dir=out / "batches")
+
+
+def accounting(landing: Path, out: Path):
+    return verify_accounting(landing, out / "batches", out / "kept", out / "rejected", CleaningConfig())
 
 
 def rows(path: Path) -> list[dict]:
@@ -82,13 +87,13 @@ def test_every_record_is_kept_or_rejected_once(tmp_path):
     assert pair["source"] == "b1/images/red.png" and pair["text"] == "a red square" and pair["clip_score"] == 2.5
     assert next(r for r in kept if r["modality"] == "code")["language"] == "python"
     assert all(r["detail"] for r in rejected)
-    accounting = verify_accounting(landing, tmp_path / "kept", tmp_path / "rejected", CleaningConfig())
-    assert [(a.batch, a.modality, a.records_in, a.kept + a.rejected) for a in accounting] == [
+    table = accounting(landing, tmp_path)
+    assert [(a.batch, a.modality, a.records_in, a.kept + a.rejected) for a in table] == [
         ("b1", "text", 8, 8),
         ("b1", "code", 2, 2),
         ("b1", "image_text", 2, 2),
     ]
-    assert all(a.ok for a in accounting)
+    assert all(a.ok for a in table)
 
 
 def test_accounting_check_detects_a_lost_record(tmp_path):
@@ -98,7 +103,7 @@ def test_accounting_check_detects_a_lost_record(tmp_path):
     # A record lands after cleaning without the batch being re-cleaned: the check must notice.
     with open(landing / "b1" / "text" / "a.jsonl", "a") as f:
         f.write(json.dumps({"text": "a late record that nobody cleaned, sneaking in"}) + "\n")
-    bad = [a for a in verify_accounting(landing, tmp_path / "kept", tmp_path / "rejected", CleaningConfig()) if not a.ok]
+    bad = [a for a in accounting(landing, tmp_path) if not a.ok]
     assert [(a.batch, a.modality, a.records_in, a.kept + a.rejected) for a in bad] == [("b1", "text", 6, 5)]
 
 
@@ -135,10 +140,14 @@ def test_rerun_is_incremental(tmp_path):
         ("b2/text/a.jsonl:1", "first seen at b1/text/a.jsonl:1"),
     ]
 
-    # A changed batch is cleaned again, and so are the batches after it (their duplicates may change).
+    assert third.deduplicated == [("b2", "text"), ("b2", "code"), ("b2", "image_text")]
+
+    # A changed batch is cleaned again on its own; its duplicates, and those of the batches after it, are judged again.
     (landing / "b1" / "code" / "ok.py").write_text("y = 2\n")
     fourth = clean(landing, tmp_path)
-    assert {(r.batch, r.modality) for r in fourth.results if not r.cached} == {("b1", "code"), ("b2", "code")}
+    assert {(r.batch, r.modality) for r in fourth.results if not r.cached} == {("b1", "code")}
+    assert fourth.deduplicated == [("b1", "code"), ("b2", "code")]
+    assert sources(tmp_path / "kept" / "b2").get("b2/code/ok.py", "gone") is None  # no longer a duplicate
 
     # A changed filter config cleans that modality again.
     fifth = clean(landing, tmp_path, CleaningConfig(text=TextFilterConfig(min_words=3)))
@@ -147,6 +156,8 @@ def test_rerun_is_incremental(tmp_path):
     # A different CLIP re-scores the pairs only.
     sixth = clean(landing, tmp_path, CleaningConfig(text=TextFilterConfig(min_words=3)), fp="another-clip")
     assert {(r.batch, r.modality) for r in sixth.results if not r.cached} == {("b1", "image_text"), ("b2", "image_text")}
+    manifest = json.loads((tmp_path / "kept" / "b2" / "_manifest.json").read_text())
+    assert manifest["clip"] == {"version": "another-clip", "provenance": "a test scorer"}
 
 
 def test_removed_batch_outputs_are_dropped(tmp_path):
@@ -157,7 +168,8 @@ def test_removed_batch_outputs_are_dropped(tmp_path):
     (landing / "b2" / "_SUCCESS").unlink()
     report = clean(landing, tmp_path)
     assert report.removed_batches == ["b2"]
-    assert not (tmp_path / "kept" / "b2").exists() and not (tmp_path / "rejected" / "b2").exists()
+    for root in ("kept", "rejected", "batches"):
+        assert not (tmp_path / root / "b2").exists(), root
 
 
 def test_failure_leaves_no_partial_output(tmp_path):
@@ -177,8 +189,18 @@ def test_failure_leaves_no_partial_output(tmp_path):
     assert leftovers == []
 
 
-def test_pairs_without_a_clip_model_fail_clearly(tmp_path):
+def test_without_a_clip_pairs_wait_with_a_reason_and_text_and_code_clean(tmp_path):
     landing = tmp_path / "landing"
     write_batch(landing, "b1", PROSE)
-    with pytest.raises(ValueError, match="CLIP model"):
-        clean_landing(landing, tmp_path / "kept", tmp_path / "rejected", CleaningConfig())
+    clean(landing, tmp_path, scorer=None)
+    rejected = rows(tmp_path / "rejected")
+    waiting = [r for r in rejected if r["reason"] == "clip_unavailable"]
+    assert sorted(r["source"] for r in waiting) == ["b1/images/blue.png", "b1/images/red.png"]
+    assert "min_pairs" in waiting[0]["detail"]
+    kept = rows(tmp_path / "kept")
+    assert {r["modality"] for r in kept} == {"text", "code"} and len([r for r in kept if r["modality"] == "text"]) == 4
+    assert all(a.ok for a in accounting(landing, tmp_path))
+    # Once a CLIP exists, cleaning the batch again scores the pairs (and only them).
+    again = clean(landing, tmp_path)
+    assert {r.modality for r in again.results if not r.cached} == {"image_text"}
+    assert "b1/images/red.png" in sources(tmp_path / "kept")

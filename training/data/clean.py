@@ -85,6 +85,8 @@ class CleaningReport:
     results: list[ModalityResult] = field(default_factory=list)
     removed_batches: list[str] = field(default_factory=list)
     unrecognized_files: list[str] = field(default_factory=list)
+    deduplicated: list[tuple[str, str]] = field(default_factory=list)
+    """(batch, modality) pairs whose duplicates were judged again (not cached in the corpus)."""
 
     def by_modality(self) -> dict[str, dict]:
         """Kept and rejected counts by reason for each modality, over all batches."""
@@ -370,6 +372,7 @@ def clean_landing(
         report.results += clean_batch(batch, batches_dir, rejected_dir, cfg, clip, log)
     corpus = build_corpus(batches_dir, names, corpus_dir, rejected_dir, cfg.chunk_size, log)
     report.removed_batches = corpus.removed_batches
+    report.deduplicated = [(r.batch, r.modality) for r in corpus.results if not r.cached]
     # Kept after deduplication; rejected by the batch's filters and as duplicates.
     dedup = {(r.batch, r.modality): r for r in corpus.results}
     for r in report.results:
