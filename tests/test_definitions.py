@@ -10,16 +10,20 @@ def test_definitions_load_and_resolve(monkeypatch, tmp_path):
     defs = importlib.reload(module).defs
     dg.Definitions.validate_loadable(defs)
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
-    assert {"clip_model", "cleaned_corpus", "base_model", "release"} <= keys
-    job = defs.resolve_implicit_global_asset_job_def()
-    assert {n.name for n in job.nodes} >= {"clip_model", "cleaned_corpus"}
-    assert {defs.resolve_job_def(name).name for name in ("lifecycle", "cleaning")} == {"lifecycle", "cleaning"}
-    assert {s.name for s in defs.sensors} == {"landing_sensor", "release_automation"}
+    assert {"clip_model", "cleaned_batch", "cleaned_corpus", "base_model", "release"} <= keys
+    graph = defs.resolve_asset_graph()
+    assert graph.get(dg.AssetKey("cleaned_batch")).partitions_def.name == "landing_batches"
+    unpartitioned = keys - {"cleaned_batch"}
+    assert all(graph.get(dg.AssetKey(k)).partitions_def is None for k in unpartitioned)
+    retraining = {n.name for n in defs.resolve_job_def("retraining").nodes}
+    assert "cleaned_corpus" in retraining and "release" in retraining and "cleaned_batch" not in retraining
+    assert {n.name for n in defs.resolve_job_def("cleaning").nodes} == {"cleaned_batch", "cleaned_batch_records_accounted"}
+    assert {s.name for s in defs.sensors} >= {"landing_sensor", "retraining_policy", "kiln_automation"}
     assert [s.name for s in defs.schedules] == ["weekly_retraining"]
     for sensor in defs.sensors:
         defs.resolve_sensor_def(sensor.name)
     for schedule in defs.schedules:
-        assert defs.resolve_schedule_def(schedule.name).job_name == "lifecycle"
+        assert defs.resolve_schedule_def(schedule.name).job_name == "retraining"
 
 
 def test_preset_is_chosen_by_environment(monkeypatch, tmp_path):

@@ -1,6 +1,7 @@
-"""The Dagster UI in a real browser: `dagster dev` on a free loopback port, headless Chromium (the
-Debian package, driven by Playwright; .ci/run installs it), the cleaning job materialized from its
-page, and screenshots of the asset graph and the run (docs/ keeps the ones the README shows)."""
+"""kiln operated as users run it: `dagster dev` (webserver and daemon) on a free loopback port, a new
+batch dropped into the landing zone, and, without a click, its partition appears and its cleaning run
+succeeds; then the asset graph and the partitions view in headless Chromium (the Debian package,
+driven by Playwright; .ci/run installs it). docs/ keeps the screenshots the README shows."""
 
 import json
 import os
@@ -11,11 +12,17 @@ import time
 import urllib.request
 from pathlib import Path
 
+import dagster as dg
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 LOCATION = "pipelines.definitions"
+PROSE = [
+    "Kilns fire clay at high temperature until it turns hard and dense.",
+    "A curriculum orders training examples from easy to hard and back again.",
+    "Tokenizers split text into units that a language model can embed.",
+]
 
 
 def _free_port() -> int:
@@ -24,27 +31,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _graphql(base: str, query: str) -> dict:
-    request = urllib.request.Request(
-        f"{base}/graphql", data=json.dumps({"query": query}).encode(), headers={"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read())["data"]
-
-
-def _runs(base: str) -> list[dict]:
-    data = _graphql(base, "{ runsOrError { ... on Runs { results { runId status jobName } } } }")
-    return data["runsOrError"]["results"]
-
-
 @pytest.fixture
-def webserver(tmp_path):
-    from training.data.default_landing import write_default_landing
-
+def dagster_dev(tmp_path):
     data, home = tmp_path / "data", tmp_path / "data" / "dagster_home"
     home.mkdir(parents=True)
+    (data / "landing").mkdir()
     shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
-    write_default_landing(data / "landing")
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KILN_", "DAGSTER_"))}
     env |= {"KILN_DATA_DIR": str(data), "DAGSTER_HOME": str(home), "HF_HUB_OFFLINE": "1"}
@@ -62,7 +54,9 @@ def webserver(tmp_path):
         except OSError:
             assert proc.poll() is None, (tmp_path / "dagster-dev.log").read_text()[-3000:]
             time.sleep(1)
-    yield base, data, tmp_path
+    instance = dg.DagsterInstance.from_config(str(home))
+    yield base, data, instance, tmp_path
+    instance.dispose()
     os.killpg(proc.pid, 15)
     try:
         proc.wait(timeout=30)
@@ -71,40 +65,62 @@ def webserver(tmp_path):
     log.close()
 
 
+def _wait(what: str, predicate, log: Path, timeout: float = 300.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(1)
+    raise AssertionError(f"timed out waiting for {what}; dagster dev said:\n" + log.read_text()[-4000:])
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (.ci/run installs it)")
-def test_materialize_cleaning_from_the_ui(webserver):
+def test_a_landed_batch_is_cleaned_without_a_click_and_shown_in_the_ui(dagster_dev):
     from playwright.sync_api import expect, sync_playwright
 
-    base, data, tmp = webserver
+    base, data, instance, tmp = dagster_dev
+    log = tmp / "dagster-dev.log"
+    batch = data / "landing" / "batch-0001"
+    (batch / "text").mkdir(parents=True)
+    (batch / "text" / "docs.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in PROSE + ["buy now " * 40]))
+    (batch / "code").mkdir()
+    (batch / "code" / "ok.py").write_text("def area(r):\n    return 3.14159 * r * r\n")
+    (batch / "_SUCCESS").touch()
+    landed = time.monotonic()
+
+    _wait("the partition", lambda: "batch-0001" in instance.get_dynamic_partitions("landing_batches"), log)
+    cleaning = _wait(
+        "the cleaning run",
+        lambda: [r for r in instance.get_runs(dg.RunsFilter(tags={"kiln/batch": "batch-0001"})) if r.is_finished],
+        log,
+    )
+    assert [r.status for r in cleaning] == [dg.DagsterRunStatus.SUCCESS], log.read_text()[-4000:]
+    seconds = time.monotonic() - landed
+    print(f"_SUCCESS to a cleaned partition: {seconds:.1f} s")
+    assert instance.get_materialized_partitions(dg.AssetKey("cleaned_batch")) == {"batch-0001"}
+    check = instance.event_log_storage.get_latest_asset_check_execution_by_key(
+        [dg.AssetCheckKey(dg.AssetKey("cleaned_batch"), "records_accounted")]
+    )
+    assert check  # the blocking check ran with the partition's run (the run succeeded, so it passed)
+    # The corpus follows by itself (declarative automation); training does not (4 MB policy).
+    _wait("the corpus", lambda: instance.get_latest_materialization_event(dg.AssetKey("cleaned_corpus")), log)
+    assert (data / "cleaned_corpus" / "batch-0001" / "text.parquet").is_file()
+    assert not instance.get_runs(dg.RunsFilter(tags={"kiln/retraining": "true"}))
+
     shots = Path(os.environ.get("KILN_SCREENSHOT_DIR", tmp))
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1440, "height": 900})
         page.set_default_timeout(120_000)
-
-        page.goto(f"{base}/locations/{LOCATION}/asset-groups/model")
-        expect(page.get_by_text("pretrain_stage_9").first).to_be_visible(timeout=120_000)
+        page.goto(f"{base}/locations/{LOCATION}/asset-groups/data")
+        expect(page.get_by_text("cleaned_batch").first).to_be_visible()
         page.wait_for_timeout(2000)  # let the graph settle before the picture
         page.screenshot(path=str(shots / "ui-asset-graph.png"))
-
-        page.goto(f"{base}/locations/{LOCATION}/jobs/cleaning")
-        expect(page.get_by_text("clip_model").first).to_be_visible(timeout=120_000)
-        page.get_by_role("button", name="Materialize all").click()
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline and not (runs := _runs(base)):
-            time.sleep(1)
-        [run] = runs
-        assert run["jobName"] == "cleaning"
-        while run["status"] not in ("SUCCESS", "FAILURE", "CANCELED") and time.monotonic() < deadline:
-            time.sleep(2)
-            [run] = _runs(base)
-        assert run["status"] == "SUCCESS", run
-
-        page.goto(f"{base}/runs/{run['runId']}")
-        expect(page.get_by_text("Success").first).to_be_visible(timeout=120_000)
+        page.goto(f"{base}/assets/cleaned_batch?view=partitions")
+        page.get_by_text("batch-0001").first.click()
+        expect(page.get_by_text("records_per_second").first).to_be_visible()  # the partition's metadata
         page.wait_for_timeout(1500)
-        page.screenshot(path=str(shots / "ui-cleaning-run.png"))
+        page.screenshot(path=str(shots / "ui-partitions.png"))
         browser.close()
-    assert (data / "cleaned_corpus" / "batch-0001" / "text.parquet").is_file()
-    assert (shots / "ui-asset-graph.png").stat().st_size > 10_000
+    assert (shots / "ui-partitions.png").stat().st_size > 10_000
