@@ -8,8 +8,8 @@ import dagster as dg
 from assets.metadata import GPU_STEP, md_table
 from pipelines.resources import Kiln
 from training.clip import build_clip_model, current_clip
-from training.data.clean import build_corpus, clean_batch, cleaned_batches, verify_batch, verify_corpus
-from training.data.landing import ready_batch, ready_batches
+from training.data.clean import build_corpus, clean_batch, cleaned_batches, remove_batch, verify_batch, verify_corpus
+from training.data.landing import ready_batch, ready_batches, unusable_batches
 
 LANDING_BATCHES = dg.DynamicPartitionsDefinition(name="landing_batches")
 """One partition per ready landing batch, added (and deleted) by `landing_sensor`."""
@@ -111,11 +111,16 @@ def _accounting(rows) -> dg.AssetCheckResult:
     )
 
 
-def _corpus_batches(kiln: Kiln) -> tuple[list[str], list[str]]:
-    """(cleaned, pending): the ready batches whose partition has been cleaned, in batch order, and those not yet."""
+def _corpus_batches(kiln: Kiln) -> tuple[list[str], list[str], list[str]]:
+    """(cleaned, pending, swept): the ready batches whose partition has been cleaned and accounted for,
+    in batch order; those not (yet); and the outputs removed of batches no longer ready (a partition
+    run that finished after its batch left the landing zone)."""
     ready = [b.name for b in ready_batches(kiln.landing)]
     cleaned = cleaned_batches(kiln.path("cleaned_batch"), ready)
-    return cleaned, [n for n in ready if n not in cleaned]
+    root = kiln.path("cleaned_batch")
+    stale = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name[0] not in "._" and p.name not in ready) if root.is_dir() else []
+    swept = [n for n in stale if remove_batch(n, root, kiln.path("rejected"))]
+    return cleaned, [n for n in ready if n not in cleaned], swept
 
 
 @dg.asset(
@@ -124,11 +129,11 @@ def _corpus_batches(kiln: Kiln) -> tuple[list[str], list[str]]:
     kinds={"parquet"},
     # Follows the batches: any cleaned partition updates it, even while another batch is missing or failed.
     automation_condition=dg.AutomationCondition.eager().without(~dg.AutomationCondition.any_deps_missing()),
-    description="Every cleaned batch, deduplicated in batch order (the first occurrence kept): the corpus the "
+    description="Every cleaned batch whose records are all accounted for, deduplicated in batch order (the first occurrence kept): the corpus the "
     "curriculum reads. Incremental: only batches whose records, or an earlier batch's, changed are redone.",
 )
 def cleaned_corpus(context: dg.AssetExecutionContext, kiln: Kiln) -> dg.MaterializeResult:
-    names, pending = _corpus_batches(kiln)
+    names, pending, swept = _corpus_batches(kiln)
     start = time.perf_counter()
     report = build_corpus(
         kiln.path("cleaned_batch"), names, kiln.path("cleaned_corpus"), kiln.path("rejected"), kiln.config.cleaning.chunk_size, context.log.info
@@ -141,8 +146,9 @@ def cleaned_corpus(context: dg.AssetExecutionContext, kiln: Kiln) -> dg.Material
             "duplicates": sum(r.rejected for r in report.results),
             "deduplicated": dg.MetadataValue.json(fresh),
             "cached": len(report.results) - len(fresh),
-            "removed_batches": dg.MetadataValue.json(report.removed_batches),
+            "removed_batches": dg.MetadataValue.json(sorted(set(report.removed_batches) | set(swept))),
             "pending_batches": dg.MetadataValue.json(pending),
+            "unusable_batches": dg.MetadataValue.json(unusable_batches(kiln.landing)),
             "seconds": round(time.perf_counter() - start, 3),
             "path": dg.MetadataValue.path(kiln.path("cleaned_corpus")),
         }

@@ -24,23 +24,25 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def analyse(dagster_home: Path, data_dir: Path) -> dict:
-    """Per step of the newest run: start-up, work and, for stages, the training loop; and the totals."""
+    """Per step of the demo's runs (the CLIP, one per batch, the retraining): start-up, work and, for
+    stages, the training loop; and the totals."""
     os.environ["DAGSTER_HOME"] = str(dagster_home.resolve())
     import dagster as dg
 
     with dg.DagsterInstance.get() as instance:
-        [run] = instance.get_runs(limit=1)
-        events = [r.event_log_entry for r in instance.get_records_for_run(run.run_id, limit=100_000).records]
+        runs = instance.get_runs()
+        events = [(run, r.event_log_entry) for run in runs for r in instance.get_records_for_run(run.run_id, limit=100_000).records]
     marks: dict[str, dict[str, float]] = defaultdict(dict)
     run_start = run_end = None
-    for e in events:
+    for run, e in events:
         kind = e.dagster_event.event_type_value if e.dagster_event else None
         if kind in ("RUN_START", "PIPELINE_START"):
-            run_start = e.timestamp
+            run_start = min(run_start or e.timestamp, e.timestamp)
         elif kind in ("RUN_SUCCESS", "RUN_FAILURE", "PIPELINE_SUCCESS", "PIPELINE_FAILURE"):
-            run_end = e.timestamp
+            run_end = max(run_end or e.timestamp, e.timestamp)
         elif kind in ("STEP_WORKER_STARTING", "STEP_START", "STEP_SUCCESS", "STEP_FAILURE") and e.step_key:
-            marks[e.step_key].setdefault(kind, e.timestamp)
+            partition = run.tags.get("dagster/partition")
+            marks[f"{e.step_key}[{partition}]" if partition else e.step_key].setdefault(kind, e.timestamp)
     steps = []
     for key, m in marks.items():
         end = m.get("STEP_SUCCESS", m.get("STEP_FAILURE"))

@@ -22,7 +22,7 @@ from assets.cleaning import LANDING_BATCHES, clip_model, cleaned_batch, cleaned_
 from pipelines.resources import Kiln
 from training.clip import clip_due, read_card
 from training.data.clean import remove_batch
-from training.data.landing import count_records, ready_batches
+from training.data.landing import count_records, ready_batches, unusable_batches
 from training.fsutil import fingerprint
 from training.retraining import new_since_release, retrain_reason
 
@@ -81,6 +81,8 @@ def landing_sensor(kiln: Kiln, status: dg.DefaultSensorStatus) -> dg.SensorDefin
         state: dict = json.loads(context.cursor) if context.cursor else {}
         batches: dict = state.setdefault("batches", {})
         ready = {b.name: b for b in ready_batches(kiln.landing)}
+        for name, problem in unusable_batches(kiln.landing).items():
+            context.log.warning(f"landing batch {name!r} is not read: {problem}; rename the folder")
         known = set(context.instance.get_dynamic_partitions(LANDING_BATCHES.name))
         clip_version = _clip_version(kiln)
         requests = []

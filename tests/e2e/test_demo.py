@@ -47,11 +47,14 @@ def test_make_demo_materializes_every_asset(tmp_path):
 
     instance = dg.DagsterInstance.from_config(str(data / "dagster_home"))
     try:
+        # Every ready batch is a materialized partition; batch-0003 (no _SUCCESS) is not one.
+        assert instance.get_dynamic_partitions("landing_batches") == ["batch-0001", "batch-0002"]
+        assert instance.get_materialized_partitions(dg.AssetKey("cleaned_batch")) == {"batch-0001", "batch-0002"}
         keys = ["clip_model", "cleaned_corpus", "difficulty_scores", "tokenizer", "curriculum", "base_model",
                 "evaluation", "quantized_model", "release"]
         for key in keys + [f"pretrain_stage_{i}" for i in range(1, 10)]:
             assert instance.get_latest_materialization_event(dg.AssetKey(key)) is not None, key
-        [run] = instance.get_runs()
-        assert run.is_success
+        runs = instance.get_runs()
+        assert len(runs) == 4 and all(run.is_success for run in runs)  # the CLIP, two batches, the retraining
     finally:
         instance.dispose()

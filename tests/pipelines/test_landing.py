@@ -106,6 +106,7 @@ def test_the_landing_sensor_adds_cleans_recleans_and_removes_batches(sensors):
 
     land(landing, "batch-0001", texts=PROSE)
     land(landing, "batch-0002", texts=PROSE[:1], ready=False)
+    land(landing, "batch...0009", texts=PROSE[:1])  # cannot name a partition: logged, never read, no crash
     runs, cursor = tick(pipeline, sensor_def, cursor)
     assert runs == [("batch-0001", ["cleaned_batch"], "landed")]
     assert pipeline.instance.get_dynamic_partitions("landing_batches") == ["batch-0001"]

@@ -204,3 +204,47 @@ def test_without_a_clip_pairs_wait_with_a_reason_and_text_and_code_clean(tmp_pat
     again = clean(landing, tmp_path)
     assert {r.modality for r in again.results if not r.cached} == {"image_text"}
     assert "b1/images/red.png" in sources(tmp_path / "kept")
+
+
+@pytest.mark.parametrize(
+    "name, problem",
+    [
+        ("batch-0001", None),
+        ("2026-11-23T07:00:00Z", None),
+        ("数据批次-7", None),
+        ("batch...2", "..."),
+        ("tab\there", "control characters"),
+        ("line\nbreak", "control characters"),
+        ("bytes-\udcff", "not valid UTF-8"),
+    ],
+)
+def test_which_folder_names_can_name_a_batch(name, problem):
+    from training.data.landing import name_problem
+
+    got = name_problem(name)
+    assert (got is None) if problem is None else (problem in got)
+
+
+def test_a_folder_whose_name_cannot_name_a_batch_is_reported_not_read(tmp_path):
+    from training.data.landing import ready_batches, unusable_batches
+
+    landing = tmp_path / "landing"
+    write_batch(landing, "b1", PROSE)
+    write_batch(landing, "b...2", PROSE)
+    assert [b.name for b in ready_batches(landing)] == ["b1"]
+    assert list(unusable_batches(landing)) == ["b...2"]
+
+
+def test_a_batch_whose_records_are_not_all_accounted_for_stays_out_of_the_corpus(tmp_path):
+    from training.data.clean import cleaned_batches
+
+    landing = tmp_path / "landing"
+    write_batch(landing, "b1", PROSE)
+    write_batch(landing, "b2", PROSE[:1])
+    clean(landing, tmp_path)
+    assert cleaned_batches(tmp_path / "batches", ["b1", "b2", "b3"]) == ["b1", "b2"]  # b3: never cleaned
+    manifest = tmp_path / "batches" / "b2" / "_manifest.json"
+    m = json.loads(manifest.read_text())
+    m["modalities"]["text"]["kept"] -= 1  # a record lost on the way
+    manifest.write_text(json.dumps(m))
+    assert cleaned_batches(tmp_path / "batches", ["b1", "b2"]) == ["b1"]

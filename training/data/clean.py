@@ -224,11 +224,13 @@ def clean_batch(
 
 
 def cleaned_batches(batches_dir: Path, names: Iterable[str]) -> list[str]:
-    """The batches among `names` whose every modality has been cleaned, in order."""
+    """The batches among `names` whose every modality has been cleaned with every record accounted
+    for (records in = kept + rejected), in order. A batch whose cleaning failed, or failed its
+    accounting, stays out of the corpus whatever path runs it."""
     done = []
     for name in names:
         entries = _read_json(batches_dir / name / MANIFEST).get("modalities", {})
-        if all(m in entries for m in MODALITIES):
+        if all(m in entries and entries[m]["records_in"] == entries[m]["kept"] + entries[m]["rejected"] for m in MODALITIES):
             done.append(name)
     return done
 

@@ -70,21 +70,45 @@ def _walk(root: Path) -> list[Path]:
     return sorted(p for p in found if p.is_file())
 
 
-def ready_batches(landing: Path) -> list[Batch]:
-    """Batches holding `_SUCCESS`, in name order. Folders starting with `.` or `_` are ignored."""
+def name_problem(name: str) -> str | None:
+    """Why a folder name cannot name a batch (it names a partition, a run tag and paths in every
+    record's `source`), or None: undecodable bytes, control characters, or "..."."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "the name is not valid UTF-8"
+    if not name.isprintable():
+        return "the name holds control characters"
+    if "..." in name:
+        return 'the name holds "..." (reserved for partition ranges)'
+    return None
+
+
+def _ready_folders(landing: Path) -> list[Path]:
     if not landing.is_dir():
         return []
-    return [
-        Batch(p.name, p)
-        for p in sorted(landing.iterdir())
-        if p.is_dir() and p.name[0] not in "._" and (p / READY_MARKER).is_file()
-    ]
+    return [p for p in sorted(landing.iterdir()) if p.is_dir() and p.name[0] not in "._" and (p / READY_MARKER).is_file()]
+
+
+def ready_batches(landing: Path) -> list[Batch]:
+    """Batches holding `_SUCCESS`, in name order. Folders starting with `.` or `_` are ignored, and so
+    are folders whose name cannot name a batch (`unusable_batches` says which, and why)."""
+    return [Batch(p.name, p) for p in _ready_folders(landing) if name_problem(p.name) is None]
+
+
+def unusable_batches(landing: Path) -> dict[str, str]:
+    """Ready folders that are not read because of their name: {name (escaped): why}."""
+    return {
+        p.name.encode("utf-8", "backslashreplace").decode(): problem
+        for p in _ready_folders(landing)
+        if (problem := name_problem(p.name))
+    }
 
 
 def ready_batch(landing: Path, name: str) -> Batch:
     """The ready batch `name`, or a clear error (it left the landing zone or lost its _SUCCESS)."""
     batch = Batch(name, landing / name)
-    if name[0] in "._" or "/" in name or not (batch.path / READY_MARKER).is_file():
+    if not name or name[0] in "._" or "/" in name or name_problem(name) or not (batch.path / READY_MARKER).is_file():
         raise ValueError(f"{name!r} is not a ready batch of {landing} (no such folder, or no {READY_MARKER} in it)")
     return batch
 
