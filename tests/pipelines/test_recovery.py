@@ -1,0 +1,366 @@
+"""Runs that die do not wedge kiln (pipelines/recovery.py): a killed `dagster asset materialize` is
+marked failed and its `gpu` slot freed by the next command; live runs are never touched."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from dagster._core.events import DagsterEvent, DagsterEventType, EngineEventData
+from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
+from dagster._core.utils import make_new_run_id
+
+from assets.metadata import GPU_POOL
+from pipelines import recovery
+from pipelines.recovery import dead_run_sensor, reap_dead_runs, reap_on_load
+
+ROOT = Path(__file__).resolve().parents[2]
+JOB = ROOT / "tests" / "pipelines" / "dead_run_job.py"
+JOB_NAME = "kiln_test"
+
+
+def _home(parent: Path) -> Path:
+    home = parent / "dagster_home"
+    home.mkdir()
+    shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
+    return home
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """One instance for the unit tests (creating one takes a second), wiped between them."""
+    home = _home(tmp_path_factory.mktemp("recovery"))
+    instance = dg.DagsterInstance.from_config(str(home))
+    yield home, instance
+    instance.dispose()
+
+
+@pytest.fixture
+def home(shared):
+    return shared[0]
+
+
+@pytest.fixture
+def instance(shared):
+    instance = shared[1]
+    instance.wipe()  # runs, events and pools
+    instance.event_log_storage.initialize_concurrency_limit_to_default(GPU_POOL)
+    return instance
+
+
+# --- helpers building runs as a run worker would leave them -------------------------------------
+
+
+def _event(instance, run_id: str, kind: DagsterEventType, pid: int | None, at: float | None = None, step=None):
+    event = DagsterEvent(kind.value, JOB_NAME, pid=pid, step_key=step)
+    instance.report_dagster_event(event, run_id, timestamp=at)
+
+
+def _run(instance, pid: int | None, *, kind=DagsterEventType.RUN_START, at: float | None = None) -> str:
+    """A run whose worker `pid` wrote `kind` (RUN_START: STARTED) at `at` (default now)."""
+    run_id = instance.add_run(DagsterRun(job_name=JOB_NAME, run_id=make_new_run_id())).run_id
+    _event(instance, run_id, kind, pid, at)
+    return run_id
+
+
+def _claim(instance, run_id: str, step: str) -> bool:
+    return instance.event_log_storage.claim_concurrency_slot(GPU_POOL, run_id, step).is_claimed
+
+
+def _pool(instance):
+    info = instance.event_log_storage.get_concurrency_info(GPU_POOL)
+    return {(c.run_id, c.step_key) for c in info.claimed_slots}, {(p.run_id, p.step_key) for p in info.pending_steps}
+
+
+def _status(instance, run_id: str) -> DagsterRunStatus:
+    return instance.get_run_by_id(run_id).status
+
+
+def _failure_message(instance, run_id: str, kind=DagsterEventType.RUN_FAILURE) -> str:
+    (entry,) = instance.event_log_storage.get_logs_for_run(run_id, of_type=kind)
+    return entry.dagster_event.message
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
+@pytest.fixture
+def processes():
+    """Child processes started by a test, killed and waited for at the end."""
+    children: list[subprocess.Popen] = []
+    yield children
+    for child in children:
+        if child.poll() is None:
+            child.kill()
+        child.wait()
+
+
+# --- unit tests on an instance ------------------------------------------------------------------
+
+
+def test_a_live_run_is_never_reaped(instance):
+    run_id = _run(instance, os.getpid())  # this process, which started before writing the event
+    assert _claim(instance, run_id, "gpu_step")
+    assert reap_dead_runs(instance, start_timeout_seconds=0) == []
+    assert _status(instance, run_id) == DagsterRunStatus.STARTED
+    assert _pool(instance)[0] == {(run_id, "gpu_step")}
+
+
+def test_a_run_whose_worker_is_gone_is_failed_and_its_slot_and_queued_claims_freed(instance):
+    dead = _run(instance, _dead_pid())
+    assert _claim(instance, dead, "gpu_a")
+    assert not _claim(instance, dead, "gpu_b")  # queued behind gpu_a
+    waiting = _run(instance, os.getpid())
+    assert not _claim(instance, waiting, "gpu_step")  # blocked by the dead run: the wedge
+
+    assert reap_dead_runs(instance) == [dead]
+    assert _status(instance, dead) == DagsterRunStatus.FAILURE
+    message = _failure_message(instance, dead)
+    assert message.startswith("kiln: run worker pid ") and "is gone" in message and "slots freed" in message
+    claimed, pending = _pool(instance)
+    assert not any(run == dead for run, _ in claimed | pending)
+    assert _claim(instance, waiting, "gpu_step")  # the live run gets the slot now
+    assert _status(instance, waiting) == DagsterRunStatus.STARTED
+    assert reap_dead_runs(instance) == []  # once
+
+
+def test_a_zombie_worker_is_dead(instance, processes):
+    child = subprocess.Popen(["sleep", "60"])
+    processes.append(child)
+    run_id = _run(instance, child.pid)
+    assert reap_dead_runs(instance) == []  # alive
+    os.kill(child.pid, signal.SIGKILL)
+    time.sleep(0.2)  # not waited for: a zombie whose /proc entry remains
+    assert Path(f"/proc/{child.pid}").exists()
+    assert reap_dead_runs(instance) == [run_id]
+
+
+def test_a_reused_pid_is_not_the_worker(instance, processes):
+    child = subprocess.Popen(["sleep", "60"])  # started now, long after the worker's event
+    processes.append(child)
+    run_id = _run(instance, child.pid, at=time.time() - 600)
+    assert reap_dead_runs(instance) == [run_id]
+    assert "belongs to a process started after the run" in _failure_message(instance, run_id)
+
+
+def test_a_starting_run_without_a_worker_fails_only_after_the_start_timeout(instance):
+    fresh = _run(instance, None, kind=DagsterEventType.RUN_STARTING)
+    stale = _run(instance, None, kind=DagsterEventType.RUN_STARTING, at=time.time() - 600)
+    assert _status(instance, stale) == DagsterRunStatus.STARTING
+    assert reap_dead_runs(instance) == [stale]  # the instance's start_timeout_seconds: 180
+    assert _status(instance, fresh) == DagsterRunStatus.STARTING
+    assert "no run worker reported within" in _failure_message(instance, stale)
+    # a STARTING run whose worker reported its pid is judged by it
+    launched = _run(instance, None, kind=DagsterEventType.RUN_STARTING)
+    pid = os.getpid()
+    started = EngineEventData.in_process(pid)  # as `dagster api execute_run` reports itself
+    instance.report_engine_event(f"Started process for run (pid: {pid}).", instance.get_run_by_id(launched), started)
+    assert reap_dead_runs(instance, start_timeout_seconds=0) == [fresh]  # launched: pid of this process
+    assert _status(instance, launched) == DagsterRunStatus.STARTING
+
+
+def test_a_started_run_without_a_pid_is_left_alone(instance):
+    run_id = _run(instance, None, at=time.time() - 3600)
+    assert reap_dead_runs(instance, start_timeout_seconds=0) == []
+    assert _status(instance, run_id) == DagsterRunStatus.STARTED
+
+
+def test_a_canceling_run_whose_worker_is_gone_is_canceled(instance):
+    run_id = _run(instance, _dead_pid())
+    assert _claim(instance, run_id, "gpu_step")
+    instance.report_run_canceling(instance.get_run_by_id(run_id))
+    assert reap_dead_runs(instance) == [run_id]
+    assert _status(instance, run_id) == DagsterRunStatus.CANCELED  # not failed: no retry of a cancel
+    assert "marked canceled" in _failure_message(instance, run_id, DagsterEventType.RUN_CANCELED)
+    assert _pool(instance) == (set(), set())
+
+
+def test_finished_runs_holding_slots_free_them_unless_their_worker_lives(instance):
+    dead = _run(instance, _dead_pid())
+    assert _claim(instance, dead, "gpu_step")
+    instance.report_run_failed(instance.get_run_by_id(dead), "failed by its code server, which saw it die")
+    live = _run(instance, os.getpid())
+    assert not _claim(instance, live, "gpu_step")
+    instance.report_run_failed(instance.get_run_by_id(live), "marked failed by hand, still running")
+
+    assert reap_dead_runs(instance) == []  # nothing newly failed...
+    claimed, pending = _pool(instance)
+    assert claimed == set() and pending == {(live, "gpu_step")}  # ...but the dead one's slot is free
+    (freed,) = [e for e in instance.all_logs(dead, of_type=DagsterEventType.ENGINE_EVENT) if "kiln:" in e.message]
+    assert "no process of this FAILURE run is alive; freed the 1 pool slot(s)" in freed.message
+
+
+def test_orphaned_step_processes_are_interrupted_before_their_slot_is_freed(instance, processes):
+    worker = _run(instance, _dead_pid())
+    orphan = subprocess.Popen(["sleep", "60"])  # dies of SIGINT
+    ignore_sigint = (
+        "import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); print(1, flush=True); time.sleep(60)"
+    )
+    stubborn = subprocess.Popen([sys.executable, "-c", ignore_sigint], stdout=subprocess.PIPE)
+    processes += [orphan, stubborn]
+    stubborn.stdout.readline()  # its SIGINT handler is set
+    _event(instance, worker, DagsterEventType.STEP_START, orphan.pid, step="gpu_a")
+    _event(instance, worker, DagsterEventType.STEP_START, stubborn.pid, step="gpu_b")
+    assert _claim(instance, worker, "gpu_a")
+    assert not _claim(instance, worker, "gpu_b")
+
+    assert reap_dead_runs(instance, orphan_wait_seconds=1) == [worker]
+    assert orphan.wait(timeout=5) == -signal.SIGINT
+    assert stubborn.poll() is None
+    message = _failure_message(instance, worker)
+    assert f"Interrupted its orphaned step processes: gpu_a (pid {orphan.pid}), gpu_b (pid {stubborn.pid})." in message
+    assert f"Still running, their slots are freed once they exit: gpu_b (pid {stubborn.pid})." in message
+    claimed, pending = _pool(instance)
+    assert claimed == set() and pending == {(worker, "gpu_b")}  # gpu_b's process still runs
+
+    stubborn.kill()
+    stubborn.wait()
+    assert reap_dead_runs(instance) == []  # already failed; the slot is freed now
+    assert _pool(instance) == (set(), set())
+
+
+def test_the_sensor_reaps_under_the_daemon(instance):
+    sensor = dead_run_sensor()
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING and sensor.minimum_interval_seconds == 30
+    result = sensor(dg.build_sensor_context(instance=instance))
+    assert isinstance(result, dg.SkipReason) and result.skip_message == "no dead runs"
+
+    dead = _run(instance, _dead_pid())
+    live = _run(instance, os.getpid())
+    result = sensor(dg.build_sensor_context(instance=instance))
+    assert isinstance(result, dg.SkipReason) and result.skip_message == f"reaped 1 dead run(s): {dead}"
+    assert _status(instance, dead) == DagsterRunStatus.FAILURE
+    assert _status(instance, live) == DagsterRunStatus.STARTED
+
+    failed = _run(instance, _dead_pid())  # failed by its code server: the slot is still held
+    assert _claim(instance, failed, "gpu_step")
+    instance.report_run_failed(instance.get_run_by_id(failed))
+    result = sensor(dg.build_sensor_context(instance=instance))
+    assert result.skip_message == f"freed the pool slots of 1 finished run(s): {failed}"
+    assert _pool(instance) == (set(), set())
+
+
+def test_reap_on_load_creates_nothing_and_never_raises(tmp_path, monkeypatch, caplog):
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    assert reap_on_load() == []
+
+    missing = tmp_path / "missing"
+    monkeypatch.setenv("DAGSTER_HOME", str(missing))
+    assert reap_on_load() == [] and not missing.exists()
+
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    shutil.copy(ROOT / "dagster.yaml", fresh / "dagster.yaml")
+    monkeypatch.setenv("DAGSTER_HOME", str(fresh))
+    assert reap_on_load() == [] and sorted(p.name for p in fresh.iterdir()) == ["dagster.yaml"]
+
+    (fresh / "dagster.yaml").write_text("storage:\n  postgres: {postgres_url: 'postgresql://nowhere/x'}\n")
+    (fresh / "history").mkdir()
+    (fresh / "history" / "runs.db").touch()
+    assert reap_on_load() == []  # runs on a database server: left to run monitoring
+
+    (fresh / "dagster.yaml").write_text("telemetry: [not, a, mapping\n")
+    assert reap_on_load() == []
+    assert "could not check" in caplog.text
+
+
+def test_reap_on_load_reaps_the_instance_at_dagster_home(home, instance, monkeypatch):
+    dead = _run(instance, _dead_pid())
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    assert reap_on_load() == [dead]
+
+
+def test_only_local_storage_is_judged(instance, monkeypatch):
+    dead = _run(instance, _dead_pid())
+    monkeypatch.setattr(recovery, "runs_are_local", lambda _: False)
+    assert reap_dead_runs(instance) == []
+    assert _status(instance, dead) == DagsterRunStatus.STARTED
+
+
+# --- the real thing: kill -9 a `dagster asset materialize` holding the gpu slot ------------------
+
+
+def _materialize(home: Path, sleep: float) -> subprocess.Popen:
+    env = {**os.environ, "DAGSTER_HOME": str(home), "KILN_TEST_SLEEP": str(sleep), "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "dagster", "asset", "materialize", "-f", str(JOB), "--select", "gpu_sleeper"]
+    return subprocess.Popen(
+        command, cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def _holding_the_slot(home: Path, child: subprocess.Popen, deadline: float) -> str:
+    """Waits until a run is STARTED, holds the gpu slot and its step runs; returns its id."""
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        while time.monotonic() < deadline:
+            assert child.poll() is None, child.stdout.read()
+            runs = instance.get_runs()
+            if runs and instance.event_log_storage.get_concurrency_keys():
+                claimed, _ = _pool(instance)
+                started = instance.event_log_storage.get_logs_for_run(
+                    runs[0].run_id, of_type=DagsterEventType.STEP_START
+                )
+                if runs[0].status == DagsterRunStatus.STARTED and claimed and started:
+                    assert claimed == {(runs[0].run_id, "gpu_sleeper")}
+                    return runs[0].run_id
+            time.sleep(0.2)
+    raise AssertionError("the first run never held the gpu slot")
+
+
+@pytest.mark.parametrize("kill", ["session", "worker"])
+def test_a_killed_materialize_does_not_wedge_the_next_one(tmp_path, kill):
+    """`session`: the run worker and its step processes die together (killpg, a lost machine);
+    `worker`: only the `dagster` process dies (kill -9 PID, the OOM killer) and its step process
+    lives on as an orphan, still holding the GPU."""
+    home = _home(tmp_path)
+    dg.DagsterInstance.from_config(str(home)).dispose()  # the storage exists before two processes open it
+    first = _materialize(home, sleep=600)
+    sessions = [first]
+    try:
+        dead = _holding_the_slot(home, first, time.monotonic() + 60)
+        with dg.DagsterInstance.from_config(str(home)) as instance:
+            assert reap_dead_runs(instance) == []  # alive: never reaped
+            assert _status(instance, dead) == DagsterRunStatus.STARTED
+        if kill == "session":
+            os.killpg(first.pid, signal.SIGKILL)
+        else:
+            os.kill(first.pid, signal.SIGKILL)
+        first.wait()
+        with dg.DagsterInstance.from_config(str(home)) as instance:  # wedged: STARTED, holding the slot
+            assert _status(instance, dead) == DagsterRunStatus.STARTED
+            assert _pool(instance)[0] == {(dead, "gpu_sleeper")}
+
+        killed = time.monotonic()
+        second = _materialize(home, sleep=0)
+        sessions.append(second)
+        out, _ = second.communicate(timeout=120)
+        elapsed = time.monotonic() - killed
+        assert second.returncode == 0, out
+        print(f"kill -> second run finished: {elapsed:.1f} s")
+        assert "RUN_SUCCESS" in out
+    finally:
+        for session in sessions:  # a second run still blocked, an orphan never reaped: when the test failed
+            try:
+                os.killpg(session.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            session.wait()
+
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert _status(instance, dead) == DagsterRunStatus.FAILURE
+        message = _failure_message(instance, dead)
+        assert message.startswith(f"kiln: run worker pid {first.pid} on ") and "is gone" in message
+        if kill == "worker":
+            assert "Interrupted its orphaned step processes: gpu_sleeper (pid " in message
+        (latest,) = instance.get_runs(limit=1)
+        assert latest.run_id != dead and latest.status == DagsterRunStatus.SUCCESS
+        assert _pool(instance) == (set(), set())
