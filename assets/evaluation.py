@@ -11,10 +11,10 @@ from assets.metadata import GPU_STEP
 from pipelines.resources import Kiln
 from training.clip import pick_device
 from training.evaluate import evaluate, load_heldout
-from training.fsutil import write_json
+from training.fsutil import sha256_file, write_json
 from training.model_card import evaluation_tables
 from training.quantize import quantize_int8
-from training.release import latest
+from training.release import EVALUATION, QUANTIZATION, WEIGHTS_SHA256, latest, quantization_gate, regression_gate
 
 HELDOUT = "heldout.parquet"
 
@@ -36,6 +36,8 @@ def _evaluate(kiln: Kiln, path, device) -> dict:
 )
 def evaluation(context: dg.AssetExecutionContext, kiln: Kiln) -> dg.MaterializeResult:
     device = pick_device()
+    # Hashed before loading: the release gate accepts this evaluation only for these very weights.
+    weights = sha256_file(kiln.path("base_model") / "model.safetensors")
     candidate = _evaluate(kiln, kiln.path("base_model"), device)
     previous = None
     if (release := latest(kiln.path("releases"))) is not None:
@@ -44,8 +46,11 @@ def evaluation(context: dg.AssetExecutionContext, kiln: Kiln) -> dg.MaterializeR
         previous = {"version": release.name, "evaluation": old, "change": round(change, 6)}
         context.log.info(f"byte perplexity {change:+.2%} against release {release.name}")
     write_json(
-        kiln.path("evaluation") / "evaluation.json",
-        {"candidate": candidate, "previous": previous, "device": str(device), "margin": kiln.config.evaluation.regression_margin},
+        kiln.path("evaluation") / EVALUATION,
+        {
+            "candidate": candidate, "previous": previous, "device": str(device),
+            "margin": kiln.config.evaluation.regression_margin, WEIGHTS_SHA256: weights,
+        },
     )
     overall = candidate["overall"]
     return dg.MaterializeResult(
@@ -59,7 +64,8 @@ def evaluation(context: dg.AssetExecutionContext, kiln: Kiln) -> dg.MaterializeR
             "previous_release": previous["version"] if previous else "none",
             "change_vs_previous": f"{previous['change']:+.2%}" if previous else "n/a",
             "device": str(device),
-            "path": dg.MetadataValue.path(kiln.path("evaluation") / "evaluation.json"),
+            "weights_sha256": weights,
+            "path": dg.MetadataValue.path(kiln.path("evaluation") / EVALUATION),
         }
     )
 
@@ -71,23 +77,16 @@ def evaluation(context: dg.AssetExecutionContext, kiln: Kiln) -> dg.MaterializeR
     "both measured on the same records; a worse candidate is not packaged.",
 )
 def no_regression(kiln: Kiln) -> dg.AssetCheckResult:
-    result = json.loads((kiln.path("evaluation") / "evaluation.json").read_text())
-    previous, margin = result["previous"], result["margin"]
-    if previous is None:
-        return dg.AssetCheckResult(passed=True, metadata={"previous_release": "none: nothing to regress from"})
-    change = previous["change"]
-    verdict = "worse" if change > 0 else "better"
-    return dg.AssetCheckResult(
-        passed=change <= margin,
-        description=f"byte perplexity {abs(change):.2%} {verdict} than release {previous['version']} (margin {margin:.0%})",
-        metadata={
-            "previous_release": previous["version"],
+    result = json.loads((kiln.path("evaluation") / EVALUATION).read_text())
+    gate, previous = regression_gate(result), result["previous"]  # the rule the release asset applies too
+    metadata = {"previous_release": previous["version"] if previous else "none", "margin": result["margin"]}
+    if previous:
+        metadata |= {
             "candidate_byte_perplexity": result["candidate"]["overall"]["byte_perplexity"],
             "previous_byte_perplexity": previous["evaluation"]["overall"]["byte_perplexity"],
-            "change": round(change, 6),
-            "margin": margin,
-        },
-    )
+            "change": previous["change"],
+        }
+    return dg.AssetCheckResult(passed=gate.passed, description=gate.description, metadata=metadata)
 
 
 @dg.asset(
@@ -115,9 +114,10 @@ def quantized_model(kiln: Kiln) -> dg.MaterializeResult:
 
 @dg.asset_check(asset=quantized_model, blocking=True, description="int8 perplexity within the configured bound of the full model's.")
 def quantization_within_bound(kiln: Kiln) -> dg.AssetCheckResult:
-    stats = json.loads((kiln.path("quantized_model") / "quantization.json").read_text())
+    stats = json.loads((kiln.path("quantized_model") / QUANTIZATION).read_text())
+    gate = quantization_gate(stats)  # the rule the release asset applies too
     return dg.AssetCheckResult(
-        passed=stats["perplexity_change"] <= stats["bound"],
-        description=f"int8 perplexity {stats['perplexity_change']:+.2%} against the full model (bound {stats['bound']:.0%})",
+        passed=gate.passed,
+        description=gate.description,
         metadata={k: stats[k] for k in ("full_perplexity", "int8_perplexity", "perplexity_change", "bound")},
     )

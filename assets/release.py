@@ -1,5 +1,5 @@
 """The release: base model, int8 variant, model card and manifest, published atomically under
-releases/<version>/ with releases/LATEST pointing at it."""
+releases/<version>/ with releases/LATEST pointing at it, only past the release gate."""
 
 import dataclasses
 import json
@@ -11,13 +11,29 @@ from pipelines.resources import Kiln
 from training.data.clean import lineage
 from training.model_card import model_card
 from training.package import folder_bytes
-from training.release import latest, verify, version_name, write_release
+from training.release import (
+    EVALUATION, QUANTIZATION, WEIGHTS_SHA256, latest, release_blockers, verify, version_name, write_release,
+)
 from training.stages import read_summary
+
+# eager(), but never while a blocking check of a dependency (base_model_generates, no_regression,
+# quantization_within_bound) has failed, or not run, on that dependency's latest materialization: a
+# failed gate followed by the next tick would otherwise publish the regressed model. A dependency
+# requested in the same tick counts as passing, because its checks run in that run and block the
+# release step there. (The built-in all_deps_blocking_checks_passed() accepts a requested *check*,
+# but the sensor requests checks only as riders of their asset, so for a first model, or one after a
+# failed gate, it holds the release back to a second run; this keeps the three in one run.)
+RELEASE_CONDITION = dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_match(
+    dg.AutomationCondition.all_checks_match(dg.AutomationCondition.check_passed(), blocking_only=True).with_label(
+        "its blocking checks passed"
+    )
+    | dg.AutomationCondition.will_be_requested().with_label("runs with the release, its checks with it")
+).with_label("no dependency's blocking check failed")
 
 
 @dg.asset(
     group_name="release",
-    automation_condition=dg.AutomationCondition.eager(),
+    automation_condition=RELEASE_CONDITION,
     deps=[evaluation, quantized_model, "base_model"],
     kinds={"huggingface"},
     description="releases/<version>/: the model in Hugging Face format with its tokenizer, int8/ variant, "
@@ -26,10 +42,19 @@ from training.stages import read_summary
 def release(context: dg.AssetExecutionContext, kiln: Kiln) -> dg.MaterializeResult:
     cfg = kiln.config
     base, int8 = kiln.path("base_model"), kiln.path("quantized_model")
+    # The gate holds on every path, not only where a blocking check runs in the same run: a release
+    # materialized (or re-executed) by hand after a failed check, a retry, and any automation all
+    # pass here first, before anything is read for packaging or written.
+    if blockers := release_blockers(kiln.path("evaluation") / EVALUATION, int8 / QUANTIZATION, base / "model.safetensors"):
+        raise dg.Failure(
+            description="not released: " + "; ".join(blockers),
+            metadata={"reasons": dg.MetadataValue.md("\n".join(f"- {b}" for b in blockers))},
+            allow_retries=False,  # the same files give the same verdict
+        )
     plan = json.loads((kiln.path("curriculum") / "curriculum.json").read_text())
     stages = [read_summary(kiln.path(f"pretrain_stage_{s['stage']}")) for s in plan["stages"]]
-    result = json.loads((kiln.path("evaluation") / "evaluation.json").read_text())
-    quantization = json.loads((int8 / "quantization.json").read_text()) | {"int8_bytes": folder_bytes(int8)}
+    result = json.loads((kiln.path("evaluation") / EVALUATION).read_text())
+    quantization = json.loads((int8 / QUANTIZATION).read_text()) | {"int8_bytes": folder_bytes(int8)}
     batches = lineage(kiln.path("cleaned_corpus"))
     version = version_name(base / "model.safetensors")
     card = model_card(
@@ -43,7 +68,11 @@ def release(context: dg.AssetExecutionContext, kiln: Kiln) -> dg.MaterializeResu
         "evaluation.json": json.dumps(result, indent=2) + "\n",
         "lineage.json": json.dumps({"batches": batches, "curriculum": plan, "stages": stages}, indent=2) + "\n",
     }
-    path = write_release(kiln.path("releases"), version, {"": base, "int8": int8}, texts)
+    # The weights published must be the ones the gate judged, even if base_model is rewritten meanwhile.
+    path = write_release(
+        kiln.path("releases"), version, {"": base, "int8": int8}, texts,
+        expect_sha256={"model.safetensors": result[WEIGHTS_SHA256]},
+    )
     context.log.info(f"released {version} at {path}")
     files = json.loads((path / "manifest.json").read_text())["files"]
     return dg.MaterializeResult(

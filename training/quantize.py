@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from training.evaluate import record_nll
-from training.fsutil import atomic_path
+from training.fsutil import atomic_path, sha256_file
 from training.package import copy_tokenizer, folder_bytes
 
 METHOD = "torchao Int8WeightOnlyConfig via transformers TorchAoConfig (quantize_ on every linear but the output head)"
@@ -44,6 +44,9 @@ def quantize_int8(model_dir: Path, out: Path, texts: list[str], batch_size: int,
     write the int8 folder with those numbers in quantization.json; returns them with the sizes."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    # Hashed before loading, so the record names the weights measured; the release gate compares it
+    # with base_model's weights at release time.
+    weights_sha256 = sha256_file(model_dir / "model.safetensors")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
 
     def measure(model) -> tuple[float, float]:
@@ -63,6 +66,7 @@ def quantize_int8(model_dir: Path, out: Path, texts: list[str], batch_size: int,
         "int8_tokens_per_s": round(int8_tps, 1),
         "device": str(device),
         "method": METHOD,
+        "weights_sha256": weights_sha256,
     }
     save_model(int8.to("cpu"), model_dir, out, {"quantization.json": json.dumps(stats, indent=2) + "\n"})
     return stats | {"int8_bytes": folder_bytes(out)}

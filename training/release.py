@@ -6,14 +6,21 @@ is replaced (atomically) only after that. A crash at any point leaves the previo
 as they were, and at worst a hidden `.<version>.tmp-*` folder that the next packaging removes.
 Version names are `YYYYMMDD-HHMMSS-<first 8 hex of the weights' sha256>` (UTC): unique, and in time
 order when sorted.
+
+The release gate (`release_blockers`) decides whether a candidate may be released at all. The release
+asset asks it before writing anything, and the asset checks `no_regression` and
+`quantization_within_bound` apply the same rules (`regression_gate`, `quantization_gate`), so a hand-run
+release, a run retry and the automation all meet one gate.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 import tarfile
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -21,6 +28,71 @@ from training.fsutil import atomic_path, remove, sha256_file
 
 MANIFEST = "manifest.json"
 LATEST = "LATEST"
+EVALUATION = "evaluation.json"
+"""Written by the evaluation asset into evaluation/."""
+QUANTIZATION = "quantization.json"
+"""Written by `training.quantize.quantize_int8` into quantized_model/."""
+WEIGHTS_SHA256 = "weights_sha256"
+"""The key under which both record the sha256 of the base_model weights they measured."""
+
+
+@dataclass(frozen=True)
+class Gate:
+    """One quality rule's verdict, and what it found either way (the asset check's description)."""
+
+    passed: bool
+    description: str
+
+
+def regression_gate(evaluation: dict) -> Gate:
+    """The candidate's held-out byte perplexity may exceed the previous release's (both measured in the
+    same evaluation, on the same records) by at most the margin recorded beside it. Byte perplexity, so
+    a retrained tokenizer cannot flatter the comparison. Not a number fails: no comparison is no pass."""
+    previous, margin = evaluation["previous"], evaluation["margin"]
+    if previous is None:
+        return Gate(True, "no previous release: nothing to regress from")
+    change, version = previous["change"], previous["version"]
+    if not math.isfinite(change):
+        return Gate(
+            False, f"byte perplexity change against release {version} is {change}, not a number to compare (margin {margin:.0%})"
+        )
+    verdict = "worse" if change > 0 else "better"
+    return Gate(change <= margin, f"byte perplexity {abs(change):.2%} {verdict} than release {version} (margin {margin:.0%})")
+
+
+def quantization_gate(quantization: dict) -> Gate:
+    """The int8 model's held-out perplexity may exceed the full model's by at most the bound recorded
+    beside it."""
+    change, bound = quantization["perplexity_change"], quantization["bound"]
+    description = f"int8 perplexity {change:+.2%} against the full model (bound {bound:.0%})"
+    return Gate(math.isfinite(change) and change <= bound, description)
+
+
+def release_blockers(evaluation: Path, quantization: Path, weights: Path) -> list[str]:
+    """Why the base_model `weights` may not be released, given the evaluation's evaluation.json and the
+    int8 variant's quantization.json: each measurement must exist, be of these very weights (a
+    stale one says nothing about them) and pass its gate. Empty: it may be released."""
+    if not weights.is_file():
+        return [f"{weights.name} is missing ({weights}): materialize base_model first"]
+    current = sha256_file(weights)
+    reasons = []
+    gates = ((evaluation, "evaluation", regression_gate), (quantization, "quantized_model", quantization_gate))
+    for path, asset, gate in gates:
+        if not path.is_file():
+            reasons.append(f"{path.name} is missing ({path}): materialize {asset} first")
+            continue
+        try:
+            measured = json.loads(path.read_text())
+            measured_sha, verdict = measured.get(WEIGHTS_SHA256), gate(measured)
+        except (ValueError, KeyError, TypeError, AttributeError) as e:  # half a file, or one from before these fields
+            reasons.append(f"{path.name} is unreadable ({type(e).__name__}: {e}): materialize {asset} again")
+            continue
+        if measured_sha != current:
+            of = f"weights {str(measured_sha)[:8]}" if measured_sha else "unrecorded weights"
+            reasons.append(f"{path.name} is of {of}, base_model is {current[:8]}: materialize {asset} first")
+        elif not verdict.passed:
+            reasons.append(verdict.description)
+    return reasons
 
 
 def version_name(weights: Path, now: datetime | None = None) -> str:
@@ -57,10 +129,17 @@ def verify(release: Path) -> list[str]:
 
 
 def write_release(
-    releases: Path, version: str, folders: dict[str, Path], texts: dict[str, str], archive: bool = True
+    releases: Path,
+    version: str,
+    folders: dict[str, Path],
+    texts: dict[str, str],
+    archive: bool = True,
+    expect_sha256: dict[str, str] | None = None,
 ) -> Path:
     """Copy each folder's files (`""` for the release root, or a subfolder name) and write `texts`
-    (relative path -> content), then the manifest; publish by rename, then point LATEST at it."""
+    (relative path -> content), then the manifest; publish by rename, then point LATEST at it.
+    `expect_sha256` (relative path -> sha256) is checked on the copies before publication: weights
+    replaced after the gate looked at them are not released under the gate's verdict."""
     releases.mkdir(parents=True, exist_ok=True)
     for stale in releases.glob(".*.tmp-*"):  # left by a packaging that died
         remove(stale)
@@ -79,6 +158,9 @@ def write_release(
         for name, content in texts.items():
             (tmp / name).write_text(content)
         files = file_manifest(tmp)
+        for name, digest in (expect_sha256 or {}).items():
+            if files.get(name, {}).get("sha256") != digest:
+                raise ValueError(f"{name} changed while it was packaged (expected sha256 {digest[:8]}): not released")
         (tmp / MANIFEST).write_text(json.dumps({"version": version, "files": files}, indent=2, sort_keys=True) + "\n")
         for f in tmp.rglob("*"):
             f.chmod(0o755 if f.is_dir() else 0o644)

@@ -128,13 +128,18 @@ def test_the_instance_retries_and_monitors_runs(pool_instance):
 
 def test_a_new_base_model_brings_evaluation_quantization_and_then_the_release(tmp_path):
     defs = build_definitions(Kiln(data_dir=str(tmp_path), landing_dir=str(tmp_path)))
-    assert defs.resolve_sensor_def("release_automation").default_status == dg.DefaultSensorStatus.RUNNING
+    assert defs.resolve_sensor_def("kiln_automation").default_status == dg.DefaultSensorStatus.RUNNING
     instance = dg.DagsterInstance.ephemeral()
     instance.report_runless_asset_event(dg.AssetMaterialization("curriculum"))  # data ready, no model yet
     result = dg.evaluate_automation_conditions(defs=defs, instance=instance)
     assert result.total_requested == 0
+    # A run of base_model: the model and its blocking check, which the release waits for.
     instance.report_runless_asset_event(dg.AssetMaterialization("base_model"))
+    instance.report_runless_asset_event(
+        dg.AssetCheckEvaluation(asset_key=dg.AssetKey("base_model"), check_name="base_model_generates", passed=True)
+    )
     result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=result.cursor)
     requested = {k for k in ("evaluation", "quantized_model", "release") if result.get_num_requested(dg.AssetKey(k))}
-    # One run, in dependency order: the blocking regression gate on evaluation still guards the release.
+    # One run, in dependency order: the blocking checks on evaluation and quantized_model run in it and
+    # still guard the release step (tests/pipelines/test_gates.py covers a failed one).
     assert requested == {"evaluation", "quantized_model", "release"}
