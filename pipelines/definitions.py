@@ -22,7 +22,12 @@ from pipelines.automation import (
     retraining_sensor,
     weekly_retraining,
 )
+from pipelines.recovery import dead_run_sensor, reap_on_load
 from pipelines.resources import Kiln
+
+# Before anything runs: a run whose process died (kill -9, OOM, a lost machine) is marked failed and
+# its pool slots freed, so `dagster asset materialize` never waits behind a dead run.
+reap_on_load()
 
 # Modules whose assets do not depend on the preset; the pretraining stages are built per schedule.
 MODULES = [cleaning, difficulty, tokenizer, curriculum, evaluation, release]
@@ -54,7 +59,8 @@ def build_definitions(kiln: Kiln, executor_name: str = "multiprocess", automatio
         assets=dg.map_asset_specs(lambda spec: spec.replace_attributes(owners=OWNERS[spec.group_name]), assets),
         asset_checks=[*dg.load_asset_checks_from_modules(MODULES), pretraining.base_model_generates],
         jobs=[retraining_job(), cleaning_job()],
-        sensors=[landing_sensor(kiln, status), retraining_sensor(kiln, status), kiln_automation(status)],
+        # The dead-run reaper is not automation but housekeeping: it runs whatever KILN_AUTOMATION says.
+        sensors=[landing_sensor(kiln, status), retraining_sensor(kiln, status), kiln_automation(status), dead_run_sensor()],
         schedules=[weekly_retraining(kiln, status)],
         resources={"kiln": kiln, "pipes": dg.PipesSubprocessClient()},
         executor=executor(executor_name),
