@@ -1,4 +1,5 @@
-"""The retraining sensor, the weekly schedule, the GPU pool and the instance settings."""
+"""The weekly schedule, the GPU pool, the instance settings and the release automation (the landing
+sensor and the retraining policy: test_landing.py)."""
 
 import json
 import shutil
@@ -13,75 +14,25 @@ from pipelines.resources import Kiln
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _land(landing: Path, name: str, text: str, ready: bool = True) -> None:
-    batch = landing / name / "text"
-    batch.mkdir(parents=True, exist_ok=True)
-    (batch / "docs.jsonl").write_text(json.dumps({"text": text}) + "\n")
-    if ready:
-        (landing / name / "_SUCCESS").touch()
-
-
-@pytest.fixture
-def sensor(tmp_path):
-    kiln = Kiln(data_dir=str(tmp_path / "data"), landing_dir=str(tmp_path / "landing"))
-    defs = build_definitions(kiln)
-    return tmp_path / "landing", defs.resolve_sensor_def("landing_sensor"), dg.DagsterInstance.ephemeral()
-
-
-def _tick(sensor_def, instance, cursor):
-    result = sensor_def(dg.build_sensor_context(instance=instance, cursor=cursor))
-    return [r.run_key for r in result.run_requests or []], result.cursor
-
-
-def test_each_ready_batch_triggers_once_and_a_changed_one_again(sensor):
-    landing, sensor_def, instance = sensor
-    assert sensor_def.job_name == "lifecycle" and sensor_def.minimum_interval_seconds == 60
-
-    keys, cursor = _tick(sensor_def, instance, None)
-    assert keys == []  # no landing zone yet
-
-    _land(landing, "batch-0001", "the first batch of documents")
-    keys, cursor = _tick(sensor_def, instance, cursor)
-    assert len(keys) == 1 and keys[0].startswith("batch-0001:")
-
-    keys2, cursor = _tick(sensor_def, instance, cursor)
-    assert keys2 == []  # the same batch again: nothing
-
-    _land(landing, "batch-0002", "still arriving", ready=False)
-    assert _tick(sensor_def, instance, cursor)[0] == []  # no _SUCCESS: ignored
-
-    _land(landing, "batch-0001", "the first batch, corrected")
-    keys3, cursor = _tick(sensor_def, instance, cursor)
-    assert len(keys3) == 1 and keys3[0].startswith("batch-0001:") and keys3[0] != keys[0]
-
-    (landing / "batch-0002" / "_SUCCESS").touch()
-    keys4, cursor = _tick(sensor_def, instance, cursor)
-    assert len(keys4) == 1 and keys4[0].startswith("batch-0002:")
-    assert set(json.loads(cursor)) == {"batch-0001", "batch-0002"}
-
-
-def test_the_cursor_survives_a_restart(sensor):
-    landing, sensor_def, instance = sensor
-    _land(landing, "batch-0001", "documents")
-    _, cursor = _tick(sensor_def, instance, None)
-    restarted = build_definitions(Kiln(data_dir="/unused", landing_dir=str(landing))).resolve_sensor_def("landing_sensor")
-    assert _tick(restarted, dg.DagsterInstance.ephemeral(), cursor)[0] == []
-
-
-def test_the_schedule_retrains_weekly_on_the_lifecycle_job(tmp_path):
+def test_the_schedule_retrains_weekly_unless_a_retraining_is_queued_or_running(tmp_path):
     defs = build_definitions(Kiln(data_dir=str(tmp_path), landing_dir=str(tmp_path)))
     schedule = defs.resolve_schedule_def("weekly_retraining")
-    assert schedule.cron_schedule == "0 3 * * 1" and schedule.job_name == "lifecycle"
-    assert schedule.execution_timezone == "UTC"
-    job = defs.resolve_job_def("lifecycle")
+    assert schedule.job_name == "retraining" and schedule.execution_timezone == "UTC"
+    job = defs.resolve_job_def("retraining")
     assert {"release", "cleaned_corpus", "pretrain_stage_9"} <= {n.name for n in job.nodes}
-    assert job.tags["kiln/lifecycle"] == "true"
+    assert job.tags["kiln/lifecycle"] == "true" and job.tags["kiln/retraining"] == "true"
+    with dg.instance_for_test() as instance:
+        [request] = schedule.evaluate_tick(dg.build_schedule_context(instance=instance)).run_requests
+        assert request.tags["kiln/trigger"] == "schedule"
+        instance.add_run(dg.DagsterRun(job_name="retraining", run_id="running", tags={"kiln/retraining": "true"}, status=dg.DagsterRunStatus.STARTED))
+        tick = schedule.evaluate_tick(dg.build_schedule_context(instance=instance))
+        assert not tick.run_requests and "queued or running" in tick.skip_message
 
 
 def test_gpu_steps_are_in_the_gpu_pool_with_a_gpu_request(tmp_path):
     defs = build_definitions(Kiln(data_dir=str(tmp_path), landing_dir=str(tmp_path)))
     graph = defs.resolve_asset_graph()
-    gpu = {"clip_model", "cleaned_corpus", "difficulty_scores", "evaluation", "quantized_model"} | {
+    gpu = {"clip_model", "cleaned_batch", "difficulty_scores", "evaluation", "quantized_model"} | {
         f"pretrain_stage_{i}" for i in range(1, 10)
     }
     for key in graph.get_all_asset_keys():
