@@ -26,7 +26,7 @@ from bench import cleaning, models
 from bench.corpus import write_code_batch, write_text_batch
 
 ROOT = Path(__file__).resolve().parent
-SECTIONS = ("cleaning", "tree_sitter", "clip", "bertscore", "tokenizer", "e2e", "training")
+SECTIONS = ("cleaning", "incremental", "tree_sitter", "clip", "bertscore", "tokenizer", "e2e", "training")
 
 
 @dataclass(frozen=True)
@@ -46,11 +46,13 @@ class Scale:
     training_steps: int
     clip_vit_b32: bool
     """CLIP at ViT-B/32 size (the issue's yardstick), or kiln's own small CLIP's size."""
+    incremental_records: int = 5_000
+    """Text records in each of the 20 batches of the incremental measurement (one more lands)."""
 
 
 SCALES = {
     "full": Scale(1_000_000, 50_000, 20_000, 100_000, 5_000, 1_024, 128, 1_000, 50, 20, True),
-    "quick": Scale(3_000, 200, 500, 1_000, 100, 32, 32, 20, 1, 2, False),
+    "quick": Scale(3_000, 200, 500, 1_000, 100, 32, 32, 20, 1, 2, False, 100),
 }
 GPU_SCALE = {"clip_pairs": 8_192, "bert_records": 20_000}
 
@@ -90,6 +92,11 @@ def run(sections: list[str], scale: Scale, repeats: int, work: Path) -> dict:
         results["text_filters"] = cleaning.text_filter_table(text, scale.filter_sample, repeats, 2048)
         results["text_cleaning"] = [cleaning.whole_cleaning(side.parent, work, p) for p in ("kiln", "loop")]
         results["text_cleaning"].append({**cleaning.whole_cleaning(text, work, "kiln"), "pipeline": "kiln, whole corpus"})
+    if "incremental" in sections:
+        from bench import incremental
+
+        row = incremental.incremental(work, 20, scale.incremental_records)
+        results["incremental"] = {**row, "markdown": incremental.markdown(row)}
     if "tree_sitter" in sections:
         results["corpus_code"] = write_code_batch(code / "batch-0001", scale.code_files)
         results["tree_sitter"] = cleaning.tree_sitter_table(code, scale.code_sample, repeats, 2048)
@@ -134,6 +141,8 @@ def markdown(results: dict) -> str:
               [[r["filter"], r["records"], r["mb"], r["chunked_records_per_s"], r["chunked_mb_per_s"], r["loop_records_per_s"], r["loop_mb_per_s"], f"{r['speedup']}×"] for r in rows])
         table("Whole text cleaning (read, filter, dedup, write), one run each", ["pipeline", "records", "input MB", "seconds", "records/s", "MB/s", "peak RSS MB"],
               [[r["pipeline"], r["kept"] + r["rejected"], r["input_mb"], r["seconds"], r["records_per_s"], r["mb_per_s"], r["peak_rss_mb"]] for r in results["text_cleaning"]])
+    if "incremental" in results:
+        out.extend(["## One new batch in a landing zone of 20", "", results["incremental"]["markdown"], ""])
     if "tree_sitter" in results:
         table("Tree-sitter parse", ["processes", "files", "MB", "MB/s", "files/s", "scaling"],
               [[r["workers"], r["files"], r["mb"], r["mb_per_s"], r["files_per_s"], f"{r['scaling']}×"] for r in results["tree_sitter"]])

@@ -10,7 +10,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_quick_bench_measures_and_agrees(tmp_path):
-    sections = "cleaning,tree_sitter,clip,bertscore,tokenizer"
+    sections = "cleaning,incremental,tree_sitter,clip,bertscore,tokenizer"
     subprocess.run(
         [sys.executable, "-m", "bench.run", "--scale", "quick", "--only", sections, "--work", str(tmp_path / "work"),
          "--out", str(tmp_path / "out"), "--name", "ci"],
@@ -29,6 +29,11 @@ def test_quick_bench_measures_and_agrees(tmp_path):
     assert kiln["kept"] + kiln["rejected"] == 1_000 and whole["kept"] + whole["rejected"] == 3_000
     assert {"entropy_low", "duplicate", "too_few_words", "text_empty", "json_malformed"} <= set(whole["reasons"])
     assert whole["peak_rss_mb"] > 0
+
+    # One batch landing among 20: only it is cleaned, and only it is deduplicated.
+    incremental = results["incremental"]
+    assert incremental["cleaned"] == ["batch-0021/text", "batch-0021/code", "batch-0021/image_text"]
+    assert incremental["deduplicated"] == ["batch-0021/text", "batch-0021/code", "batch-0021/image_text"]
 
     assert [r["workers"] for r in results["tree_sitter"]][0] == 1
     code = results["code_cleaning"]
