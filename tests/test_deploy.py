@@ -74,9 +74,10 @@ def test_the_k8s_executor_runs_gpu_steps_with_a_gpu(tmp_path):
     from pipelines.resources import Kiln
 
     defs = build_definitions(Kiln(data_dir=str(tmp_path), landing_dir=str(tmp_path)), executor_name="k8s")
-    job = defs.resolve_job_def("lifecycle")
-    assert job.executor_def is k8s_job_executor
-    stage = defs.resolve_assets_def("pretrain_stage_1").op
-    assert json.loads(stage.tags["dagster-k8s/config"])["container_config"]["resources"]["limits"] == {"nvidia.com/gpu": "1"}
+    for name in ("retraining", "cleaning"):  # a batch's cleaning is a run of its own, its steps pods
+        assert defs.resolve_job_def(name).executor_def is k8s_job_executor
+    for key in ("pretrain_stage_1", "cleaned_batch"):
+        op = defs.resolve_assets_def(key).op
+        assert json.loads(op.tags["dagster-k8s/config"])["container_config"]["resources"]["limits"] == {"nvidia.com/gpu": "1"}
     with pytest.raises(ValueError, match="KILN_EXECUTOR"):
         build_definitions(Kiln(data_dir=str(tmp_path), landing_dir=str(tmp_path)), executor_name="ray")
