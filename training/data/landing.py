@@ -155,7 +155,8 @@ def _nonblank_lines(path: Path) -> list[bytes]:
 def _count_text_records(path: Path) -> int:
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        return len(_nonblank_lines(path))
+        with open(path, "rb") as f:  # streamed: a batch file can be larger than memory
+            return sum(1 for line in f if line.strip())
     if suffix == ".parquet":
         try:
             return pq.read_metadata(path).num_rows
