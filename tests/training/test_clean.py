@@ -248,3 +248,14 @@ def test_a_batch_whose_records_are_not_all_accounted_for_stays_out_of_the_corpus
     m["modalities"]["text"]["kept"] -= 1  # a record lost on the way
     manifest.write_text(json.dumps(m))
     assert cleaned_batches(tmp_path / "batches", ["b1", "b2"]) == ["b1"]
+
+
+@pytest.mark.parametrize("data", [b"", b"a", b"a\n", b"a\n\n  \nb", b"\n\n", b"x" * 10 + b"\n  \t\r\n" + b"y", b"\xef\xbb\xbf{}\n"])
+@pytest.mark.parametrize("chunk", [1, 3, 1 << 20])
+def test_records_are_counted_in_bounded_chunks_like_the_reader_reads_them(tmp_path, data, chunk):
+    from training.data.landing import _count_nonblank_lines
+    from training.data.readers import read_lines
+
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(data)
+    assert _count_nonblank_lines(path, chunk) == sum(1 for _ in read_lines(path, 1 << 20))

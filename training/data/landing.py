@@ -152,11 +152,24 @@ def _nonblank_lines(path: Path) -> list[bytes]:
         return [line for line in f if line.strip()]
 
 
+def _count_nonblank_lines(path: Path, chunk_bytes: int = 1 << 20) -> int:
+    """Lines holding more than whitespace, read in bounded chunks: a file, or one line of it, can be
+    larger than memory."""
+    count, content = 0, False
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_bytes):
+            *ended, rest = chunk.split(b"\n")
+            for line in ended:
+                count += content or bool(line.strip())
+                content = False
+            content = content or bool(rest.strip())
+    return count + content
+
+
 def _count_text_records(path: Path) -> int:
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        with open(path, "rb") as f:  # streamed: a batch file can be larger than memory
-            return sum(1 for line in f if line.strip())
+        return _count_nonblank_lines(path)
     if suffix == ".parquet":
         try:
             return pq.read_metadata(path).num_rows
