@@ -1,7 +1,6 @@
 """Landing batches as partitions: landing zones kiln was not built around, the landing sensor, the
 corpus following the batches, and retraining on a policy rather than per batch."""
 
-import io
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -9,24 +8,15 @@ from pathlib import Path
 import dagster as dg
 import pyarrow.dataset as ds
 import pytest
-from PIL import Image
 
 from pipelines import presets
 from pipelines.automation import RETRAIN_TAG
 from tests.conftest import Pipeline
 from training.config import OperationConfig, RetrainingPolicy
 
-PROSE = [
-    "Kilns fire clay at high temperature until it turns hard and dense.",
-    "A curriculum orders training examples from easy to hard and back again.",
-    "Tokenizers split text into units that a language model can embed.",
-]
+from tests.training.test_clean import PROSE as _PROSE, _png
 
-
-def _png(color) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (8, 8), color).save(buf, format="PNG")
-    return buf.getvalue()
+PROSE = _PROSE[:3]
 
 
 def land(landing: Path, name: str, texts=(), code=None, pairs: int = 0, ready: bool = True) -> Path:
