@@ -8,8 +8,8 @@ import dagster as dg
 from assets.metadata import GPU_STEP, md_table
 from pipelines.resources import Kiln
 from training.clip import build_clip_model, current_clip
-from training.data.clean import build_corpus, clean_batch, cleaned_batches, remove_batch, verify_batch, verify_corpus
-from training.data.landing import ready_batch, ready_batches, unusable_batches
+from training.data.clean import build_corpus, clean_batch, corpus_inputs, verify_batch, verify_corpus
+from training.data.landing import ready_batch, unusable_batches
 
 LANDING_BATCHES = dg.DynamicPartitionsDefinition(name="landing_batches")
 """One partition per ready landing batch, added (and deleted) by `landing_sensor`."""
@@ -111,18 +111,6 @@ def _accounting(rows) -> dg.AssetCheckResult:
     )
 
 
-def _corpus_batches(kiln: Kiln) -> tuple[list[str], list[str], list[str]]:
-    """(cleaned, pending, swept): the ready batches whose partition has been cleaned and accounted for,
-    in batch order; those not (yet); and the outputs removed of batches no longer ready (a partition
-    run that finished after its batch left the landing zone)."""
-    ready = [b.name for b in ready_batches(kiln.landing)]
-    cleaned = cleaned_batches(kiln.path("cleaned_batch"), ready)
-    root = kiln.path("cleaned_batch")
-    stale = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name[0] not in "._" and p.name not in ready) if root.is_dir() else []
-    swept = [n for n in stale if remove_batch(n, root, kiln.path("rejected"))]
-    return cleaned, [n for n in ready if n not in cleaned], swept
-
-
 @dg.asset(
     group_name="data",
     deps=[cleaned_batch],
@@ -133,7 +121,7 @@ def _corpus_batches(kiln: Kiln) -> tuple[list[str], list[str], list[str]]:
     "curriculum reads. Incremental: only batches whose records, or an earlier batch's, changed are redone.",
 )
 def cleaned_corpus(context: dg.AssetExecutionContext, kiln: Kiln) -> dg.MaterializeResult:
-    names, pending, swept = _corpus_batches(kiln)
+    names, pending, swept = corpus_inputs(kiln.landing, kiln.path("cleaned_batch"), kiln.path("rejected"))
     start = time.perf_counter()
     report = build_corpus(
         kiln.path("cleaned_batch"), names, kiln.path("cleaned_corpus"), kiln.path("rejected"), kiln.config.cleaning.chunk_size, context.log.info

@@ -194,6 +194,7 @@ def clean_batch(
         return loaded[0](images, captions)
 
     clip_version = clip.version if clip else "none"
+    unrecognized = [str(p.relative_to(batch.path.parent)) for p in batch.unrecognized_files()]
     results = []
     for modality in MODALITIES:
         content = batch.fingerprint(modality)
@@ -218,7 +219,7 @@ def clean_batch(
         manifest.setdefault("content_sha256", {})[modality] = content
         if modality == "image_text":
             manifest["clip"] = {"version": clip_version, "provenance": clip.provenance if clip else "none: pairs not scored"}
-        manifest["unrecognized_files"] = [str(p.relative_to(batch.path.parent)) for p in batch.unrecognized_files()]
+        manifest["unrecognized_files"] = unrecognized
         write_json(manifest_path, manifest)
     return results
 
@@ -243,6 +244,29 @@ def remove_batch(name: str, *roots: Path) -> bool:
             remove(root / name)
             found = True
     return found
+
+
+def batch_folders(root: Path) -> list[str]:
+    """The batch folders under an output root, in order (hidden and temporary ones aside)."""
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and p.name[0] not in "._") if root.is_dir() else []
+
+
+def sweep_batches(keep: Iterable[str], batches_dir: Path, rejected_dir: Path) -> list[str]:
+    """Remove the per-batch outputs of every batch not in `keep`: batches that left the landing zone,
+    or whose partition run finished after they left. Returns their names."""
+    stale = sorted((set(batch_folders(batches_dir)) | set(batch_folders(rejected_dir))) - set(keep))
+    for name in stale:
+        remove_batch(name, batches_dir, rejected_dir)
+    return stale
+
+
+def corpus_inputs(landing: Path, batches_dir: Path, rejected_dir: Path) -> tuple[list[str], list[str], list[str]]:
+    """(cleaned, pending, swept): the ready batches cleaned with every record accounted for, in batch
+    order, which the corpus is built from; the ready ones not (yet); and the batches whose outputs
+    were swept because they are no longer ready."""
+    ready = [b.name for b in ready_batches(landing)]
+    cleaned = cleaned_batches(batches_dir, ready)
+    return cleaned, [n for n in ready if n not in cleaned], sweep_batches(ready, batches_dir, rejected_dir)
 
 
 # --- Step 2: the corpus -----------------------------------------------------------------------------
@@ -298,12 +322,12 @@ def build_corpus(
     outputs of any other batch."""
     report = CorpusReport()
     corpus_dir.mkdir(parents=True, exist_ok=True)
-    for old in sorted(corpus_dir.iterdir()):
-        if old.is_dir() and old.name[0] not in "._" and old.name not in names:
-            remove(old)
+    for old in batch_folders(corpus_dir):
+        if old not in names:
+            remove(corpus_dir / old)
             for modality in MODALITIES:
-                (rejected_dir / old.name / DUPLICATES.format(modality=modality)).unlink(missing_ok=True)
-            report.removed_batches.append(old.name)
+                (rejected_dir / old / DUPLICATES.format(modality=modality)).unlink(missing_ok=True)
+            report.removed_batches.append(old)
     batch_manifests = {n: _read_json(batches_dir / n / MANIFEST) for n in names}
     for modality in MODALITIES:
         dedup = _Dedup(modality, corpus_dir)
@@ -365,11 +389,7 @@ def clean_landing(
     batches = ready_batches(landing)
     names = [b.name for b in batches]
     report = CleaningReport()
-    for root in (batches_dir, rejected_dir):
-        if root.is_dir():
-            for old in sorted(root.iterdir()):
-                if old.is_dir() and old.name[0] not in "._" and old.name not in names:
-                    remove(old)
+    sweep_batches(names, batches_dir, rejected_dir)
     for batch in batches:
         report.results += clean_batch(batch, batches_dir, rejected_dir, cfg, clip, log)
     corpus = build_corpus(batches_dir, names, corpus_dir, rejected_dir, cfg.chunk_size, log)
@@ -420,7 +440,7 @@ def verify_batch(batch: Batch, batches_dir: Path, rejected_dir: Path, cfg: Clean
 
 def verify_corpus(batches_dir: Path, corpus_dir: Path, rejected_dir: Path) -> list[AccountingRow]:
     """Per batch of the corpus and modality: its cleaned records = kept in the corpus + rejected duplicates."""
-    names = sorted(p.name for p in corpus_dir.iterdir() if p.is_dir() and p.name[0] not in "._") if corpus_dir.is_dir() else []
+    names = batch_folders(corpus_dir)
     return [
         AccountingRow(
             n, m, _rows(batches_dir / n / f"{m}.parquet"),
