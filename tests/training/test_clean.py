@@ -259,3 +259,35 @@ def test_records_are_counted_in_bounded_chunks_like_the_reader_reads_them(tmp_pa
     path = tmp_path / "a.jsonl"
     path.write_bytes(data)
     assert _count_nonblank_lines(path, chunk) == sum(1 for _ in read_lines(path, 1 << 20))
+
+
+def test_files_other_tools_write_and_links_out_of_the_batch(tmp_path):
+    """A UTF-8 byte-order mark and CRLF line ends (Windows tools) are decoded; a link to a file outside
+    the batch, in text/ or code/, or under a linked folder, is rejected unread, as is one to another batch."""
+    landing = tmp_path / "landing"
+    write_batch(landing, "b1", PROSE)
+    b = write_batch(landing, "b2", [])
+    lines = [json.dumps({"text": f"{t} Written on Windows."}).encode() for t in PROSE[:2]]
+    (b / "text" / "a.jsonl").write_bytes(b"\xef\xbb\xbf" + b"\r\n".join(lines) + b"\r\n")
+    secret = tmp_path / "secret.jsonl"
+    secret.write_text(json.dumps({"text": "SECRET-TOKEN-123 must never reach the training corpus, whatever happens"}) + "\n")
+    (b / "text" / "leak.jsonl").symlink_to(secret)
+    (b / "code" / "leak.py").symlink_to(secret)
+    (b / "text" / "other-batch.jsonl").symlink_to(landing / "b1" / "text" / "a.jsonl")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "s.py").write_text("SECRET = 'token'\n")
+    (b / "code" / "linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (b / "images" / "captions.jsonl").write_bytes(b"\xef\xbb\xbf" + json.dumps({"image": "red.png", "caption": "a red square"}).encode() + b"\r\n")
+    (b / "images" / "blue.png").unlink()
+    clean(landing, tmp_path)
+    kept = rows(tmp_path / "kept" / "b2")
+    assert not any("SECRET" in (r["text"] or "") for r in kept)
+    got = sources(tmp_path / "rejected" / "b2")
+    assert {s: r for s, r in got.items() if r == "outside_landing_zone"} == {
+        "b2/text/leak.jsonl": "outside_landing_zone",
+        "b2/text/other-batch.jsonl": "outside_landing_zone",
+        "b2/code/leak.py": "outside_landing_zone",
+    }
+    assert {r["source"] for r in kept if r["modality"] == "text"} == {"b2/text/a.jsonl:1", "b2/text/a.jsonl:2"}
+    assert "b2/images/red.png" in {r["source"] for r in kept}  # the BOM'd caption line names its image
+    assert all(a.ok for a in accounting(landing, tmp_path))

@@ -27,6 +27,8 @@ MODALITY_DIRS = {"text": "text", "code": "code", "image_text": "images"}
 CAPTIONS_FILE = "captions.jsonl"
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp"})
 TEXT_EXTENSIONS = frozenset({".jsonl", ".parquet"})
+BOM = b"\xef\xbb\xbf"
+"""The UTF-8 byte-order mark Windows tools put at the start of a file: not part of its first line."""
 
 
 @dataclass(frozen=True)
@@ -125,8 +127,8 @@ def count_records(batch: Batch, modality: str, max_caption_bytes: int) -> int:
     files = batch.files(modality)
     if modality == "code":
         return len(files)
-    if modality == "text":
-        return sum(_count_text_records(p) for p in files)
+    if modality == "text":  # a link out of the batch is one rejected record, never opened
+        return sum(1 if leaves_batch(batch, p) else _count_text_records(p) for p in files)
     captions = batch.path / MODALITY_DIRS[modality] / CAPTIONS_FILE
     lines = _nonblank_lines(captions) if captions.is_file() else []
     captioned = set()
@@ -149,14 +151,24 @@ def count_records(batch: Batch, modality: str, max_caption_bytes: int) -> int:
 
 def _nonblank_lines(path: Path) -> list[bytes]:
     with open(path, "rb") as f:
+        if f.read(len(BOM)) != BOM:
+            f.seek(0)
         return [line for line in f if line.strip()]
 
 
+def leaves_batch(batch: Batch, path: Path) -> bool:
+    """Whether `path` (a link, or under a linked folder) resolves outside its batch: such a file is
+    rejected as `outside_landing_zone`, never opened, so nothing from elsewhere on the machine is read."""
+    return batch.path.resolve() not in path.resolve().parents
+
+
 def _count_nonblank_lines(path: Path, chunk_bytes: int = 1 << 20) -> int:
-    """Lines holding more than whitespace, read in bounded chunks: a file, or one line of it, can be
-    larger than memory."""
+    """Lines holding more than whitespace (after a leading byte-order mark), read in bounded chunks:
+    a file, or one line of it, can be larger than memory."""
     count, content = 0, False
     with open(path, "rb") as f:
+        if f.read(len(BOM)) != BOM:
+            f.seek(0)
         while chunk := f.read(chunk_bytes):
             *ended, rest = chunk.split(b"\n")
             for line in ended:

@@ -13,7 +13,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from training.config import CodeFilterConfig, ImageFilterConfig, TextFilterConfig
-from training.data.landing import CAPTIONS_FILE, IMAGE_EXTENSIONS, MODALITY_DIRS, Batch, source_of
+from training.data.landing import BOM, CAPTIONS_FILE, IMAGE_EXTENSIONS, MODALITY_DIRS, Batch, leaves_batch, source_of
 from training.data.records import Record, Reject
 
 # Extension -> Tree-sitter grammar. `.h` is parsed as C: C++ headers belong in .hpp/.hh.
@@ -47,6 +47,8 @@ def read_lines(path: Path, limit: int) -> Iterator[tuple[int, bytes | None]]:
     `limit` bytes (newline included), which is skipped over in chunks rather than held in memory."""
     with open(path, "rb") as f:
         number = 0
+        if f.read(len(BOM)) != BOM:  # Windows tools start a UTF-8 file with a byte-order mark
+            f.seek(0)
         while True:
             line = f.readline(limit + 1)
             if not line:
@@ -154,10 +156,20 @@ def _read_parquet(batch: Batch, path: Path, cfg: TextFilterConfig) -> Iterator[R
         row += n
 
 
+def _outside(batch: Batch, path: Path, modality: str) -> Record | None:
+    """A rejected record for a link that leads out of its batch: it is never opened."""
+    if not leaves_batch(batch, path):
+        return None
+    src = source_of(batch, path)
+    return Record(src, modality, src, reject=Reject("outside_landing_zone", "a link to a file outside the batch; not read"))
+
+
 def read_text(batch: Batch, cfg: TextFilterConfig) -> Iterator[Record]:
     for path in batch.files("text"):
         suffix = path.suffix.lower()
-        if suffix == ".jsonl":
+        if outside := _outside(batch, path, "text"):
+            yield outside
+        elif suffix == ".jsonl":
             yield from _read_jsonl(batch, path, cfg)
         elif suffix == ".parquet":
             yield from _read_parquet(batch, path, cfg)
@@ -168,6 +180,9 @@ def read_text(batch: Batch, cfg: TextFilterConfig) -> Iterator[Record]:
 
 def read_code(batch: Batch, cfg: CodeFilterConfig) -> Iterator[Record]:
     for path in batch.files("code"):
+        if outside := _outside(batch, path, "code"):
+            yield outside
+            continue
         src = source_of(batch, path)
         rec = Record(src, "code", src, language=CODE_LANGUAGES.get(path.suffix.lower()))
         size = path.stat().st_size
