@@ -49,7 +49,7 @@ from training.data.records import MODALITIES, Record, RecordWriter
 from training.fsutil import atomic_path, fingerprint, remove, write_json
 
 # Bump when what a filter decides changes, so every cached batch is cleaned again.
-LOGIC_VERSION = 2
+LOGIC_VERSION = 3
 MANIFEST = "_manifest.json"
 DUPLICATES = "{modality}.duplicates.parquet"
 
