@@ -287,6 +287,7 @@ def test_files_other_tools_write_and_links_out_of_the_batch(tmp_path):
         "b2/text/leak.jsonl": "outside_landing_zone",
         "b2/text/other-batch.jsonl": "outside_landing_zone",
         "b2/code/leak.py": "outside_landing_zone",
+        "b2/code/linked": "outside_landing_zone",
     }
     assert {r["source"] for r in kept if r["modality"] == "text"} == {"b2/text/a.jsonl:1", "b2/text/a.jsonl:2"}
     assert "b2/images/red.png" in {r["source"] for r in kept}  # the BOM'd caption line names its image

@@ -82,7 +82,7 @@ def test_image_reader_reasons(batch):
     assert got[:n] == [(f"b/images/{name}", None) for name in IMAGES]
     assert got[n:] == [
         ("b/images/nowhere.png", "image_missing"),
-        ("b/images/../../etc/passwd", "image_missing"),
+        ("b/images/../../etc/passwd", "outside_landing_zone"),
         ("b/images/ok.png", "caption_empty"),
         ("b/images/ok.png", "caption_invalid"),
         ("b/images/ok.png", None),

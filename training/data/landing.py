@@ -12,12 +12,17 @@ Batches are processed in name order, so names that sort in landing order (timest
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from training.fsutil import tree_fingerprint
@@ -26,9 +31,12 @@ READY_MARKER = "_SUCCESS"
 MODALITY_DIRS = {"text": "text", "code": "code", "image_text": "images"}
 CAPTIONS_FILE = "captions.jsonl"
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp"})
-TEXT_EXTENSIONS = frozenset({".jsonl", ".parquet"})
+COMPRESSIONS = {".gz": "gzip", ".zst": "zstd", ".bz2": "bz2"}
+"""JSONL as data tools export it (`.jsonl.gz`, `.jsonl.zst`, `.jsonl.bz2`), decompressed as a stream."""
 BOM = b"\xef\xbb\xbf"
 """The UTF-8 byte-order mark Windows tools put at the start of a file: not part of its first line."""
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+"""A file starting with one of these is UTF-16 (what Windows PowerShell writes by default)."""
 
 
 @dataclass(frozen=True)
@@ -37,7 +45,8 @@ class Batch:
     path: Path
 
     def files(self, modality: str) -> list[Path]:
-        """Every regular file of a modality's folder, sorted; each becomes at least one record."""
+        """Every entry of a modality's folder that is not a folder, sorted; each becomes at least one
+        record. Links to folders are entries, not followed (see `entry_problem`)."""
         return _walk(self.path / MODALITY_DIRS[modality])
 
     def unrecognized_files(self) -> list[Path]:
@@ -46,30 +55,65 @@ class Batch:
         return [
             p
             for p in _walk(self.path)
-            if p.name != READY_MARKER and not any(k in p.parents for k in known)
+            if p.name != READY_MARKER and p not in known and not any(k in p.parents for k in known)
         ]
 
     def fingerprint(self, modality: str) -> str:
-        return tree_fingerprint(self.path, self.files(modality))
+        """Hash of a modality's paths and contents. An entry that is never read (`entry_problem`) is
+        hashed by what it is (its link target), never opened."""
+        files = self.files(modality)
+        readable = [p for p in files if entry_problem(self, p) is None]
+        h = hashlib.sha256(tree_fingerprint(self.path, readable).encode())
+        for p in files:
+            if p not in readable:
+                h.update(f"{p.relative_to(self.path).as_posix()}\0{_describe(p)}\n".encode())
+        return h.hexdigest()
 
     def stat_fingerprint(self) -> str:
-        """Hash of every file's path, size and modification time: what the landing sensor compares on
-        each look, cheaply (contents are hashed by the cleaning, whose cache key decides)."""
+        """Hash of every entry's path, size and modification time (of a link itself, not what it
+        points at): what the landing sensor compares on each look, cheaply (contents are hashed by
+        the cleaning, whose cache key decides)."""
         h = hashlib.sha256()
         for p in _walk(self.path):
-            st = p.stat()
+            st = p.lstat()
             h.update(f"{p.relative_to(self.path).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
         return h.hexdigest()
 
 
 def _walk(root: Path) -> list[Path]:
+    """Every entry under `root` that is not a real folder, sorted: files, links (to files, to folders,
+    or dangling), pipes, sockets, devices. Links to folders are listed, never descended, and so is
+    `root` itself when it is a link: nothing is listed from outside the landing zone."""
+    if root.is_symlink():
+        return [root]
     if not root.is_dir():
         return []
     found = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
+        found.extend(Path(dirpath) / d for d in dirnames if (Path(dirpath) / d).is_symlink())
         found.extend(Path(dirpath) / f for f in filenames)
-    return sorted(p for p in found if p.is_file())
+    return sorted(found)
+
+
+def _describe(path: Path) -> str:
+    return f"link to {os.readlink(path)}" if path.is_symlink() else f"mode {path.lstat().st_mode:o}"
+
+
+def entry_problem(batch: Batch, path: Path) -> tuple[str, str] | None:
+    """Why an entry of a batch is not read, as (reason, detail), or None for a regular file inside the
+    batch. It becomes one rejected record, never opened: a link (or a file under a linked folder) that
+    resolves outside the batch, `outside_landing_zone`, so nothing from elsewhere on the machine is
+    read; a link to a folder inside the batch, `linked_folder` (its files are read where they are, not
+    twice); a named pipe, socket or device, or a dangling link, `not_a_regular_file` (opening a pipe
+    would wait forever)."""
+    if leaves_batch(batch, path):
+        return "outside_landing_zone", f"{_describe(path)}: outside the batch; not read"
+    if path.is_dir():
+        return "linked_folder", f"{_describe(path)}: a link to a folder of the batch, not followed"
+    if not path.is_file():
+        return "not_a_regular_file", f"{_describe(path)}: not a regular file; not read"
+    return None
 
 
 def name_problem(name: str) -> str | None:
@@ -86,6 +130,14 @@ def name_problem(name: str) -> str | None:
     return None
 
 
+def folder_problem(folder: Path) -> str | None:
+    """Why a ready folder of the landing zone cannot be a batch, or None: its name (`name_problem`),
+    or it is a link: a linked batch folder would read a folder from elsewhere on the machine."""
+    if folder.is_symlink():
+        return "the folder is a link (a batch must be a real folder of the landing zone)"
+    return name_problem(folder.name)
+
+
 def _ready_folders(landing: Path) -> list[Path]:
     if not landing.is_dir():
         return []
@@ -94,24 +146,24 @@ def _ready_folders(landing: Path) -> list[Path]:
 
 def ready_batches(landing: Path) -> list[Batch]:
     """Batches holding `_SUCCESS`, in name order. Folders starting with `.` or `_` are ignored, and so
-    are folders whose name cannot name a batch (`unusable_batches` says which, and why)."""
-    return [Batch(p.name, p) for p in _ready_folders(landing) if name_problem(p.name) is None]
+    are folders that cannot be a batch (`unusable_batches` says which, and why)."""
+    return [Batch(p.name, p) for p in _ready_folders(landing) if folder_problem(p) is None]
 
 
 def unusable_batches(landing: Path) -> dict[str, str]:
-    """Ready folders that are not read because of their name: {name (escaped): why}."""
+    """Ready folders that are not read: {name (escaped): why}."""
     return {
         p.name.encode("utf-8", "backslashreplace").decode(): problem
         for p in _ready_folders(landing)
-        if (problem := name_problem(p.name))
+        if (problem := folder_problem(p))
     }
 
 
 def ready_batch(landing: Path, name: str) -> Batch:
     """The ready batch `name`, or a clear error (it left the landing zone or lost its _SUCCESS)."""
     batch = Batch(name, landing / name)
-    if not name or name[0] in "._" or "/" in name or name_problem(name) or not (batch.path / READY_MARKER).is_file():
-        raise ValueError(f"{name!r} is not a ready batch of {landing} (no such folder, or no {READY_MARKER} in it)")
+    if not name or name[0] in "._" or "/" in name or folder_problem(batch.path) or not (batch.path / READY_MARKER).is_file():
+        raise ValueError(f"{name!r} is not a ready batch of {landing} (no such folder, a link, or no {READY_MARKER} in it)")
     return batch
 
 
@@ -127,13 +179,20 @@ def count_records(batch: Batch, modality: str, max_caption_bytes: int) -> int:
     files = batch.files(modality)
     if modality == "code":
         return len(files)
-    if modality == "text":  # a link out of the batch is one rejected record, never opened
-        return sum(1 if leaves_batch(batch, p) else _count_text_records(p) for p in files)
+    if modality == "text":  # an entry that is not read (a link out of the batch) is one record
+        return sum(1 if entry_problem(batch, p) else _count_text_records(p) for p in files)
     captions = batch.path / MODALITY_DIRS[modality] / CAPTIONS_FILE
-    lines = _nonblank_lines(captions) if captions.is_file() else []
+    readable = captions in files and entry_problem(batch, captions) is None
+    lines: list[bytes | None] = []
+    broken = False  # a captions file that breaks off part-way is one more record
+    if readable:
+        try:
+            lines.extend(raw for _, raw in read_lines(captions, max_caption_bytes))
+        except OSError:
+            broken = True
     captioned = set()
     for raw in lines:
-        if len(raw) > max_caption_bytes:
+        if raw is None:  # over the limit: rejected unparsed
             continue
         try:
             entry = json.loads(raw)
@@ -146,14 +205,77 @@ def count_records(batch: Batch, modality: str, max_caption_bytes: int) -> int:
     uncaptioned = [
         p for p in others if not (p.suffix.lower() in IMAGE_EXTENSIONS and p.relative_to(images_dir).as_posix() in captioned)
     ]
-    return len(lines) + len(uncaptioned)
+    return len(lines) + broken + len(uncaptioned) + (captions in files and not readable)
 
 
-def _nonblank_lines(path: Path) -> list[bytes]:
-    with open(path, "rb") as f:
-        if f.read(len(BOM)) != BOM:
-            f.seek(0)
-        return [line for line in f if line.strip()]
+def is_jsonl(path: Path) -> bool:
+    name = path.name.lower()
+    return name.endswith(".jsonl") or any(name.endswith(f".jsonl{ext}") for ext in COMPRESSIONS)
+
+
+class _Raw(io.RawIOBase):
+    """A pyarrow decompressing stream as a raw file, so `io.BufferedReader` can read it by lines."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self.stream.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self.stream.close()
+        super().close()
+
+
+@contextlib.contextmanager
+def open_lines(path: Path) -> Iterator[tuple[BinaryIO, str]]:
+    """A JSONL or captions file as a binary stream positioned after any byte-order mark, and its
+    encoding ("utf-8" or "utf-16"), decompressed on the fly when its name ends in a compression
+    extension. Raises OSError when it cannot be opened or decompressed."""
+    codec = COMPRESSIONS.get(path.suffix.lower())
+    try:
+        raw = io.BufferedReader(_Raw(pa.input_stream(str(path), compression=codec)), 1 << 16) if codec else open(path, "rb")
+    except pa.ArrowException as e:
+        raise OSError(f"cannot decompress: {e}") from e
+    with raw:
+        head = raw.peek(3)[:3] if codec else raw.read(3)
+        encoding, skip = ("utf-8", 3) if head == BOM else ("utf-16", 0) if head[:2] in UTF16_BOMS else ("utf-8", 0)
+        if codec:
+            raw.read(skip)
+        else:
+            raw.seek(skip)
+        yield raw, encoding
+
+
+def read_lines(path: Path, limit: int) -> Iterator[tuple[int, bytes | None]]:
+    """(1-based line number, raw UTF-8 line) for each non-blank line; None for a line longer than
+    `limit` bytes (newline included), which is skipped over in chunks rather than held in memory.
+    UTF-16 is transcoded to UTF-8 (its limit counts characters). A file that cannot be read, or whose
+    compressed stream breaks, raises OSError."""
+    with open_lines(path) as (f, encoding):
+        if encoding == "utf-16":
+            f = io.TextIOWrapper(f, encoding="utf-16", errors="surrogateescape", newline="\n")  # type: ignore[assignment]
+        number = 0
+        while True:
+            try:
+                line = f.readline(limit + 1)
+            except (EOFError, ValueError, pa.ArrowException) as e:  # a truncated or corrupt stream
+                raise OSError(f"{path.name}: {e}") from e
+            if not line:
+                return
+            number += 1
+            if len(line) > limit:
+                newline = "\n" if isinstance(line, str) else b"\n"
+                while not line.endswith(newline) and (line := f.readline(1 << 20)):
+                    pass
+                yield number, None
+            elif line.strip():
+                yield number, line.encode("utf-8", "surrogateescape") if isinstance(line, str) else line
 
 
 def leaves_batch(batch: Batch, path: Path) -> bool:
@@ -179,12 +301,24 @@ def _count_nonblank_lines(path: Path, chunk_bytes: int = 1 << 20) -> int:
 
 
 def _count_text_records(path: Path) -> int:
-    suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        return _count_nonblank_lines(path)
-    if suffix == ".parquet":
+    """Records one text file holds. A file that cannot be read is one rejected record; one whose
+    stream breaks part-way, the lines before the break and one record for the rest."""
+    if path.suffix.lower() == ".parquet":
         try:
             return pq.read_metadata(path).num_rows
-        except Exception:  # an unreadable file is one rejected record
+        except Exception:
             return 1
-    return 1
+    if not is_jsonl(path):
+        return 1
+    count = 0
+    try:
+        if path.suffix.lower() == ".jsonl":
+            with open_lines(path) as (_, encoding):
+                pass
+            if encoding == "utf-8":
+                return _count_nonblank_lines(path)
+        for _ in read_lines(path, 1 << 62):  # compressed or UTF-16: line by line, as the reader
+            count += 1
+    except OSError:
+        return count + 1
+    return count

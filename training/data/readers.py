@@ -13,7 +13,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from training.config import CodeFilterConfig, ImageFilterConfig, TextFilterConfig
-from training.data.landing import BOM, CAPTIONS_FILE, IMAGE_EXTENSIONS, MODALITY_DIRS, Batch, leaves_batch, source_of
+from training.data.landing import CAPTIONS_FILE, IMAGE_EXTENSIONS, MODALITY_DIRS, Batch, entry_problem, is_jsonl, read_lines, source_of
 from training.data.records import Record, Reject
 
 # Extension -> Tree-sitter grammar. `.h` is parsed as C: C++ headers belong in .hpp/.hh.
@@ -40,26 +40,6 @@ CODE_LANGUAGES = {
     ".go": "go",
     ".rs": "rust",
 }
-
-
-def read_lines(path: Path, limit: int) -> Iterator[tuple[int, bytes | None]]:
-    """(1-based line number, raw line) for each non-blank line; None for a line longer than
-    `limit` bytes (newline included), which is skipped over in chunks rather than held in memory."""
-    with open(path, "rb") as f:
-        number = 0
-        if f.read(len(BOM)) != BOM:  # Windows tools start a UTF-8 file with a byte-order mark
-            f.seek(0)
-        while True:
-            line = f.readline(limit + 1)
-            if not line:
-                return
-            number += 1
-            if len(line) > limit:
-                while not line.endswith(b"\n") and (line := f.readline(1 << 20)):
-                    pass
-                yield number, None
-            elif line.strip():
-                yield number, line
 
 
 def _utf8(raw: bytes) -> tuple[str | None, Reject | None]:
@@ -156,21 +136,33 @@ def _read_parquet(batch: Batch, path: Path, cfg: TextFilterConfig) -> Iterator[R
         row += n
 
 
-def _outside(batch: Batch, path: Path, modality: str) -> Record | None:
-    """A rejected record for a link that leads out of its batch: it is never opened."""
-    if not leaves_batch(batch, path):
+def _unread(batch: Batch, path: Path, modality: str) -> Record | None:
+    """A rejected record for an entry that is not read (`entry_problem`: a link out of the batch, a
+    linked folder, a pipe): it is never opened."""
+    problem = entry_problem(batch, path)
+    if problem is None:
         return None
     src = source_of(batch, path)
-    return Record(src, modality, src, reject=Reject("outside_landing_zone", "a link to a file outside the batch; not read"))
+    return Record(src, modality, src, reject=Reject(*problem))
+
+
+def _unreadable(batch: Batch, path: Path, modality: str, records: Iterator[Record]) -> Iterator[Record]:
+    """A file's records; if reading it fails (permission denied, an I/O error, a corrupt compressed
+    stream), one `file_unreadable` record in place of the rest."""
+    try:
+        yield from records
+    except OSError as e:
+        src = source_of(batch, path)
+        yield Record(src, modality, src, reject=Reject("file_unreadable", f"{type(e).__name__}: {e.strerror or e}"[:500]))
 
 
 def read_text(batch: Batch, cfg: TextFilterConfig) -> Iterator[Record]:
     for path in batch.files("text"):
         suffix = path.suffix.lower()
-        if outside := _outside(batch, path, "text"):
-            yield outside
-        elif suffix == ".jsonl":
-            yield from _read_jsonl(batch, path, cfg)
+        if unread := _unread(batch, path, "text"):
+            yield unread
+        elif is_jsonl(path):
+            yield from _unreadable(batch, path, "text", _read_jsonl(batch, path, cfg))
         elif suffix == ".parquet":
             yield from _read_parquet(batch, path, cfg)
         else:
@@ -180,8 +172,8 @@ def read_text(batch: Batch, cfg: TextFilterConfig) -> Iterator[Record]:
 
 def read_code(batch: Batch, cfg: CodeFilterConfig) -> Iterator[Record]:
     for path in batch.files("code"):
-        if outside := _outside(batch, path, "code"):
-            yield outside
+        if unread := _unread(batch, path, "code"):
+            yield unread
             continue
         src = source_of(batch, path)
         rec = Record(src, "code", src, language=CODE_LANGUAGES.get(path.suffix.lower()))
@@ -192,8 +184,9 @@ def read_code(batch: Batch, cfg: CodeFilterConfig) -> Iterator[Record]:
             rec.reject = Reject("file_too_large", f"{size} bytes > {cfg.max_file_bytes}")
         elif size == 0:
             rec.reject = Reject("file_empty", "0 bytes")
+        elif (data := _read_bytes(path)) is None:
+            rec.reject = Reject("file_unreadable", "the file cannot be read (permission, I/O error)")
         else:
-            data = path.read_bytes()
             if b"\0" in data[: cfg.binary_sniff_bytes]:
                 rec.reject = Reject("binary_file", f"NUL byte in the first {cfg.binary_sniff_bytes} bytes")
             else:
@@ -207,14 +200,29 @@ def read_code(batch: Batch, cfg: CodeFilterConfig) -> Iterator[Record]:
         yield rec
 
 
+def _read_bytes(path: Path) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
 def read_image_pairs(batch: Batch, cfg: ImageFilterConfig) -> Iterator[Record]:
     """One record per captions.jsonl line (source: the image's path), then one per file in images/
     that no caption line names. Images are not opened here: `ImageDecode` does that in chunks."""
     images_dir = batch.path / MODALITY_DIRS["image_text"]
     captions = images_dir / CAPTIONS_FILE
+    files = batch.files("image_text")
     named: set[str] = set()
-    if captions.is_file():
-        for number, raw in read_lines(captions, cfg.max_caption_bytes):
+    if captions in files and (unread := _unread(batch, captions, "image_text")):
+        yield unread
+    elif captions in files:
+        for number, raw in _caption_lines(captions, cfg.max_caption_bytes):
+            if number == 0:  # the file broke off here
+                src = source_of(batch, captions)
+                yield Record(src, "image_text", src, reject=Reject("file_unreadable", raw.decode()))  # type: ignore[union-attr]
+                continue
             line_src = source_of(batch, captions, number)
             if raw is None:
                 yield Record(line_src, "image_text", line_src, reject=Reject("record_too_large", f"line > {cfg.max_caption_bytes} bytes"))
@@ -232,14 +240,26 @@ def read_image_pairs(batch: Batch, cfg: ImageFilterConfig) -> Iterator[Record]:
                 continue
             named.add(obj["image"])
             yield _pair_record(batch, images_dir, obj, line_src)
-    for path in batch.files("image_text"):
+    for path in files:
         if path == captions:
             continue
         src = source_of(batch, path)
-        if path.suffix.lower() not in IMAGE_EXTENSIONS:
+        if path.suffix.lower() in IMAGE_EXTENSIONS and path.relative_to(images_dir).as_posix() in named:
+            continue  # its caption line is its record
+        if unread := _unread(batch, path, "image_text"):
+            yield unread
+        elif path.suffix.lower() not in IMAGE_EXTENSIONS:
             yield Record(src, "image_text", src, reject=Reject("unsupported_extension", f"'{path.suffix or path.name}' in images/"))
-        elif path.relative_to(images_dir).as_posix() not in named:
+        else:
             yield Record(src, "image_text", src, image_path=path, reject=Reject("caption_missing", f"no line of {CAPTIONS_FILE} names it"))
+
+
+def _caption_lines(path: Path, limit: int) -> Iterator[tuple[int, bytes | None]]:
+    """`read_lines`, ending with (0, why) if the file cannot be read to its end."""
+    try:
+        yield from read_lines(path, limit)
+    except OSError as e:
+        yield 0, f"{type(e).__name__}: {e.strerror or e}"[:500].encode()
 
 
 def _pair_record(batch: Batch, images_dir: Path, obj: dict[str, Any], line_src: str) -> Record:
@@ -257,8 +277,10 @@ def _pair_record(batch: Batch, images_dir: Path, obj: dict[str, Any], line_src: 
     if not _encodable(name):
         rec.reject = Reject("utf8_invalid", "lone surrogate in 'image'")
         rec.source = f"{batch.name}/images/{name.encode('utf-8', 'replace').decode()}"
-    elif not inside or not path.is_file():
-        rec.reject = Reject("image_missing", "outside the batch's images/" if not inside else "no such file")
+    elif not inside:
+        rec.reject = Reject("outside_landing_zone", "the image is outside the batch's images/; not read")
+    elif not path.is_file():
+        rec.reject = Reject("image_missing", "no such file, or not a regular file")
     elif not isinstance(caption, str):
         rec.reject = Reject("caption_invalid", "'caption' missing" if caption is None else f"'caption' is {type(caption).__name__}")
     elif not _encodable(caption):
