@@ -5,11 +5,12 @@ import time
 
 import dagster as dg
 
-from assets.metadata import GPU_STEP, md_table
+from assets.metadata import GPU_STEP, md_image, md_table
 from pipelines.resources import Kiln
 from training.clip import build_clip_model, current_clip
 from training.data.clean import build_corpus, clean_batch, corpus_inputs, verify_batch, verify_corpus
 from training.data.landing import ready_batch, unusable_batches
+from training.data.stats import batch_histograms, summary
 
 LANDING_BATCHES = dg.DynamicPartitionsDefinition(name="landing_batches")
 """One partition per ready landing batch, added (and deleted) by `landing_sensor`."""
@@ -65,7 +66,8 @@ def _counts(results) -> dg.MarkdownMetadataValue:
     kinds={"parquet"},
     **GPU_STEP,
     description="One landing batch, every record kept (cleaned_batch/<batch>/) or rejected with a reason "
-    "(rejected/<batch>/): entropy filter for text, Tree-sitter parse for code, CLIPScore for pairs.",
+    "(rejected/<batch>/): entropy filter for text, Tree-sitter parse for code, CLIPScore for pairs; the language of "
+    "text; personal data (e-mail, phone, IP, card, secret) redacted or rejected in all three.",
 )
 def cleaned_batch(context: dg.AssetExecutionContext, kiln: Kiln) -> dg.MaterializeResult:
     cfg = kiln.config.cleaning
@@ -83,8 +85,25 @@ def cleaned_batch(context: dg.AssetExecutionContext, kiln: Kiln) -> dg.Materiali
             "clip": clip.version if clip else "none: pairs rejected as clip_unavailable",
             "records_per_second": round(sum(r.kept + r.rejected for r in fresh) / max(time.perf_counter() - start, 1e-9), 1),
             "path": dg.MetadataValue.path(kiln.path("cleaned_batch") / batch.name),
+            # Per modality, cached ones included: records by language, placeholders by type.
+            "languages": dg.MetadataValue.json({r.modality: r.languages for r in results if r.languages}),
+            "redactions": dg.MetadataValue.json({r.modality: r.redactions for r in results}),
+            "redacted": sum(sum(r.redactions.values()) for r in results),
+            **_histograms(kiln, batch.name),
         }
     )
+
+
+def _histograms(kiln: Kiln, batch: str) -> dict:
+    """The batch's histograms as one picture in the UI, and their compact numbers."""
+    cfg = kiln.config.cleaning
+    pictures = batch_histograms(
+        kiln.path("cleaned_batch") / batch, kiln.path("rejected") / batch, cfg.text.entropy_threshold, cfg.image.clip_threshold
+    )
+    metadata = {"histograms": md_image(pictures.path, f"{batch} histograms", "no records to draw"), "histograms/seconds": pictures.seconds}
+    if pictures.path:
+        metadata["histograms_path"] = dg.MetadataValue.path(pictures.path)
+    return metadata | {f"histograms/{k}": dg.MetadataValue.json(v) for k, v in summary(pictures.stats).items()}
 
 
 @dg.asset_check(
@@ -117,14 +136,16 @@ def _accounting(rows) -> dg.AssetCheckResult:
     kinds={"parquet"},
     # Follows the batches: any cleaned partition updates it, even while another batch is missing or failed.
     automation_condition=dg.AutomationCondition.eager().without(~dg.AutomationCondition.any_deps_missing()),
-    description="Every cleaned batch whose records are all accounted for, deduplicated in batch order (the first occurrence kept): the corpus the "
-    "curriculum reads. Incremental: only batches whose records, or an earlier batch's, changed are redone.",
+    description="Every cleaned batch whose records are all accounted for, deduplicated in batch order (the first occurrence kept; exact duplicates, "
+    "then near-duplicates of text and code by MinHash LSH): the corpus the curriculum reads. Incremental: only batches whose records, or an "
+    "earlier batch's, changed are redone.",
 )
 def cleaned_corpus(context: dg.AssetExecutionContext, kiln: Kiln) -> dg.MaterializeResult:
     names, pending, swept = corpus_inputs(kiln.landing, kiln.path("cleaned_batch"), kiln.path("rejected"))
     start = time.perf_counter()
+    cfg = kiln.config.cleaning
     report = build_corpus(
-        kiln.path("cleaned_batch"), names, kiln.path("cleaned_corpus"), kiln.path("rejected"), kiln.config.cleaning.chunk_size, context.log.info
+        kiln.path("cleaned_batch"), names, kiln.path("cleaned_corpus"), kiln.path("rejected"), cfg.chunk_size, context.log.info, cfg.near_dup
     )
     fresh = [f"{r.batch}/{r.modality}" for r in report.results if not r.cached]
     return dg.MaterializeResult(
@@ -132,6 +153,7 @@ def cleaned_corpus(context: dg.AssetExecutionContext, kiln: Kiln) -> dg.Material
             "batches": dg.MetadataValue.json(names),
             "kept": sum(r.kept for r in report.results),
             "duplicates": sum(r.rejected for r in report.results),
+            "near_duplicates": sum(r.reasons.get("near_duplicate", 0) for r in report.results),
             "deduplicated": dg.MetadataValue.json(fresh),
             "cached": len(report.results) - len(fresh),
             "removed_batches": dg.MetadataValue.json(sorted(set(report.removed_batches) | set(swept))),

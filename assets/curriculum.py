@@ -1,4 +1,5 @@
-"""The curriculum: the records of each pretraining stage, from the difficulty levels and the schedule."""
+"""The curriculum: the records of each pretraining stage, from the difficulty levels and the schedule;
+training records sharing an n-gram with the held-out split are moved out of every stage."""
 
 import dagster as dg
 from transformers import AutoTokenizer
@@ -7,7 +8,7 @@ from assets.difficulty import difficulty_scores
 from assets.metadata import md_table
 from assets.tokenizer import tokenizer
 from pipelines.resources import Kiln
-from training.data.curriculum import build_curriculum
+from training.data.curriculum import build_curriculum, verify_stages
 from training.data.difficulty import SCORES_FILE
 
 
@@ -16,7 +17,8 @@ from training.data.difficulty import SCORES_FILE
     deps=[difficulty_scores, tokenizer],
     kinds={"parquet"},
     description="Stage schedule over difficulty levels (default: the pendulum 1-2-3-4-5-4-3-2-1); each "
-    "stage holds every training record up to its level, in a seeded order. Held-out records stay out.",
+    "stage holds every training record up to its level, in a seeded order. Held-out records stay out, and "
+    "so do training records sharing curriculum.ngram (13) consecutive words with one (contaminated.parquet).",
 )
 def curriculum(kiln: Kiln) -> dg.MaterializeResult:
     tok = AutoTokenizer.from_pretrained(kiln.path("tokenizer"))
@@ -28,12 +30,36 @@ def curriculum(kiln: Kiln) -> dg.MaterializeResult:
         kiln.path("difficulty_scores") / SCORES_FILE, kiln.path("cleaned_corpus"), kiln.path("curriculum"),
         kiln.config.curriculum, count_tokens,
     )
+    decontamination = summary["decontamination"]
     return dg.MaterializeResult(
         metadata={
             "stages": md_table(["stage", "level", "records", "tokens"], [(s["stage"], s["level"], s["records"], s["tokens"]) for s in summary["stages"]]),
             "schedule": summary["schedule"],
             "train_records": summary["train_records"],
             "heldout_records": summary["heldout_records"],
+            "contaminated_records": decontamination["removed"],
+            **{f"contaminated/{m}": k for m, k in decontamination["by_modality"].items()},
             "path": dg.MetadataValue.path(kiln.path("curriculum")),
         }
+    )
+
+
+@dg.asset_check(
+    asset=curriculum,
+    blocking=True,
+    description="Re-read from the files: no stage record shares curriculum.ngram (13) consecutive words (a "
+    "shorter record: all its words) with a record of heldout.parquet, so held-out perplexity never measures "
+    "memorisation.",
+)
+def stages_disjoint_from_heldout(kiln: Kiln) -> dg.AssetCheckResult:
+    result = verify_stages(kiln.path("curriculum"), kiln.config.curriculum.ngram)
+    return dg.AssetCheckResult(
+        passed=result["overlaps"] == 0,
+        metadata={
+            "records_checked": result["records_checked"],
+            "stage_files": result["stage_files"],
+            "heldout_records": result["heldout_records"],
+            "overlaps_found": result["overlaps"],
+            "examples": dg.MetadataValue.md("\n".join(f"- {e}" for e in result["examples"]) or "none"),
+        },
     )

@@ -4,9 +4,10 @@ import dagster as dg
 import pyarrow.parquet as pq
 
 from assets.cleaning import cleaned_corpus
-from assets.metadata import GPU_STEP, md_table
+from assets.metadata import GPU_STEP, md_image, md_table
 from pipelines.resources import Kiln
 from training.data.difficulty import SCORES_FILE, Persistence, ReleasedModel, score_difficulty
+from training.data.stats import LEVELS_PNG, level_histograms
 from training.release import latest
 
 
@@ -25,12 +26,15 @@ def difficulty_scores(context: dg.AssetExecutionContext, kiln: Kiln) -> dg.Mater
     stats = score_difficulty(kiln.path("cleaned_corpus"), kiln.path("difficulty_scores"), cfg, predictor)
     context.log.info(f"difficulty: {stats['records']} records at {stats['records_per_second']} records/s")
     width = len(cfg.level_edges) + 1
+    picture, by_batch = level_histograms(kiln.path("difficulty_scores") / SCORES_FILE, kiln.path("difficulty_scores") / LEVELS_PNG, width)
     return dg.MaterializeResult(
         metadata={
             "levels": md_table(
                 ["modality"] + [f"level {k}" for k in range(1, width + 1)],
                 [[m] + [h[k] for k in range(1, width + 1)] for m, h in stats["histogram"].items()],
             ),
+            "levels_by_batch": md_image(picture, "difficulty level by batch", "no records"),
+            "levels_by_batch/counts": dg.MetadataValue.json(by_batch),
             "levels_populated": stats["levels_populated"],
             "records": stats["records"],
             "heldout": stats["heldout"],

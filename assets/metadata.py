@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import dagster as dg
 
@@ -11,6 +13,14 @@ def md_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> dg.Mar
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return dg.MetadataValue.md("\n".join(lines))
+
+
+def md_image(path: Path | None, alt: str, missing: str) -> dg.MarkdownMetadataValue:
+    """A PNG inlined as a base64 data URI, which the UI renders in the materialization's metadata
+    with no file server; `missing` when there is no picture."""
+    if path is None or not path.is_file():
+        return dg.MetadataValue.md(missing)
+    return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()})")
 
 
 GPU_POOL = "gpu"

@@ -26,7 +26,7 @@ from bench import cleaning, models
 from bench.corpus import write_code_batch, write_text_batch
 
 ROOT = Path(__file__).resolve().parent
-SECTIONS = ("cleaning", "incremental", "tree_sitter", "clip", "bertscore", "tokenizer", "e2e", "training")
+SECTIONS = ("cleaning", "incremental", "near_dup", "tree_sitter", "clip", "bertscore", "tokenizer", "e2e", "training")
 
 
 @dataclass(frozen=True)
@@ -48,11 +48,14 @@ class Scale:
     """CLIP at ViT-B/32 size (the issue's yardstick), or kiln's own small CLIP's size."""
     incremental_records: int = 5_000
     """Text records in each of the 20 batches of the incremental measurement (one more lands)."""
+    near_dup_docs: int = 2_000
+    """Base documents of the near-duplicate quality set (each with 4 light edits and 2 distinct
+    documents on its topic); the cost is measured on the whole text corpus."""
 
 
 SCALES = {
     "full": Scale(1_000_000, 50_000, 20_000, 100_000, 5_000, 1_024, 128, 1_000, 50, 20, True),
-    "quick": Scale(3_000, 200, 500, 1_000, 100, 32, 32, 20, 1, 2, False, 100),
+    "quick": Scale(3_000, 200, 500, 1_000, 100, 32, 32, 20, 1, 2, False, 100, near_dup_docs=200),
 }
 GPU_SCALE = {"clip_pairs": 8_192, "bert_records": 20_000}
 
@@ -75,7 +78,7 @@ def run(sections: list[str], scale: Scale, repeats: int, work: Path) -> dict:
     cuda = torch.cuda.is_available()
     results: dict = {"machine": machine(), "scale": scale.__dict__, "repeats": repeats}
     text, code = work / "text", work / "code"
-    if {"cleaning", "bertscore", "tokenizer"} & set(sections):
+    if {"cleaning", "near_dup", "bertscore", "tokenizer"} & set(sections):
         results["corpus"] = write_text_batch(text / "batch-0001", scale.text_records)
     if "cleaning" in sections:
         # The side-by-side corpus is the first shard of the full one (the same seed writes the same records).
@@ -90,13 +93,18 @@ def run(sections: list[str], scale: Scale, repeats: int, work: Path) -> dict:
                     dst.write(line)
             (side / "_SUCCESS").touch()
         results["text_filters"] = cleaning.text_filter_table(text, scale.filter_sample, repeats, 2048)
-        results["text_cleaning"] = [cleaning.whole_cleaning(side.parent, work, p) for p in ("kiln", "loop")]
+        results["text_cleaning"] = [cleaning.whole_cleaning(side.parent, work, p) for p in ("kiln-filters", "loop")]
         results["text_cleaning"].append({**cleaning.whole_cleaning(text, work, "kiln"), "pipeline": "kiln, whole corpus"})
     if "incremental" in sections:
         from bench import incremental
 
         row = incremental.incremental(work, 20, scale.incremental_records)
         results["incremental"] = {**row, "markdown": incremental.markdown(row)}
+    if "near_dup" in sections:
+        from bench import near_dup
+
+        row = near_dup.run(work, text, scale.near_dup_docs)
+        results["near_dup"] = {**row, "markdown": near_dup.markdown(row)}
     if "tree_sitter" in sections:
         results["corpus_code"] = write_code_batch(code / "batch-0001", scale.code_files)
         results["tree_sitter"] = cleaning.tree_sitter_table(code, scale.code_sample, repeats, 2048)
@@ -143,6 +151,8 @@ def markdown(results: dict) -> str:
               [[r["pipeline"], r["kept"] + r["rejected"], r["input_mb"], r["seconds"], r["records_per_s"], r["mb_per_s"], r["peak_rss_mb"]] for r in results["text_cleaning"]])
     if "incremental" in results:
         out.extend(["## One new batch in a landing zone of 20", "", results["incremental"]["markdown"], ""])
+    if "near_dup" in results:
+        out.extend(["## Near-duplicate detection (text)", "", results["near_dup"]["markdown"], ""])
     if "tree_sitter" in results:
         table("Tree-sitter parse", ["processes", "files", "MB", "MB/s", "files/s", "scaling"],
               [[r["workers"], r["files"], r["mb"], r["mb_per_s"], r["files_per_s"], f"{r['scaling']}×"] for r in results["tree_sitter"]])

@@ -67,10 +67,144 @@ class ImageFilterConfig:
 
 
 @dataclass(frozen=True)
+class NearDupConfig:
+    """Near-duplicates across the corpus (`training/data/near_dup.py`): MinHash signatures of word
+    shingles, an LSH index over them, and the estimated Jaccard similarity as the judge. Part of the
+    corpus cache key: changing any field deduplicates the corpus again."""
+
+    enabled: bool = True
+    """Light edits of one document (a changed word, an appended sentence, other case or spacing) pass
+    the exact filters and would be trained on once per copy."""
+    modalities: tuple[str, ...] = ("text", "code")
+    """Forked and vendored code files with small edits are near-duplicates as much as edited documents
+    are. Never captions: identical captions of different images are not duplicates."""
+    shingle_words: int = 5
+    """Words per shingle. One changed word changes at most 5 shingles: about 0.94 Jaccard in a 1 KB
+    document (~150 words); 5 consecutive words are rarely shared by chance, so distinct documents on
+    one topic stay far below the threshold. A record of fewer words is one shingle."""
+    permutations: int = 128
+    """MinHash values per record (bins of one-permutation hashing): the estimate's error at Jaccard
+    0.8 is at most sqrt(0.8 * 0.2 / 128) = 0.035 (measured over edits of every strength: 0.031). A
+    signature is 512 bytes of 32-bit values, on disk; memory holds only the LSH index."""
+    bands: int = 16
+    """LSH bands of permutations / bands = 8 rows. A pair becomes a candidate with probability
+    1 - (1 - J^8)^16: 0.95 at Jaccard 0.8, 0.9999 at 0.9, 0.06 at 0.5, 0.001 at 0.3, so nearly every
+    pair above the threshold is compared and few below it are."""
+    threshold: float = 0.8
+    """A candidate is rejected when its estimated Jaccard with an earlier kept record reaches this.
+    Measured on 1 KB documents (bench/near_dup.py): a changed word 0.88-0.99 (median 0.94), an
+    appended sentence median 0.92; documents sharing half their sentences 0.08-0.74 (median 0.29)."""
+    seed: int = 0
+    """Seeds the word hashes, and so every shingle's bin and value: signatures are only comparable
+    under one seed (it is in the cache key)."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.shingle_words < 1:
+            problems.append(f"shingle_words must be at least 1, not {self.shingle_words}")
+        if self.permutations < 1 or self.bands < 1 or self.permutations % self.bands:
+            problems.append(f"bands ({self.bands}) must divide permutations ({self.permutations}), both at least 1")
+        if not 0 < self.threshold <= 1:
+            problems.append(f"threshold must be in (0, 1], not {self.threshold}")
+        if not 0 <= self.seed < 2**64:
+            problems.append(f"seed must be an unsigned 64-bit integer, not {self.seed}")
+        if unknown := set(self.modalities) - {"text", "code"}:
+            problems.append(f"modalities may be text and code only, not {sorted(unknown)}")
+        if not problems and self.candidate_probability(self.threshold) < 0.5:
+            problems.append(
+                f"{self.bands} bands of {self.permutations // self.bands} rows would make fewer than half the pairs at the "
+                f"threshold {self.threshold} candidates ({self.candidate_probability(self.threshold):.2f}): use more bands"
+            )
+        if problems:
+            raise ValueError("near_dup: " + "; ".join(problems))
+
+    def candidate_probability(self, jaccard: float) -> float:
+        """The chance that two records of this Jaccard similarity share a band (the LSH S-curve)."""
+        return 1 - (1 - jaccard ** (self.permutations // self.bands)) ** self.bands
+
+
+@dataclass(frozen=True)
+class LanguageConfig:
+    """Language identification of text records (`training/data/filters/language.py`): py3langid's
+    model, which ships in its wheel. Part of the text cache key."""
+
+    identify: bool = True
+    """Sets `language` (ISO 639-1) on every text record that reaches the filter, for the per-batch
+    histogram and for whoever reads the corpus; False saves its cost (see prefix_bytes)."""
+    allow: tuple[str, ...] = ()
+    """ISO 639-1 codes to keep, e.g. ("en", "de"); empty keeps every language. Others are rejected as
+    `language_not_allowed`. Off by default: kiln's corpus is multilingual on purpose (Chinese prose)."""
+    prefix_bytes: int = 256
+    """UTF-8 bytes of each record that are classified: the cost is one automaton step per byte, and a
+    few hundred bytes decide almost as well as the whole record. Measured on gettext translations
+    (1,727 paragraphs / 560 documents of 1 KB, en/de/fr/es/zh): 97.7% / 98.8% at 128 bytes, 98.7% /
+    99.1% at 256, 99.1% / 99.8% at 512; whole records 99.1% / 99.6%. The filter costs about 13 us a
+    record on one core at 128 bytes, 18 at 256, 35 at 512."""
+
+    def __post_init__(self) -> None:
+        bad = [c for c in self.allow if not (isinstance(c, str) and len(c) == 2 and c.isascii() and c.isalpha() and c.islower())]
+        if bad:
+            raise ValueError(f"language.allow takes lowercase two-letter ISO 639-1 codes, not {bad}")
+        if self.allow and not self.identify:
+            raise ValueError("language.allow needs language.identify = True")
+        if self.prefix_bytes < 16:
+            raise ValueError(f"language.prefix_bytes must be at least 16, not {self.prefix_bytes}")
+
+
+PERSONAL_DATA_ACTIONS = ("redact", "reject", "keep")
+
+
+@dataclass(frozen=True)
+class PersonalDataConfig:
+    """Personal data and secrets in kept text, code and captions (`training/data/filters/pii.py`),
+    one action per type: "redact" (a placeholder such as <|email|> replaces it), "reject" (the record
+    is rejected as `personal_data`) or "keep". Part of every modality's cache key. With every type
+    on it costs about 11 us per 1 KB record on one core; all "keep" skips the filter."""
+
+    email: str = "redact"
+    """A model that memorises addresses can repeat them; the placeholder keeps the sentence's shape."""
+    phone: str = "redact"
+    """Only numbers written as phone numbers are found (+country code, (415) 555-0132, 030 1234567):
+    a bare run of digits is a number, not a phone, and stays."""
+    ip: str = "redact"
+    """IPv4 and IPv6 addresses that can name a host, in prose and code alike (a dotted quad is an
+    address even where it reads like a version, unless a cue says version: v1.2.3.4, ==1.2.3.4).
+    Loopback, 0.0.0.0, multicast, netmasks and the documentation ranges (192.0.2.0/24, 2001:db8::/32)
+    stay: they name no one."""
+    card: str = "redact"
+    """Card numbers of a known network's prefix and length that pass the Luhn check; other digit
+    runs stay."""
+    secret: str = "redact"
+    """Access keys (AWS AKIA/ASIA, GitHub ghp_/github_pat_, Slack xox?-), private-key PEM blocks and
+    the values of api_key/secret/password/token assignments: a leaked credential stays valid."""
+    min_secret_chars: int = 12
+    """Shortest value of an api_key=/password=/token= assignment taken as a secret; shorter ones are
+    tutorial placeholders ("changeme", "hunter2") that a model may as well see."""
+
+    def __post_init__(self) -> None:
+        bad = {k: v for k, v in self.actions().items() if v not in PERSONAL_DATA_ACTIONS}
+        if bad:
+            raise ValueError(f"personal_data actions must be one of {PERSONAL_DATA_ACTIONS}, not {bad}")
+        if self.min_secret_chars < 8:
+            raise ValueError(f"personal_data.min_secret_chars must be at least 8, not {self.min_secret_chars}")
+
+    def actions(self) -> dict[str, str]:
+        """Action by type, in the order the types are reported."""
+        return {"email": self.email, "phone": self.phone, "ip": self.ip, "card": self.card, "secret": self.secret}
+
+
+@dataclass(frozen=True)
 class CleaningConfig:
     text: TextFilterConfig = field(default_factory=TextFilterConfig)
     code: CodeFilterConfig = field(default_factory=CodeFilterConfig)
     image: ImageFilterConfig = field(default_factory=ImageFilterConfig)
+    near_dup: NearDupConfig = field(default_factory=NearDupConfig)
+    """Near-duplicates, judged in the corpus step (`build_corpus`), after the exact duplicates."""
+    language: LanguageConfig = field(default_factory=LanguageConfig)
+    """Language of text records, after the text filters; an optional allow-list."""
+    personal_data: PersonalDataConfig = field(default_factory=PersonalDataConfig)
+    """Personal data and secrets, redacted or rejected in every modality as the last filter, so a
+    placeholder never changes another filter's decision."""
     chunk_size: int = 2048
     """Records held in memory between reading and writing; bounds memory whatever the batch size."""
     workers: int | None = None
@@ -139,6 +273,16 @@ class CurriculumConfig:
     """Level of each pretraining stage: the source documents' pendulum."""
     seed: int = 0
     """Seeds each stage's shuffle; a stage's records and order are a pure function of it."""
+    ngram: int = 13
+    """A training record sharing this many consecutive words with a held-out record is in no stage
+    (contaminated.parquet), nor in the tokenizer's training text. 13, as GPT-3's decontamination and
+    lm-evaluation-harness use: a shared run that long is copied text (a docstring also inside a held-out
+    code file), not a common phrase. A record of fewer words matches only a record of the same words."""
+
+    def __post_init__(self) -> None:
+        # Shorter runs are shared by unrelated text and would empty the stages (GPT-3 went down to 8).
+        if self.ngram < 8:
+            raise ValueError(f"curriculum.ngram must be at least 8 words, not {self.ngram}")
 
 
 @dataclass(frozen=True)

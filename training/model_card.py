@@ -34,6 +34,19 @@ def evaluation_tables(evaluation: dict) -> str:
     return f"{ppl}\n\n{cont}{code}"
 
 
+def decontamination_line(curriculum: dict) -> str:
+    """What the curriculum moved out of every stage because it shares text with the held-out split."""
+    d = curriculum.get("decontamination")
+    if d is None:  # a curriculum built before kiln checked held-out overlap
+        return "This curriculum was built without a held-out overlap check."
+    modalities = ", ".join(f"{k} {v}" for k, v in d["by_modality"].items())
+    return (
+        f"{d['removed']} training records overlapping the held-out split were removed ({d['ngram']}-gram"
+        f"{': ' + modalities if modalities else ''}): a training record sharing {d['ngram']} consecutive words "
+        f"(lowercased; a shorter record: all its words) with a held-out record is in no stage."
+    )
+
+
 def model_card(
     version: str,
     lineage: list[dict],
@@ -115,6 +128,7 @@ configuration (no pickle).
 
 Schedule of difficulty levels: {'-'.join(str(x) for x in curriculum['schedule'])}; a stage of level k trains on
 every training record of level ≤ k, in a seeded order (seed {curriculum['seed']}).
+{decontamination_line(curriculum)}
 
 {_table(["stage", "level", "records", "tokens seen", "steps", "global batch", "final loss"], stage_rows)}
 

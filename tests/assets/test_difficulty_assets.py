@@ -15,7 +15,7 @@ def test_materializes_with_checks_passing(downstream):
     _, result = downstream
     assert result.success
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
-    assert checks == {"levels_populated": True, "tokenizer_round_trip": True}
+    assert checks == {"levels_populated": True, "tokenizer_round_trip": True, "stages_disjoint_from_heldout": True}
 
 
 def test_every_kept_record_has_a_difficulty_and_level(downstream):

@@ -10,7 +10,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_quick_bench_measures_and_agrees(tmp_path):
-    sections = "cleaning,incremental,tree_sitter,clip,bertscore,tokenizer"
+    sections = "cleaning,incremental,near_dup,tree_sitter,clip,bertscore,tokenizer"
     subprocess.run(
         [sys.executable, "-m", "bench.run", "--scale", "quick", "--only", sections, "--work", str(tmp_path / "work"),
          "--out", str(tmp_path / "out"), "--name", "ci"],
@@ -29,6 +29,14 @@ def test_quick_bench_measures_and_agrees(tmp_path):
     assert kiln["kept"] + kiln["rejected"] == 1_000 and whole["kept"] + whole["rejected"] == 3_000
     assert {"entropy_low", "duplicate", "too_few_words", "text_empty", "json_malformed"} <= set(whole["reasons"])
     assert whole["peak_rss_mb"] > 0
+
+    # Near-duplicates: the generated set's edits are found, its distinct documents on one topic kept;
+    # language and redaction reject nothing by default, near-duplicate detection only removes.
+    near = results["near_dup"]
+    assert near["quality"]["precision"] >= 0.99 and near["quality"]["recall"] >= 0.95
+    filters_only, exact, default = near["cost"]
+    assert [r["pipeline"] for r in near["cost"]] == ["kiln-filters", "kiln-exact", "kiln"]
+    assert filters_only["kept"] == exact["kept"] == default["kept"] + default["reasons"].get("near_duplicate", 0)
 
     # One batch landing among 20: only it is cleaned, and only it is deduplicated.
     incremental = results["incremental"]

@@ -13,9 +13,11 @@
    key is unchanged is not cleaned again.
 
 2. `build_corpus` (the unpartitioned `cleaned_corpus`): exact duplicates (content, then id) across
-   the cleaned batches in batch order, the first occurrence kept.
+   the cleaned batches in batch order, the first occurrence kept; then, for text and code,
+   near-duplicates (MinHash LSH over word shingles, `training/data/near_dup.py`).
 
        <corpus_dir>/<batch>/<modality>.parquet      kept records: what the curriculum reads
+       <corpus_dir>/<batch>/_<modality>.minhash.npy their MinHash signatures, row for row
        <corpus_dir>/<batch>/_manifest.json          lineage: content hashes, CLIP, kept/rejected by reason
        <rejected_dir>/<batch>/<modality>.duplicates.parquet
 
@@ -27,6 +29,7 @@ Run by hand:  python -m training.data.clean <landing> <out dir>
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -38,18 +41,21 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from training.config import CleaningConfig
+from training.config import CleaningConfig, NearDupConfig
 from training.data.filters.base import Filter, Unique, content_key, id_key
 from training.data.filters.code import TreeSitterParse
 from training.data.filters.image import ClipScore, ClipUnavailable, ImageDecode
+from training.data.filters.language import LanguageId
+from training.data.filters.pii import PersonalData
 from training.data.filters.text import text_filters
 from training.data.landing import Batch, count_records, ready_batches
+from training.data.near_dup import NearDuplicates
 from training.data.readers import read_code, read_image_pairs, read_text
 from training.data.records import MODALITIES, Record, RecordWriter
 from training.fsutil import atomic_path, fingerprint, remove, write_json
 
 # Bump when what a filter decides changes, so every cached batch is cleaned again.
-LOGIC_VERSION = 3
+LOGIC_VERSION = 4
 MANIFEST = "_manifest.json"
 DUPLICATES = "{modality}.duplicates.parquet"
 
@@ -78,6 +84,10 @@ class ModalityResult:
     seconds: float
     records_in: int = 0
     cached: bool = False
+    languages: dict[str, int] = field(default_factory=dict)
+    """Records (kept or rejected) by `language`, most frequent first: ISO codes for text, grammars for code."""
+    redactions: dict[str, int] = field(default_factory=dict)
+    """Personal data redacted in the kept records, by type."""
 
 
 @dataclass
@@ -154,6 +164,17 @@ def _read_json(path: Path) -> dict:
 
 
 def _filters(modality: str, cfg: CleaningConfig, clip: Clip | None, score: ScoreFn) -> list[Filter]:
+    """The modality's filters, then its language (text), then personal data: last, so that what
+    another filter decides is decided on the record as it landed, never on a placeholder."""
+    filters = _modality_filters(modality, cfg, clip, score)
+    if modality == "text" and cfg.language.identify:
+        filters.append(LanguageId(cfg.language))
+    if any(action != "keep" for action in cfg.personal_data.actions().values()):
+        filters.append(PersonalData(cfg.personal_data))
+    return filters
+
+
+def _modality_filters(modality: str, cfg: CleaningConfig, clip: Clip | None, score: ScoreFn) -> list[Filter]:
     if modality == "text":
         return text_filters(cfg.text)
     workers = cfg.workers or os.cpu_count() or 1
@@ -198,11 +219,16 @@ def clean_batch(
     results = []
     for modality in MODALITIES:
         content = batch.fingerprint(modality)
-        settings = {"text": cfg.text, "code": cfg.code, "image_text": (cfg.image, clip_version)}[modality]
+        settings = {
+            "text": (cfg.text, cfg.language, cfg.personal_data),
+            "code": (cfg.code, cfg.personal_data),
+            "image_text": (cfg.image, cfg.personal_data, clip_version),
+        }[modality]
         key = fingerprint(LOGIC_VERSION, modality, settings, content)
         entry = manifest.get("modalities", {}).get(modality)
         if entry and entry["key"] == key:
-            results.append(ModalityResult(batch.name, modality, cached=True, **entry))
+            histograms = {h: manifest.get(h, {}).get(modality, {}) for h in ("languages", "redactions")}
+            results.append(ModalityResult(batch.name, modality, cached=True, **entry, **histograms))
             continue
         log(f"cleaning {batch.name}/{modality}")
         start = time.perf_counter()
@@ -213,9 +239,14 @@ def clean_batch(
         result = ModalityResult(
             batch.name, modality, key, kept.rows, rejected.rows, dict(sorted(reasons.items())), round(time.perf_counter() - start, 3),
             records_in=count_records(batch, modality, cfg.image.max_caption_bytes),
+            languages=dict(sorted((kept.languages + rejected.languages).items(), key=lambda kv: (-kv[1], kv[0]))),
+            redactions={t: n for t, n in (kept.redactions + rejected.redactions).items() if n},
         )
         results.append(result)
-        manifest.setdefault("modalities", {})[modality] = {k: v for k, v in asdict(result).items() if k not in ("batch", "modality", "cached")}
+        per_batch = ("batch", "modality", "cached", "languages", "redactions")
+        manifest.setdefault("modalities", {})[modality] = {k: v for k, v in asdict(result).items() if k not in per_batch}
+        manifest.setdefault("languages", {})[modality] = result.languages
+        manifest.setdefault("redactions", {})[modality] = result.redactions
         manifest.setdefault("content_sha256", {})[modality] = content
         if modality == "image_text":
             manifest["clip"] = {"version": clip_version, "provenance": clip.provenance if clip else "none: pairs not scored"}
@@ -280,25 +311,43 @@ class CorpusReport:
 
 
 class _Dedup:
-    """The uniqueness filters of one modality, carried across batches in batch order. Keys of
-    cached batches are loaded only when a later batch of the modality has to be deduplicated."""
+    """The uniqueness filters of one modality, carried across batches in batch order: exact
+    duplicates, then near-duplicates (`NearDuplicates`, last, so what it keeps is what the corpus
+    keeps). Keys and signatures of cached batches are loaded only when a later batch of the modality
+    has to be deduplicated."""
 
-    def __init__(self, modality: str, corpus_dir: Path):
+    def __init__(self, modality: str, corpus_dir: Path, near_dup: NearDupConfig, capacity: int = 0):
         self.corpus_dir = corpus_dir
-        self.filters = [Unique("unique_id", id_key, "duplicate_id")]
+        self.exact = [Unique("unique_id", id_key, "duplicate_id")]
         if modality != "image_text":  # identical captions of different images are not duplicates
-            self.filters.insert(0, Unique("dedup", content_key, "duplicate"))
+            self.exact.insert(0, Unique("dedup", content_key, "duplicate"))
+        self.near = NearDuplicates(near_dup, modality, corpus_dir, capacity) if near_dup.enabled and modality in near_dup.modalities else None
+        self.filters: list[Filter] = [*self.exact, self.near] if self.near else [*self.exact]
         self.modality = modality
         self.unloaded: list[str] = []
+
+    @property
+    def settings(self) -> tuple:
+        """What the verdicts depend on besides the records: in the corpus cache key."""
+        return self.near.settings if self.near else ()
+
+    def cached(self, batch: str) -> bool:
+        """The batch's outputs of this step are all there (its signatures too, if near-dup is on)."""
+        return self.near is None or self.near.path(batch).is_file()
 
     def load_cached(self) -> None:
         for batch in self.unloaded:
             table = pq.read_table(self.corpus_dir / batch / f"{self.modality}.parquet", columns=["id", "source", "text"])
             for row in table.to_pylist():
                 rec = Record(row["id"], self.modality, row["source"], text=row["text"])
-                for f in self.filters:
-                    f.first.setdefault(f.key(rec), rec.source)  # type: ignore[attr-defined]
+                for f in self.exact:
+                    f.first.setdefault(f.key(rec), rec.source)
+            if self.near:
+                self.near.load(batch)
         self.unloaded.clear()
+
+    def deduplicating(self, batch: str) -> contextlib.AbstractContextManager:
+        return self.near.writing(batch) if self.near else contextlib.nullcontext()
 
 
 def _cleaned_records(path: Path, modality: str, chunk_size: int) -> Iterator[Record]:
@@ -306,7 +355,7 @@ def _cleaned_records(path: Path, modality: str, chunk_size: int) -> Iterator[Rec
         for row in part.to_pylist():
             yield Record(
                 row["id"], modality, row["source"], text=row["text"], language=row["language"],
-                entropy=row["entropy"], clip_score=row["clip_score"],
+                entropy=row["entropy"], clip_score=row["clip_score"], redactions=row.get("redactions"),
             )
 
 
@@ -317,9 +366,10 @@ def build_corpus(
     rejected_dir: Path,
     chunk_size: int = 2048,
     log: Callable[[str], None] = lambda _: None,
+    near_dup: NearDupConfig = NearDupConfig(),
 ) -> CorpusReport:
-    """Deduplicate the cleaned batches `names` (in that order) into `corpus_dir`; drop the corpus
-    outputs of any other batch."""
+    """Deduplicate the cleaned batches `names` (in that order) into `corpus_dir`, exact duplicates
+    then near-duplicates (`near_dup`); drop the corpus outputs of any other batch."""
     report = CorpusReport()
     corpus_dir.mkdir(parents=True, exist_ok=True)
     for old in batch_folders(corpus_dir):
@@ -330,26 +380,27 @@ def build_corpus(
             report.removed_batches.append(old)
     batch_manifests = {n: _read_json(batches_dir / n / MANIFEST) for n in names}
     for modality in MODALITIES:
-        dedup = _Dedup(modality, corpus_dir)
+        dedup = _Dedup(modality, corpus_dir, near_dup, sum(batch_manifests[n]["modalities"][modality]["kept"] for n in names))
         previous = ""
         for name in names:
             cleaned = batch_manifests[name]["modalities"][modality]
-            key = fingerprint(LOGIC_VERSION, modality, cleaned["key"], previous)
+            key = fingerprint(LOGIC_VERSION, modality, cleaned["key"], previous, *dedup.settings)
             previous = key
             manifest_path = corpus_dir / name / MANIFEST
             manifest = _read_json(manifest_path)
             entry = manifest.get("modalities", {}).get(modality)
-            if entry and entry["key"] == key:
+            if entry and entry["key"] == key and dedup.cached(name):
                 report.results.append(ModalityResult(name, modality, key, entry["kept"], entry["duplicates"], entry["duplicate_reasons"], 0.0, cached=True))
                 dedup.unloaded.append(name)
                 continue
             dedup.load_cached()
             log(f"deduplicating {name}/{modality}")
             start = time.perf_counter()
-            writer, dup_writer, reasons = _write_filtered(
-                _cleaned_records(batches_dir / name / f"{modality}.parquet", modality, chunk_size), dedup.filters, chunk_size,
-                corpus_dir / name / f"{modality}.parquet", rejected_dir / name / DUPLICATES.format(modality=modality),
-            )
+            with dedup.deduplicating(name):
+                writer, dup_writer, reasons = _write_filtered(
+                    _cleaned_records(batches_dir / name / f"{modality}.parquet", modality, chunk_size), dedup.filters, chunk_size,
+                    corpus_dir / name / f"{modality}.parquet", rejected_dir / name / DUPLICATES.format(modality=modality),
+                )
             kept, dups = writer.rows, dup_writer.rows
             result = ModalityResult(name, modality, key, kept, dups, dict(sorted(reasons.items())), round(time.perf_counter() - start, 3))
             report.results.append(result)
@@ -392,7 +443,7 @@ def clean_landing(
     sweep_batches(names, batches_dir, rejected_dir)
     for batch in batches:
         report.results += clean_batch(batch, batches_dir, rejected_dir, cfg, clip, log)
-    corpus = build_corpus(batches_dir, names, corpus_dir, rejected_dir, cfg.chunk_size, log)
+    corpus = build_corpus(batches_dir, names, corpus_dir, rejected_dir, cfg.chunk_size, log, cfg.near_dup)
     report.removed_batches = corpus.removed_batches
     report.deduplicated = [(r.batch, r.modality) for r in corpus.results if not r.cached]
     # Kept after deduplication; rejected by the batch's filters and as duplicates.

@@ -5,16 +5,20 @@ training record of level <= k, as DeepSpeed's curriculum raises a difficulty thr
 material first, everything at the peak, and on the way back down the easier levels again, which
 consolidates them. Each stage is shuffled with a generator seeded by (seed, stage), so its records
 and their order are a pure function of the scores and the config. Held-out records are never in a
-stage.
+stage, and neither is held-out text: a training record sharing `ngram` consecutive words with a
+held-out record (training/data/contamination.py) is moved out of every stage, before stages are
+built, into contaminated.parquet. Nothing is lost: training split = staged pool + contaminated.
 
     <out_dir>/stage_01.parquet ...   id, modality, level, text (in training order)
     <out_dir>/heldout.parquet        the held-out records, for evaluation
-    <out_dir>/curriculum.json        schedule, seed, per stage: level, records, tokens
+    <out_dir>/contaminated.parquet   id, modality, level, text, reason (heldout_overlap), detail
+    <out_dir>/curriculum.json        schedule, seed, per stage: level, records, tokens; decontamination
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,11 +29,70 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from training.config import CurriculumConfig
+from training.data.contamination import HeldoutIndex, shared_text
 from training.fsutil import atomic_path, sha256_file
+
+HELDOUT_FILE = "heldout.parquet"
+CONTAMINATED_FILE = "contaminated.parquet"
+OVERLAP = "heldout_overlap"
 
 
 def stage_file(stage: int) -> str:
     return f"stage_{stage:02d}.parquet"
+
+
+def iter_texts(column: pa.ChunkedArray, step: int = 65_536):
+    """A text column as Python strings, a slice at a time."""
+    for i in range(0, len(column), step):
+        yield from column.slice(i, step).to_pylist()
+
+
+def decontaminate(train: pa.Table, heldout: pa.Table, n: int) -> tuple[pa.Table, pa.Table]:
+    """(kept, contaminated): training records sharing n words with a held-out record move to
+    `contaminated`, with the reason and a detail naming one held-out record and the shared words."""
+    index = HeldoutIndex(heldout["text"].to_pylist(), n)
+    found = list(index.overlaps(iter_texts(train["text"])))
+    rows = pa.array([o.train for o in found], pa.int64())
+    mask = np.ones(train.num_rows, dtype=bool)
+    mask[rows.to_numpy()] = False
+    contaminated = train.take(rows)
+    keys = heldout.select(["modality", "id"]).to_pylist()
+    details = [
+        f"shares {o.words} words with held-out {keys[o.heldout]['modality']}/{keys[o.heldout]['id']}: "
+        f"\"{shared_text(text, o.start, o.words)}\""
+        for o, text in zip(found, contaminated["text"].to_pylist())
+    ]
+    contaminated = contaminated.append_column("reason", pa.array([OVERLAP] * len(found), pa.string()))
+    return train.filter(pa.array(mask)), contaminated.append_column("detail", pa.array(details, pa.string()))
+
+
+def by_modality(table: pa.Table) -> dict[str, int]:
+    return dict(sorted(Counter(table["modality"].to_pylist()).items()))
+
+
+def verify_stages(out_dir: Path, n: int) -> dict:
+    """Re-check a built curriculum from its files alone: no stage record shares n words (or, under n
+    words, all its words) with a record of heldout.parquet. Each distinct stage record is checked once."""
+    stages = sorted(out_dir.glob("stage_*.parquet"))
+    columns = ["modality", "id", "text"]
+    empty = pa.table({c: pa.array([], pa.string()) for c in columns})
+    rows = pa.concat_tables([pq.read_table(p, columns=columns) for p in stages] or [empty])
+    distinct = rows.group_by(columns, use_threads=False).aggregate([])
+    heldout = pq.read_table(out_dir / HELDOUT_FILE, columns=columns)
+    found = list(HeldoutIndex(heldout["text"].to_pylist(), n).overlaps(iter_texts(distinct["text"])))
+    name = lambda t, i: f"{t['modality'][i].as_py()}/{t['id'][i].as_py()}"  # noqa: E731
+    examples = [
+        f"{name(distinct, o.train)} shares {o.words} words with held-out {name(heldout, o.heldout)}: "
+        f"\"{shared_text(distinct['text'][o.train].as_py(), o.start, o.words)}\""
+        for o in found[:10]
+    ]
+    return {
+        "stage_files": len(stages),
+        "records_checked": distinct.num_rows,
+        "heldout_records": heldout.num_rows,
+        "overlaps": len(found),
+        "examples": examples,
+    }
 
 
 def build_curriculum(
@@ -40,13 +103,15 @@ def build_curriculum(
     scores = pq.read_table(scores_path, columns=["id", "modality", "split", "level"])
     corpus = ds.dataset(corpus_dir, format="parquet").to_table(columns=["id", "modality", "text"])
     joined = scores.join(corpus, keys=["modality", "id"]).sort_by([("modality", "ascending"), ("id", "ascending")])
-    train = joined.filter(pc.equal(joined["split"], "train")).drop_columns(["split"])
+    split = joined.filter(pc.equal(joined["split"], "train")).drop_columns(["split"])
     heldout = joined.filter(pc.equal(joined["split"], "heldout")).drop_columns(["split"])
+    train, contaminated = decontaminate(split, heldout, cfg.ngram)
     present = set(train["level"].to_pylist())
     stages = []
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
-        pq.write_table(heldout, tmp / "heldout.parquet")
+        pq.write_table(heldout, tmp / HELDOUT_FILE)
+        pq.write_table(contaminated, tmp / CONTAMINATED_FILE)
         for i, level in enumerate(cfg.schedule, start=1):
             pool = train.filter(pc.less_equal(train["level"], level))
             order = np.random.default_rng([cfg.seed, i]).permutation(pool.num_rows)
@@ -64,6 +129,15 @@ def build_curriculum(
             "train_records": train.num_rows,
             "heldout_records": heldout.num_rows,
             "levels_present": sorted(present),
+            "decontamination": {
+                "rule": f"a training record sharing {cfg.ngram} consecutive words (lowercased; a record of fewer "
+                "words: all of them) with a held-out record is in no stage",
+                "ngram": cfg.ngram,
+                "removed": contaminated.num_rows,
+                "by_modality": by_modality(contaminated),
+                "training_split_records": split.num_rows,
+                "file": CONTAMINATED_FILE,
+            },
         }
         (tmp / "curriculum.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

@@ -305,7 +305,7 @@ def _image_defects(batch: Path, rng: random.Random) -> tuple[list[bytes], dict[s
         _write(images / name, scene_png)
     for raw, source, reason in [
         (b'{"image": "broken/missing.png", "caption": "a blue square at the top"}', "images/broken/missing.png", "image_missing"),
-        (b'{"image": "../text/readme.txt", "caption": "escaping the images folder"}', "images/../text/readme.txt", "image_missing"),
+        (b'{"image": "../text/readme.txt", "caption": "escaping the images folder"}', "images/../text/readme.txt", "outside_landing_zone"),
         (b'{"image": "broken/blank_caption.png", "caption": "   "}', "images/broken/blank_caption.png", "caption_empty"),
         (b'{"image": "broken/numeric_caption.png", "caption": 7}', "images/broken/numeric_caption.png", "caption_invalid"),
         (b'{"image": "broken/unterminated.png", "caption": "unterminated', None, "json_malformed"),

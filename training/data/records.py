@@ -6,6 +6,7 @@ file or the caption, so difficulty scoring and tokenization read one column what
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -15,6 +16,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 MODALITIES = ("text", "code", "image_text")
+REDACTED_TYPES = ("email", "phone", "ip", "card", "secret")
+"""The kinds of personal data `training/data/filters/pii.py` redacts, in the order they are reported."""
 
 
 class Reject(NamedTuple):
@@ -32,9 +35,13 @@ class Record:
     """Path inside the landing zone, starting with the batch: `batch-7/text/a.jsonl:12`."""
     text: str | None = None
     language: str | None = None
+    """ISO 639-1 code for text (py3langid's three-letter code where a language has none), the
+    Tree-sitter grammar for code; None for captions and records rejected before identification."""
     entropy: float | None = None
     clip_score: float | None = None
     reject: Reject | None = None
+    redactions: dict[str, int] | None = None
+    """Personal data replaced by placeholders in `text`, counted by type; None when nothing was."""
     # Image pairs only; never written out.
     image_path: Path | None = field(default=None, repr=False)
     image: Any = field(default=None, repr=False)
@@ -56,6 +63,9 @@ KEPT_SCHEMA = pa.schema(
         ("language", pa.string()),
         ("entropy", pa.float32()),
         ("clip_score", pa.float32()),
+        # A struct, not a map or JSON: fixed, typed fields that polars and pyarrow read as columns
+        # (`pl.col("redactions").struct.field("email")`, `.struct.unnest()`), summed without parsing.
+        ("redactions", pa.struct([(t, pa.int32()) for t in REDACTED_TYPES])),
     ]
 )
 REJECTED_SCHEMA = KEPT_SCHEMA.append(pa.field("reason", pa.string())).append(pa.field("detail", pa.string()))
@@ -70,6 +80,10 @@ class RecordWriter:
         self.rows = 0
         self.text_bytes = 0
         """UTF-8 bytes of `text` written: how much a batch adds to the corpus (the retraining policy)."""
+        self.languages: Counter = Counter()
+        """Rows written by `language` (rows without one are not counted)."""
+        self.redactions: Counter = Counter()
+        """Placeholders written, by type."""
         self._writer = pq.ParquetWriter(path, self.schema, compression="zstd")
 
     def write(self, records: list[Record]) -> None:
@@ -84,6 +98,7 @@ class RecordWriter:
             "language": [r.language for r in records],
             "entropy": [r.entropy for r in records],
             "clip_score": [r.clip_score for r in records],
+            "redactions": [r.redactions for r in records],
         }
         if self.rejected:
             cols["reason"] = [r.reject.reason for r in records]  # type: ignore[union-attr]
@@ -91,6 +106,10 @@ class RecordWriter:
         table = pa.table(cols, schema=self.schema)
         self._writer.write_table(table)
         self.rows += len(records)
+        self.languages.update(r.language for r in records if r.language is not None)
+        for r in records:
+            if r.redactions:
+                self.redactions.update(r.redactions)
         self.text_bytes += pc.sum(pc.binary_length(table["text"])).as_py() or 0
 
     def close(self) -> None:

@@ -1,0 +1,61 @@
+"""The histogram pictures in the metadata of cleaned_batch and difficulty_scores, on the embedded default."""
+
+import base64
+import io
+import re
+
+import pyarrow.parquet as pq
+from PIL import Image
+
+from training.data.stats import LEVELS_PNG, PNG
+
+
+def _meta(result, key):
+    [mat] = result.asset_materializations_for_node(key)
+    return {k: v.value for k, v in mat.metadata.items()}
+
+
+def _png(markdown: str) -> bytes:
+    """The PNG inlined in a markdown image, as the UI renders it."""
+    match = re.fullmatch(r"!\[[^\]]+\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", markdown)
+    assert match, markdown[:80]
+    data = base64.b64decode(match.group(1))
+    with Image.open(io.BytesIO(data)) as image:
+        assert image.format == "PNG" and image.width > 300
+    return data
+
+
+def test_every_cleaned_batch_shows_its_histograms_and_their_numbers(cleaned):
+    data, _, results, _ = cleaned
+    code_languages = set()
+    for batch, result in results["batches"].items():
+        meta = _meta(result, "cleaned_batch")
+        png = data / "cleaned_batch" / batch / PNG
+        assert _png(meta["histograms"]) == png.read_bytes() and meta["histograms_path"] == str(png)
+        # Kept text exceeds the entropy threshold (0.8); kept pairs reach the CLIP one (0.75).
+        assert meta["histograms/entropy_quantiles"]["kept"]["p5"] > 0.8
+        assert meta["histograms/clip_score_quantiles"]["kept"]["p5"] >= 0.75
+        assert set(meta["histograms/length_quantiles"]) == {"text", "code", "image_text"}
+        code_languages |= set(meta["histograms/languages"]["code"])
+    assert {"python", "rust", "go"} <= code_languages
+
+
+def test_rematerializing_a_batch_keeps_its_picture_and_still_shows_it(cleaned):
+    data, _, results, pipeline = cleaned
+    batch = sorted(results["batches"])[0]
+    png = data / "cleaned_batch" / batch / PNG
+    stamp = png.stat().st_mtime_ns
+    meta = _meta(pipeline.materialize("cleaned_batch", batch), "cleaned_batch")
+    assert meta["cleaned"] == [] and png.stat().st_mtime_ns == stamp
+    assert _png(meta["histograms"]) == png.read_bytes()
+
+
+def test_difficulty_shows_the_levels_of_every_batch(downstream):
+    data, result = downstream
+    meta = _meta(result, "difficulty_scores")
+    assert _png(meta["levels_by_batch"]) == (data / "difficulty_scores" / LEVELS_PNG).read_bytes()
+    scores = pq.read_table(data / "difficulty_scores" / "scores.parquet", columns=["batch", "level"]).to_pylist()
+    expected = {}
+    for row in scores:
+        expected.setdefault(row["batch"], [0] * 5)[row["level"] - 1] += 1
+    assert meta["levels_by_batch/counts"] == expected and set(expected) == {"batch-0001", "batch-0002"}

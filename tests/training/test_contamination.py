@@ -1,0 +1,173 @@
+"""Decontamination: no training record that shares 13 consecutive words with a held-out record reaches
+a stage; it moves to contaminated.parquet, and the curriculum's blocking check re-verifies the files."""
+
+import random
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from training.config import CurriculumConfig
+from training.data.contamination import HeldoutIndex, find_overlaps, fingerprints, words
+from training.data.curriculum import CONTAMINATED_FILE, HELDOUT_FILE, build_curriculum, stage_file, verify_stages
+
+# 20 distinct words, so a run of k words shared below is shared by exactly k words, never more.
+W = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa quebec romeo sierra tango".split()
+FILLER = "zulu yankee xray whiskey victor uniform"
+HAN = "数据清洗是训练语言模型之前最费时的工作之一"  # 21 Han characters: 21 words
+DOCSTRING = "Return the number of items in the queue, counting those that are still being processed by a worker."
+
+
+def _code_with(doc: str) -> str:
+    return f'import os\n\n\ndef qsize(self):\n    """{doc}"""\n    return len(self._queue) + os.cpu_count()\n'
+
+
+def build(tmp_path: Path, train: dict[str, str], heldout: dict[str, str], levels: dict[str, int] | None = None,
+          cfg: CurriculumConfig = CurriculumConfig()) -> dict:
+    """A curriculum from records given as {id: text} ("modality:id" keys pick a modality; default text)."""
+    rows = [(k, t, "train") for k, t in train.items()] + [(k, t, "heldout") for k, t in heldout.items()]
+    modality = [k.split(":")[0] if ":" in k else "text" for k, _, _ in rows]
+    ids = [k.split(":")[-1] for k, _, _ in rows]
+    level = [(levels or {}).get(k, 1) for k, _, _ in rows]
+    split = [s for _, _, s in rows]
+    pq.write_table(pa.table({"id": ids, "modality": modality, "split": split, "level": pa.array(level, pa.int8())}), tmp_path / "scores.parquet")
+    (tmp_path / "corpus" / "b1").mkdir(parents=True)
+    pq.write_table(pa.table({"id": ids, "modality": modality, "text": [t for _, t, _ in rows]}), tmp_path / "corpus" / "b1" / "all.parquet")
+    return build_curriculum(tmp_path / "scores.parquet", tmp_path / "corpus", tmp_path / "cur", cfg, lambda t: len(t))
+
+
+def staged_ids(cur: Path, summary: dict) -> set[str]:
+    return {i for s in summary["stages"] for i in pq.read_table(cur / stage_file(s["stage"]))["id"].to_pylist()}
+
+
+@pytest.mark.parametrize(
+    "train, heldout, removed, shared",
+    [
+        # exactly 13 shared words: removed, the detail names the held-out record and the words
+        (f"{FILLER} {' '.join(W[:13])} {FILLER}", f"papa quebec {' '.join(W[:13])} romeo", True, " ".join(W[:13])),
+        # 12 shared words: kept
+        (f"{FILLER} {' '.join(W[:12])} {FILLER}", f"papa quebec {' '.join(W[:12])} romeo sierra", False, None),
+        # case, punctuation and whitespace differ: the same words
+        ("Alpha, BRAVO; charlie...\n\tdelta (echo) foxtrot-golf Hotel! india juliet kilo: lima mike. " + FILLER,
+         "zz " + " ".join(W[:13]) + " zz", True, "Alpha, BRAVO; charlie... delta (echo) foxtrot-golf Hotel! india juliet kilo: lima mike"),
+        # Chinese: every Han character is a word; 13 shared characters match, 12 do not
+        ("前言" + HAN[:13] + "。后记", "另外" + HAN[:13] + "。", True, HAN[:13]),
+        ("前言" + HAN[:12] + "。后记", "另外" + HAN[:12] + "。", False, None),
+        # code containing a held-out docstring (the standard library's docstrings are text records too)
+        ("code:queue.py=" + _code_with(DOCSTRING), DOCSTRING, True, DOCSTRING.rstrip(".")[:60]),
+        # a record of fewer than 13 words matches only a record of the same words ...
+        ("A large purple square, at the bottom", "a large purple square at the bottom.", True, "A large purple square, at the bottom"),
+        # ... never a part of a longer record
+        ("a large purple square at the bottom", "there is a large purple square at the bottom on a gray background", False, None),
+        ("there is a large purple square at the bottom on a gray background", "a large purple square at the bottom", False, None),
+    ],
+)
+def test_overlapping_training_records_leave_every_stage(tmp_path, train, heldout, removed, shared):
+    key, text = train.split("=", 1) if train.startswith("code:") else ("t1", train)
+    summary = build(tmp_path, {key: text, "t2": FILLER + " nothing in common here"}, {"h1": heldout})
+    contaminated = pq.read_table(tmp_path / "cur" / CONTAMINATED_FILE).to_pylist()
+    tid = key.split(":")[-1]
+    assert (tid not in staged_ids(tmp_path / "cur", summary)) is removed
+    assert [r["id"] for r in contaminated] == ([tid] if removed else [])
+    assert summary["decontamination"]["removed"] == len(contaminated)
+    if removed:
+        [row] = contaminated
+        assert row["reason"] == "heldout_overlap" and row["text"] == text
+        assert "held-out text/h1" in row["detail"] and shared in row["detail"]
+
+
+def test_accounting_on_a_corpus_with_planted_overlaps(tmp_path):
+    rng = random.Random(3)
+    vocab = [f"w{i}" for i in range(400)]
+    sentence = lambda k: " ".join(rng.choice(vocab) for _ in range(k))  # noqa: E731
+    heldout = {f"h{i}": sentence(rng.randint(20, 60)) for i in range(20)}
+    train = {f"t{i}": sentence(rng.randint(5, 80)) for i in range(300)}
+    planted = {f"t{i}" for i in range(0, 300, 30)}
+    for i, key in enumerate(sorted(planted)):
+        copied = words(heldout[f"h{i}"])[3:16]
+        train[key] = f"{sentence(4)} {' '.join(copied).title()} {sentence(4)}"
+    train |= {"caption:c1": "A red circle on the left", "caption:c2": "a red circle on the right"}
+    heldout |= {"caption:c9": "a red circle, on the LEFT"}
+    levels = {k: 1 + i % 5 for i, k in enumerate(train)}
+    summary = build(tmp_path, train, heldout, levels)
+    cur = tmp_path / "cur"
+    contaminated = pq.read_table(cur / CONTAMINATED_FILE)
+    removed = set(contaminated["id"].to_pylist())
+    assert planted | {"c1"} <= removed  # random 400-word sentences rarely share 13 words by chance
+    staged = staged_ids(cur, summary)
+    # Nothing is lost: the training split is the staged pool plus the contaminated records.
+    assert staged.isdisjoint(removed) and staged | removed == {k.split(":")[-1] for k in train}
+    d = summary["decontamination"]
+    assert d["training_split_records"] == len(train) == summary["train_records"] + d["removed"]
+    assert d["by_modality"] == {m: contaminated["modality"].to_pylist().count(m) for m in set(contaminated["modality"].to_pylist())}
+    assert d["by_modality"]["caption"] == 1 and d["ngram"] == 13
+    assert summary["heldout_records"] == pq.read_table(cur / HELDOUT_FILE).num_rows == 21
+
+
+def test_an_index_over_chunks_matches_a_plain_set_of_ngrams():
+    """The hashed, chunked index finds exactly what a set of word tuples finds (the reference)."""
+    rng = random.Random(7)
+    vocab = [f"v{i}" for i in range(12)]  # a small vocabulary, so 13-grams do repeat by chance
+    text = lambda: " ".join(rng.choice(vocab) for _ in range(rng.randint(0, 40)))  # noqa: E731
+    heldout, train = [text() for _ in range(60)], [text() for _ in range(1500)]
+
+    def grams(t: str) -> set[tuple]:
+        w = words(t)
+        return {tuple(w[i : i + 13]) for i in range(len(w) - 12)} if len(w) >= 13 else ({("whole", *w)} if w else set())
+
+    reference = set().union(*map(grams, heldout))
+    expected = [i for i, t in enumerate(train) if grams(t) & reference]
+    assert 0 < len(expected) < len(train)
+    assert [o.train for o in find_overlaps(train, heldout, 13)] == expected
+    assert [o.train for o in HeldoutIndex(heldout, 13, max_chars=100).overlaps(iter(train))] == expected
+    whole, _, _ = fingerprints(heldout, 13)
+    assert (whole == [h for t in heldout for h in fingerprints([t], 13)[0]]).all()  # independent of the chunking
+
+
+def test_verify_stages_finds_a_tampered_stage(tmp_path):
+    summary = build(tmp_path, {f"t{i}": f"{W[i]} {FILLER} record {i}" for i in range(6)}, {"h1": " ".join(W[:15])})
+    cur = tmp_path / "cur"
+    clean = verify_stages(cur, 13)
+    assert clean["overlaps"] == 0 and clean["records_checked"] == 6 and clean["stage_files"] == len(summary["stages"])
+    stage = pq.read_table(cur / stage_file(3))
+    row = stage.slice(0, 1).to_pylist()[0]
+    # Same key as a clean record, new text holding 13 held-out words: each distinct text is checked.
+    tampered = pa.concat_tables([stage, pa.Table.from_pylist([row | {"text": "see: " + " ".join(W[1:14])}], schema=stage.schema)])
+    pq.write_table(tampered, cur / stage_file(3))
+    found = verify_stages(cur, 13)
+    assert found["overlaps"] == 1 and found["records_checked"] == 7
+    assert f"text/{row['id']} shares 13 words with held-out text/h1" in found["examples"][0]
+
+
+def test_the_blocking_asset_check_fails_on_a_tampered_stage(tmp_path):
+    from assets.curriculum import stages_disjoint_from_heldout
+    from pipelines.resources import Kiln
+
+    build(tmp_path, {"t1": f"{FILLER} fine", "t2": "a red circle on the left"}, {"h1": " ".join(W[:14])})
+    kiln = Kiln(data_dir=str(tmp_path / "data"), landing_dir=str(tmp_path))
+    kiln.path("curriculum").parent.mkdir()
+    (tmp_path / "cur").rename(kiln.path("curriculum"))
+    assert stages_disjoint_from_heldout.check_specs and next(iter(stages_disjoint_from_heldout.check_specs)).blocking
+    passed = stages_disjoint_from_heldout(kiln=kiln)
+    assert passed.passed and passed.metadata["overlaps_found"].value == 0 and passed.metadata["records_checked"].value == 2
+    path = kiln.path("curriculum") / stage_file(1)
+    stage = pq.read_table(path)
+    leaked = pa.Table.from_pylist([{"id": "x", "modality": "text", "level": 1, "text": " ".join(W[:13])}], schema=stage.schema)
+    pq.write_table(pa.concat_tables([stage, leaked]), path)
+    failed = stages_disjoint_from_heldout(kiln=kiln)
+    assert not failed.passed and failed.metadata["overlaps_found"].value == 1 and failed.metadata["records_checked"].value == 3
+
+
+def test_the_tokenizer_trains_on_the_staged_pool():
+    from assets.tokenizer import _training_texts
+
+    train = [("text", "a", f"{FILLER} {' '.join(W[:13])}"), ("text", "b", f"{FILLER} {' '.join(W[:12])}")]
+    texts, left_out = _training_texts(train, [("text", "h", " ".join(W[:14]))], 13)
+    assert texts == [train[1][2]] and left_out == 1
+
+
+@pytest.mark.parametrize("ngram", [0, 7])
+def test_ngram_below_8_is_rejected(ngram):
+    with pytest.raises(ValueError, match="at least 8"):
+        CurriculumConfig(ngram=ngram)

@@ -1,0 +1,561 @@
+"""Near-duplicates across the corpus: the last filter of `build_corpus`, after the exact ones.
+
+A record is a near-duplicate of an earlier kept record (earlier in batch order, or earlier in its
+own batch) when the estimated Jaccard similarity of their word-shingle sets reaches
+`NearDupConfig.threshold`; the first occurrence is kept, later ones are rejected as `near_duplicate`
+with the first kept record's source and the estimate in the detail.
+
+- Shingles: a record is lowercased and cut into words (runs of letters, digits and `_`; a Han or kana
+  character is a word of its own, as the text filter counts words); every `shingle_words`
+  consecutive words are a shingle (a record with fewer words is one shingle). Punctuation, case and
+  spacing do not change a record's shingles. A chunk is hashed at once in numpy: each word by its
+  8-byte blocks, read from the stream of records, and mixed; each shingle as a polynomial of its
+  words' hashes, 64 bits.
+- Signatures: one-permutation MinHash (`signatures`), `permutations` bins of 32-bit values: one
+  hash per shingle, where k-permutation MinHash computes k. Chosen by measurement against rensa's
+  R-MinHash and datasketch's MinHash on the same shingle hashes (`bench/near_dup.py`, 2 cores,
+  loaded): 264K documents/s against rensa's 24K (105K while its signatures stay inside rensa:
+  it hands them out only as Python lists) and datasketch's 205, as accurate as rensa.
+- Index: a signature in `bands` bands, each band (with two values or more) hashed to a 64-bit key,
+  and the whole signature as one more; one open-addressing table holds a 32-bit fingerprint of
+  each key and its record's row number, no strings. A record sharing a key with a kept record is
+  a candidate; it is rejected only when the estimated Jaccard of the two signatures reaches the
+  threshold.
+- Persistence: the signatures of a batch's kept records, row for row with its corpus Parquet, are
+  written as they are decided to `<corpus_dir>/<batch>/_<modality>.minhash.npy` (atomically). When a
+  later batch is deduplicated, the index is rebuilt from those files (band keys only; nothing is
+  hashed again). Signatures are read back only for candidates, so memory holds the index, not the
+  signatures: two 8-byte slots per key, bands + 1 keys per kept record: 270 MB per million (16 bands).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import re
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from training.config import NearDupConfig
+from training.data.filters.base import Filter, Verdict
+from training.data.records import Record, Reject
+from training.fsutil import atomic_path
+
+SIGNATURES = "_{modality}.minhash.npy"
+"""Beside the batch's corpus Parquet; the leading underscore keeps it out of Parquet dataset discovery."""
+SIGNATURE_VERSION = 1
+"""Bump when words, shingles or signatures are computed differently: the corpus is deduplicated again."""
+EMPTY = np.uint32(0xFFFFFFFF)
+"""A bin no shingle of the record fell in; a record without words is EMPTY throughout and never
+matches (a shingle whose value is all ones counts as none: one in 2^32)."""
+
+_M = np.uint64(0x9E3779B97F4A7C15)  # 2^64/φ, odd: the polynomials' base
+_STREAM_CHARS = 1 << 23  # characters hashed in one numpy pass: bounds the arrays whatever the records' size
+_UNSPACED = re.compile("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")  # as the text filter's word count
+_OTHER, _ASCII, _WORD, _SINGLE = 0, 1, 2, 3  # character classes; _ASCII: a word character, ASCII once lowercased
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finalizer, in place: every input bit moves every output bit."""
+    x ^= x >> np.uint64(30)
+    x *= np.uint64(0xBF58476D1CE4E5B9)
+    x ^= x >> np.uint64(27)
+    x *= np.uint64(0x94D049BB133111EB)
+    x ^= x >> np.uint64(31)
+    return x
+
+
+_PLACEHOLDER = 0x80  # a byte standing for a non-ASCII character in the byte stream
+
+
+@functools.cache
+def _ascii_table() -> bytes:
+    """`bytes.translate` table: ASCII word characters lowercased, the placeholder kept (a word
+    character), every other byte a space."""
+    table = bytearray(ord(chr(b).lower()) if chr(b).isalnum() or b == 95 else 32 for b in range(128)) + b" " * 128
+    table[_PLACEHOLDER] = _PLACEHOLDER
+    return bytes(table)
+
+
+def _char(c: str) -> int:
+    """A code point's entry: its lowercase (when that is one code point) and, from bit 24, its class."""
+    lower = c.lower() if len(c.lower()) == 1 else c
+    cls = _SINGLE if _UNSPACED.match(c) else (_ASCII if lower.isascii() else _WORD) if c.isalnum() or c == "_" else _OTHER
+    return ord(lower) | cls << 24
+
+
+@functools.cache
+def _bmp_table() -> np.ndarray:
+    return np.array([_char(chr(c)) for c in range(0x10000)], np.uint32)
+
+
+def _lookup(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(lowercase, class) of code points; the few above 2^16 (emoji, rare Han) one by one."""
+    entries = _bmp_table()[points & 0xFFFF]
+    astral = np.flatnonzero(points > 0xFFFF)
+    if len(astral):
+        distinct, inverse = np.unique(points[astral], return_inverse=True)
+        entries[astral] = np.array([_char(chr(p)) for p in distinct], np.uint32)[inverse]
+    return entries & np.uint32(0xFFFFFF), entries >> np.uint32(24)
+
+
+@functools.cache
+def _block_masks(unit: int) -> tuple[np.ndarray, np.ndarray]:
+    """For a word of n units (n = 0 .. 2 blocks): the masks of its units in its first and second
+    64-bit block."""
+    fit = 8 // unit
+    first = [(1 << (8 * unit * min(n, fit))) - 1 for n in range(2 * fit + 1)]
+    second = [(1 << (8 * unit * max(n - fit, 0))) - 1 for n in range(2 * fit + 1)]
+    return np.array(first, np.uint64), np.array(second, np.uint64)
+
+
+def _powers(n: int) -> np.ndarray:
+    return np.cumprod(np.concatenate(([1], np.full(n - 1, _M))).astype(np.uint64), dtype=np.uint64)
+
+
+def _record_of(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The record of each word, from the records' lengths in the stream (each + 1 joining space)."""
+    first_word = np.searchsorted(starts, np.cumsum(lengths) - lengths)
+    return np.repeat(np.arange(len(lengths)), np.diff(first_word, append=len(starts)))
+
+
+def _word_hashes(texts: Sequence[str], lengths: np.ndarray, ascii_: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(hash, record) of every word of the records, joined by spaces into one stream.
+
+    The stream is bytes, ASCII lowercased by `bytes.translate`: a non-ASCII character is looked up
+    (lowercase, class) and becomes a space, its ASCII lowercase, or the placeholder of a word
+    character. A word with a placeholder is hashed from its code points; a Han or kana character
+    is a word of its own. So records that are mostly ASCII cost about what ASCII ones do, and a
+    word hashes the same whatever record it is in."""
+    text = " " + " ".join(texts) + " " * 16
+    points = None
+    if ascii_:
+        raw = text.encode("ascii")
+    else:
+        points = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), "<u4")  # a lone surrogate: a character
+        codes = points.astype(np.uint8)
+        other = np.flatnonzero(points >= 128)
+        codes[other] = _PLACEHOLDER
+        raw = codes.tobytes()
+    units = np.frombuffer(raw.translate(_ascii_table()), np.uint8)
+    singles = np.zeros(0, np.int64)
+    if points is not None and len(other):
+        units = units.copy()
+        lower, cls = _lookup(points[other])
+        units[other[cls == _OTHER]] = 32
+        units[other[cls == _ASCII]] = lower[cls == _ASCII]  # e.g. the Kelvin sign, a "k"
+        singles = other[cls == _SINGLE]
+        units[singles] = 32  # words of their own, added below
+    word = units != 32
+    edges = np.flatnonzero(word[1:] != word[:-1]) + 1  # the stream starts and ends with a space
+    starts, ends = edges[0::2], edges[1::2]
+    if len(singles):
+        order = np.argsort(np.concatenate((starts, singles)), kind="stable")
+        starts, ends = np.concatenate((starts, singles))[order], np.concatenate((ends, singles + 1))[order]
+    hashes = _packed(units, starts, ends - starts)
+    if points is not None and len(other):
+        wide = np.concatenate((other[cls == _WORD], singles))
+        if len(wide):
+            lowered = units.astype(np.uint32)
+            lowered[other[cls == _WORD]] = lower[cls == _WORD]
+            lowered[singles] = lower[cls == _SINGLE]
+            w = np.unique(np.searchsorted(starts, wide, side="right") - 1)
+            hashes[w] = _packed(lowered, starts[w], ends[w] - starts[w])
+    return hashes, _record_of(starts - 1, lengths)
+
+
+def _packed(units: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Each word's 64-bit blocks (8 bytes, or 2 code points) read from the stream as unaligned
+    64-bit values (it runs 16 bytes past its last word): the first two as b0 * M + b1 (b1 = 0 for a
+    word of one block), longer words a polynomial of all their blocks. The masks zero what follows
+    a word in its last block, so no two words of up to 16 bytes share their blocks."""
+    unit = units.itemsize
+    fit = 8 // unit
+    packed = np.ndarray((len(units) - fit + 1,), "<u8", units, strides=(unit,))
+    first, second = _block_masks(unit)
+    capped = np.minimum(lengths, 2 * fit)
+    hashes = packed[starts]
+    hashes &= first[capped]
+    hashes *= _M
+    hashes += packed[starts + fit] & second[capped]
+    long = np.flatnonzero(lengths > 2 * fit)
+    if len(long):  # all the blocks of the rare longer words at once
+        blocks = (lengths[long] + fit - 1) // fit
+        word = np.repeat(np.arange(len(long)), blocks)
+        offset = np.cumsum(blocks) - blocks
+        j = np.arange(len(word)) - offset[word]
+        rest = np.minimum(lengths[long][word] - j * fit, fit)
+        value = packed[starts[long][word] + j * fit] & first[rest]
+        hashes[long] = np.add.reduceat(value * _powers(int(blocks.max()))[blocks[word] - 1 - j], offset)
+    return hashes
+
+
+def _shingles(words: np.ndarray, doc: np.ndarray, n_docs: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(hash, record) of every run of k consecutive words of a record, in record order, as a
+    polynomial of the words' (mixed) hashes; a record of fewer words (one at least) has one shingle
+    of all of them."""
+    count = np.bincount(doc, minlength=n_docs)
+    n = len(words) - k + 1
+    if n > 0:
+        h = words[:n].copy()
+        for j in range(1, k):
+            h *= _M
+            h += words[j : j + n]
+        whole = doc[:n] == doc[k - 1 :]
+        h, hdoc = h[whole], doc[:n][whole]
+    else:
+        h, hdoc = np.zeros(0, np.uint64), np.zeros(0, np.int64)
+    short = np.flatnonzero((count > 0) & (count < k))
+    if len(short):
+        first = np.cumsum(count) - count
+        extra = words[first[short]].copy()
+        for j in range(1, k - 1):
+            longer = count[short] > j
+            extra[longer] = extra[longer] * _M + words[first[short][longer] + j]
+        order = np.argsort(np.concatenate((hdoc, short)), kind="stable")
+        h, hdoc = np.concatenate((h, extra))[order], np.concatenate((hdoc, short))[order]
+    return h, hdoc
+
+
+def shingle_hashes(texts: Sequence[str], k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The 64-bit shingle hashes of the records, flat, and the offsets of each record's (len + 1).
+    Word hashes are mixed with the seed, so each seed hashes every shingle differently."""
+    lengths = np.fromiter(map(len, texts), np.int64, len(texts)) + 1  # the joining space
+    ascii_ = all(t.isascii() for t in texts)
+    salt = np.uint64((seed * 0x2545F4914F6CDD1D + 1) & (1 << 64) - 1)
+    flat, counts = [], np.zeros(len(texts), np.int64)
+    with np.errstate(over="ignore"):
+        for lo, hi in _spans(lengths):
+            hashes, doc = _word_hashes(texts[lo:hi], lengths[lo:hi], ascii_)
+            hashes += salt
+            h, hdoc = _shingles(_mix(hashes), doc, hi - lo, k)
+            flat.append(h)
+            counts[lo:hi] = np.bincount(hdoc, minlength=hi - lo)
+    offsets = np.zeros(len(texts) + 1, np.uint64)
+    np.cumsum(counts, out=offsets[1:])
+    return (np.concatenate(flat) if flat else np.zeros(0, np.uint64)), offsets
+
+
+def _spans(lengths: np.ndarray) -> list[tuple[int, int]]:
+    """Consecutive records of about `_STREAM_CHARS` characters in all (one at least)."""
+    ends = np.cumsum(lengths)
+    cuts = [0]
+    while cuts[-1] < len(lengths):
+        base = ends[cuts[-1] - 1] if cuts[-1] else 0
+        cuts.append(max(cuts[-1] + 1, int(np.searchsorted(ends, base + _STREAM_CHARS, side="right"))))
+    return list(zip(cuts[:-1], cuts[1:]))
+
+
+def signatures(texts: Sequence[str], cfg: NearDupConfig) -> np.ndarray:
+    """MinHash signatures of the records' shingle sets by one-permutation hashing (Li, Owen and
+    Zhang, 2012): each shingle hash picks one of `permutations` bins (by its low 32 bits) and a value
+    (its high 32 bits); a bin keeps its smallest value; a bin no shingle fell in stays EMPTY.
+    uint32, a row per record. ASCII records and the others are hashed apart, so that one non-ASCII
+    record does not send a whole chunk the slower way."""
+    out = np.empty((len(texts), cfg.permutations), np.uint32)
+    ascii_ = np.fromiter((t.isascii() for t in texts), bool, len(texts))
+    for group in (np.flatnonzero(ascii_), np.flatnonzero(~ascii_)):
+        if len(group):
+            hashes, offsets = shingle_hashes([texts[i] for i in group], cfg.shingle_words, cfg.seed)
+            out[group] = _one_permutation(hashes, offsets, cfg.permutations)
+    return out
+
+
+def _one_permutation(hashes: np.ndarray, offsets: np.ndarray, perms: int) -> np.ndarray:
+    n = len(offsets) - 1
+    with np.errstate(over="ignore"):
+        cell = (((hashes & np.uint64(0xFFFFFFFF)) * np.uint64(perms)) >> np.uint64(32)).astype(np.int64)
+    cell += np.repeat(np.arange(0, n * perms, perms, dtype=np.int64), np.diff(offsets).astype(np.int64))
+    sig = np.full((n, perms), EMPTY, np.uint32)
+    np.minimum.at(sig.reshape(-1), cell, (hashes >> np.uint64(32)).astype(np.uint32))
+    return sig
+
+
+def estimate(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The estimated Jaccard similarity of signatures a[i] and b[i]: the share of equal bins among
+    those not EMPTY in both. The bins sample the union's shingles without replacement, so the error
+    is no larger than that of as many independent permutations (bench/near_dup.py, edits of every
+    strength: RMS error 0.031; rensa's R-MinHash 0.030, datasketch's MinHash 0.041)."""
+    either = (a != EMPTY) | (b != EMPTY)
+    return ((a == b) & either).sum(axis=1) / np.maximum(either.sum(axis=1), 1)
+
+
+def bands(sigs: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """(record, key) of the LSH keys of the signatures: each band with two values or more, hashed
+    to 64 bits with its number (one table holds every band), and the whole signature as one more
+    key. A band of one value carries too little evidence: the short records sharing one shingle
+    would all share it (measured on the benchmark corpus: 2.2 times the candidates, none of them
+    found only so). The whole-signature key still finds short records with the same shingles."""
+    n, perms = sigs.shape
+    parts = sigs.reshape(n, count, perms // count)
+    full = parts != EMPTY
+    with np.errstate(over="ignore"):
+        h = parts[:, :, 0].astype(np.uint64) + np.arange(count, dtype=np.uint64) * _M
+        for j in range(1, parts.shape[2]):
+            h *= _M
+            h += parts[:, :, j]
+        whole = h[:, 0].copy()  # the whole signature: the bands' hashes, chained
+        for b in range(1, count):
+            whole *= _M
+            whole += h[:, b]
+        keys = np.concatenate((_mix(h), _mix(whole)[:, None]), axis=1)
+    counts = full.sum(axis=2)
+    valid = np.concatenate((counts >= 2, counts.any(axis=1, keepdims=True)), axis=1)
+    return np.nonzero(valid)[0], keys[valid]
+
+
+class BandTable:
+    """LSH keys of kept records -> their row numbers: open addressing with linear probing in one
+    uint64 array, a slot holding the key's upper 32 bits and row + 1 (0: empty), 8 bytes. Two keys
+    equal in those 32 bits are taken for one; the Jaccard check after it decides (at a million
+    records, a few in a hundred records meet such a stranger once). A key may map to many rows."""
+
+    MAX_LOAD = 0.5  # an unsuccessful lookup (the usual one) probes 2.5 slots on average
+
+    def __init__(self, capacity: int = 0):
+        self.slots = np.zeros(self._size(capacity), np.uint64)
+        self.entries = 0
+
+    @staticmethod
+    def _size(entries: int) -> int:
+        return max(1024, int(entries / BandTable.MAX_LOAD) + 1)
+
+    def insert(self, keys: np.ndarray, rows: np.ndarray) -> None:
+        if len(rows) and rows.max() >= 0xFFFFFFFF - 1:
+            raise OverflowError("the near-duplicate index numbers at most 2^32 - 2 kept records")
+        if self.entries + len(keys) > self.MAX_LOAD * len(self.slots):
+            old = self.slots[self.slots != 0]
+            self.slots = np.zeros(self._size(2 * (self.entries + len(keys))), np.uint64)
+            self._place(old)
+        self._place((keys >> np.uint64(32)) << np.uint64(32) | (rows.astype(np.uint64) + np.uint64(1)))
+        self.entries += len(keys)
+
+    def _home(self, fingerprints: np.ndarray) -> np.ndarray:
+        """A fingerprint's first slot: fingerprint * size / 2^32, any table size."""
+        return (fingerprints * np.uint64(len(self.slots))) >> np.uint64(32)
+
+    def _next(self, slot: np.ndarray) -> np.ndarray:
+        slot += np.uint64(1)
+        slot[slot == len(self.slots)] = 0
+        return slot
+
+    def _place(self, entries: np.ndarray) -> None:
+        slot = self._home(entries >> np.uint64(32))
+        while len(entries):
+            # Every entry whose slot is free writes itself there; of several, one lands, the others
+            # (and those that found the slot taken) probe the next slot. Lookups scan a key's whole
+            # run, so which one lands does not change what is found.
+            free = np.flatnonzero(self.slots[slot] == 0)
+            self.slots[slot[free]] = entries[free]
+            placed = np.zeros(len(entries), bool)
+            placed[free] = self.slots[slot[free]] == entries[free]
+            entries, slot = entries[~placed], self._next(slot[~placed])
+
+    def lookup(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(index into keys, row) of every entry whose key matches."""
+        fp = keys >> np.uint64(32)
+        which = np.arange(len(keys))
+        slot = self._home(fp)
+        hits_q, hits_r = [], []
+        while len(which):
+            found = self.slots[slot]
+            match = ((found >> np.uint64(32)) == fp) & (found != 0)
+            hits_q.append(which[match])
+            hits_r.append((found[match] & np.uint64(0xFFFFFFFF)).astype(np.int64) - 1)
+            going = found != 0
+            which, fp, slot = which[going], fp[going], self._next(slot[going])
+        return np.concatenate(hits_q), np.concatenate(hits_r)
+
+
+def _write_header(f: BinaryIO, rows: int, perms: int) -> int:
+    """Write the .npy header at the file's start; returns its length. numpy leaves room in the
+    header for the row count to grow, so it is rewritten in place once the rows are known."""
+    f.seek(0)
+    np.lib.format.write_array_header_1_0(f, {"descr": "<u4", "fortran_order": False, "shape": (rows, perms)})
+    return f.tell()
+
+
+def _read_header(f: BinaryIO) -> tuple[tuple[int, int], int]:
+    np.lib.format.read_magic(f)
+    shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+    if dtype != np.dtype("<u4") or fortran or len(shape) != 2:
+        raise ValueError(f"{f.name}: not a signature file (uint32 rows)")
+    return shape, f.tell()
+
+
+class _Segment:
+    """The signatures of one batch's kept records: their file (rows from `offset`), the row number
+    of the first, and their sources, read from the corpus Parquet when a match first needs one."""
+
+    def __init__(self, path: Path, offset: int, start: int, rows: int, corpus: Path):
+        self.path, self.offset, self.start, self.rows, self.corpus = path, offset, start, rows, corpus
+        self.sources: list[pa.Array] = []
+
+    def source(self, local: int) -> str:
+        if not self.sources:
+            self.sources = [pq.read_table(self.corpus, columns=["source"])["source"].combine_chunks()]
+        for arr in self.sources:
+            if local < len(arr):
+                return arr[local].as_py()
+            local -= len(arr)
+        raise IndexError(local)
+
+    def signatures(self, local: np.ndarray, perms: int) -> np.ndarray:
+        mapped = np.memmap(self.path, np.uint32, "r", offset=self.offset, shape=(self.rows, perms))
+        return np.array(mapped[local])
+
+
+class NearDuplicates(Filter):
+    """Rejects a record whose estimated Jaccard with an earlier kept record reaches the threshold.
+
+    The last filter of a modality's chain in `build_corpus`: what it keeps is what the corpus keeps,
+    row for row with the signature file. Batches come in batch order: `load` for a cached batch (its
+    persisted signatures into the index), `writing` around a batch being deduplicated."""
+
+    name = "near_dup"
+
+    def __init__(self, cfg: NearDupConfig, modality: str, corpus_dir: Path, capacity: int = 0):
+        """`capacity`: the kept records to expect in all, to size the index once (it grows if need be)."""
+        self.cfg, self.modality, self.corpus_dir = cfg, modality, corpus_dir
+        self.table = BandTable(capacity * (cfg.bands + 1))
+        self.segments: list[_Segment] = []
+        self.rows = 0
+        self._file: BinaryIO | None = None
+
+    @property
+    def settings(self) -> tuple:
+        """What persisted signatures and verdicts depend on: part of the corpus cache key."""
+        return (self.cfg, "one-permutation MinHash", SIGNATURE_VERSION)
+
+    def path(self, batch: str) -> Path:
+        return self.corpus_dir / batch / SIGNATURES.format(modality=self.modality)
+
+    def _corpus(self, batch: str) -> Path:
+        return self.corpus_dir / batch / f"{self.modality}.parquet"
+
+    def load(self, batch: str, chunk_rows: int = 65_536) -> None:
+        """Index a cached batch's persisted signatures (their band keys; nothing is hashed)."""
+        path = self.path(batch)
+        with open(path, "rb") as f:
+            (rows, perms), offset = _read_header(f)
+            if perms != self.cfg.permutations:
+                raise ValueError(f"{path} has {perms} permutations, the config {self.cfg.permutations}")
+            # Read in chunks, not mapped: pages of a mapping read through would count as resident.
+            for lo in range(0, rows, chunk_rows):
+                n = min(chunk_rows, rows - lo)
+                rec, keys = bands(np.frombuffer(f.read(n * perms * 4), np.uint32).reshape(n, perms), self.cfg.bands)
+                self.table.insert(keys, rec + self.rows + lo)
+        self.segments.append(_Segment(path, offset, self.rows, rows, self._corpus(batch)))
+        self.rows += rows
+
+    @contextlib.contextmanager
+    def writing(self, batch: str) -> Iterator[None]:
+        """Deduplicate one batch inside this block: the signatures of the records it keeps go to the
+        batch's file, which appears whole when the block ends without an error."""
+        path = self.path(batch)
+        with atomic_path(path) as tmp:
+            with open(tmp, "w+b") as f:
+                segment = _Segment(tmp, _write_header(f, 0, self.cfg.permutations), self.rows, 0, self._corpus(batch))
+                self.segments.append(segment)
+                self._file = f
+                try:  # after an error the index holds rows that are in no file: build_corpus stops
+                    yield
+                    if _write_header(f, segment.rows, self.cfg.permutations) != segment.offset:
+                        raise RuntimeError(f"{path}: the header changed length")
+                finally:
+                    self._file = None
+        segment.path, segment.sources = path, []  # sources come back from the corpus Parquet if needed
+
+    def __call__(self, records: Sequence[Record]) -> list[Verdict]:
+        if self._file is None:
+            raise RuntimeError("NearDuplicates deduplicates a batch only inside writing(batch)")
+        if not records:
+            return []
+        sigs = signatures([r.text or "" for r in records], self.cfg)
+        rec, keys = bands(sigs, self.cfg.bands)
+        verdicts: list[Verdict] = [None] * len(records)
+        for i, (row, score) in self._matches(sigs, rec, keys).items():
+            source = records[-1 - row].source if row < 0 else self._source(row)
+            verdicts[i] = Reject("near_duplicate", f"first kept at {source}, estimated Jaccard {score:.2f}")
+        self._keep(records, sigs, rec, keys, np.array([v is None for v in verdicts]))
+        return verdicts
+
+    def _matches(self, sigs: np.ndarray, rec: np.ndarray, keys: np.ndarray) -> dict[int, tuple[int, float]]:
+        """Record -> (its match: a kept record's row, or -1 - its index in this chunk; the estimated
+        Jaccard), the best estimate, of equals the earliest record."""
+        need = self.cfg.threshold - 1e-9
+        out: dict[int, tuple[int, float]] = {}
+        # Kept records of earlier chunks and batches.
+        q, rows = self.table.lookup(keys)
+        if len(q):
+            pairs = np.unique(np.stack((rec[q], rows), axis=1), axis=0)
+            score = estimate(sigs[pairs[:, 0]], self._signatures(pairs[:, 1]))
+            ok = score >= need
+            for i, row, e in sorted(zip(pairs[ok, 0].tolist(), pairs[ok, 1].tolist(), score[ok].tolist()), key=lambda t: (t[0], -t[2], t[1])):
+                out.setdefault(i, (row, e))
+        # Earlier records of this chunk, in order: only a kept one counts.
+        later, earlier = _same_key_pairs(rec, keys)
+        score = estimate(sigs[later], sigs[earlier])
+        ok = score >= need
+        partners: dict[int, list[tuple[float, int]]] = {}
+        for i, j, e in zip(later[ok].tolist(), earlier[ok].tolist(), score[ok].tolist()):
+            partners.setdefault(i, []).append((e, -j))  # the best estimate, then the earliest
+        for i in sorted(partners):
+            kept = [(e, neg_j) for e, neg_j in partners[i] if -neg_j not in out]
+            if i not in out and kept:
+                e, neg_j = max(kept)
+                out[i] = (-1 + neg_j, e)
+        return out
+
+    def _keep(self, records: Sequence[Record], sigs: np.ndarray, rec: np.ndarray, keys: np.ndarray, kept: np.ndarray) -> None:
+        """Append the kept records' signatures to the batch's file and their band keys to the index."""
+        segment = self.segments[-1]
+        idx = np.flatnonzero(kept)
+        sigs[idx].tofile(self._file)
+        segment.sources.append(pa.array([records[i].source for i in idx], pa.string()))
+        indexed = kept[rec]
+        self.table.insert(keys[indexed], self.rows + np.cumsum(kept)[rec[indexed]] - 1)
+        segment.rows += len(idx)
+        self.rows += len(idx)
+
+    def _signatures(self, rows: np.ndarray) -> np.ndarray:
+        """Signatures of kept records by row number (few: the candidates), read from their files."""
+        if self._file is not None:
+            self._file.flush()
+        out = np.empty((len(rows), self.cfg.permutations), np.uint32)
+        which = np.searchsorted([s.start for s in self.segments], rows, side="right") - 1
+        for i in np.unique(which):
+            seg, pick = self.segments[i], np.flatnonzero(which == i)
+            out[pick] = seg.signatures(rows[pick] - seg.start, self.cfg.permutations)
+        return out
+
+    def _source(self, row: int) -> str:
+        seg = self.segments[int(np.searchsorted([s.start for s in self.segments], row, side="right")) - 1]
+        return seg.source(row - seg.start)
+
+
+def _same_key_pairs(rec: np.ndarray, keys: np.ndarray, cap: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """(later, earlier) pairs of records of one chunk that share a band key; a record is paired with
+    at most `cap` earlier ones per key."""
+    none = np.zeros(0, np.int64)
+    ordered = np.sort(keys)
+    repeated = ordered[1:][ordered[1:] == ordered[:-1]]
+    if not len(repeated):  # the usual chunk: every key once
+        return none, none
+    shared = np.isin(keys, repeated)
+    rec, keys = rec[shared], keys[shared]
+    order = np.argsort(keys, kind="stable")  # stable: records stay in order within a key
+    keys, rec = keys[order], rec[order]
+    position = np.arange(len(keys))
+    group = np.maximum.accumulate(np.where(np.concatenate(([True], keys[1:] != keys[:-1])), position, 0))
+    depth = np.minimum(position - group, cap)
+    later = np.repeat(position, depth)
+    earlier = np.repeat(group, depth) + np.arange(len(later)) - np.repeat(np.cumsum(depth) - depth, depth)
+    pairs = np.unique(np.stack((rec[later], rec[earlier]), axis=1), axis=0)
+    pairs = pairs[pairs[:, 0] != pairs[:, 1]]
+    return pairs[:, 0], pairs[:, 1]
