@@ -11,7 +11,13 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_VERBOSITY ?= error
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: demo test bench ui landing clean-data
+.PHONY: demo test bench ui serve landing clean-data
+
+# llama-cpp-python has no wheel on PyPI: pip compiles llama.cpp. Only the CPU library it loads (no tools,
+# tests, examples or multimodal library), for any x86-64 with AVX2 rather than -march=native, so that a
+# venv built on one machine runs on another.
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+	-DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_OPENSSL=OFF
 
 # torch first, pinned to the CPU build that lies on these machines: resolving a bare `torch` through the
 # project's dependencies would fetch a multi-GB CUDA build instead.
@@ -19,7 +25,7 @@ $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0 || $(BIN)/pip install -q torch
-	$(BIN)/pip install -q -e '.[dev]'
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
 $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
@@ -49,6 +55,11 @@ bench: $(BIN)/.installed
 
 ui: $(BIN)/.installed $(DAGSTER_HOME)/dagster.yaml landing
 	$(BIN)/dagster dev -m pipelines.definitions --host 127.0.0.1
+
+# The release releases/LATEST names, behind an OpenAI-compatible API on 127.0.0.1:$KILN_SERVE_PORT (default
+# 8000): POST /v1/completions, GET /v1/models. Restart it to serve a newer release.
+serve: $(BIN)/.installed
+	$(BIN)/python -m training.serve
 
 clean-data:
 	rm -rf $(KILN_DATA_DIR)

@@ -1,5 +1,6 @@
-"""Evaluation of the base model on the held-out split, the regression gate against the previous
-release, and the int8 variant with its own quality bound."""
+"""Evaluation of the base model on the held-out split (kiln's own measures, then kiln's
+lm-evaluation-harness tasks), the regression gate against the previous release, and the int8 variant
+with its own quality bound."""
 
 import json
 
@@ -11,18 +12,27 @@ from assets.metadata import GPU_STEP
 from pipelines.resources import Kiln
 from training.clip import pick_device
 from training.evaluate import evaluate, load_heldout
-from training.fsutil import sha256_file, write_json
-from training.model_card import evaluation_tables
+from training.fsutil import remove, sha256_file, write_json
+from training.harness import GROUP, run_tasks, write_tasks
+from training.model_card import evaluation_tables, harness_table
 from training.quantize import quantize_int8
 from training.release import EVALUATION, QUANTIZATION, WEIGHTS_SHA256, latest, quantization_gate, regression_gate
 
 HELDOUT = "heldout.parquet"
+EVAL_TASKS = "eval_tasks"
+"""The lm-evaluation-harness task folder, written into evaluation/ and shipped by the release."""
 
 
 def _evaluate(kiln: Kiln, path, device) -> dict:
     model = AutoModelForCausalLM.from_pretrained(path).to(device)
     cfg = kiln.config
     return evaluate(model, AutoTokenizer.from_pretrained(path), kiln.path("curriculum") / HELDOUT, cfg.evaluation, cfg.difficulty.span_words)
+
+
+def _harness(kiln: Kiln, path, device) -> dict:
+    cfg = kiln.config.evaluation
+    folders = [kiln.path("evaluation") / EVAL_TASKS, *cfg.harness_include]
+    return run_tasks(path, folders, [GROUP, *cfg.harness_tasks], str(device), cfg.batch_size, cfg.harness_limit)
 
 
 @dg.asset(
@@ -39,11 +49,22 @@ def evaluation(context: dg.AssetExecutionContext, kiln: Kiln) -> dg.MaterializeR
     # Hashed before loading: the release gate accepts this evaluation only for these very weights.
     weights = sha256_file(kiln.path("base_model") / "model.safetensors")
     candidate = _evaluate(kiln, kiln.path("base_model"), device)
+    cfg, tasks = kiln.config.evaluation, kiln.path("evaluation") / EVAL_TASKS
+    if cfg.harness:  # the same records as kiln's own evaluation, as lm-evaluation-harness tasks
+        write_tasks(
+            kiln.path("curriculum") / HELDOUT, tasks, cfg.max_records, kiln.config.difficulty.span_words,
+            cfg.harness_cloze_choices, cfg.harness_cloze_words,
+        )
+        candidate["harness"] = _harness(kiln, kiln.path("base_model"), device)
+    else:
+        remove(tasks)  # never ship tasks the evaluation did not run
     previous = None
     if (release := latest(kiln.path("releases"))) is not None:
         old = _evaluate(kiln, release, device)
         change = candidate["overall"]["byte_perplexity"] / old["overall"]["byte_perplexity"] - 1
         previous = {"version": release.name, "evaluation": old, "change": round(change, 6)}
+        if cfg.harness:
+            previous["harness"] = _harness(kiln, release, device)
         context.log.info(f"byte perplexity {change:+.2%} against release {release.name}")
     write_json(
         kiln.path("evaluation") / EVALUATION,
@@ -61,6 +82,10 @@ def evaluation(context: dg.AssetExecutionContext, kiln: Kiln) -> dg.MaterializeR
             "bleu": candidate["continuation"]["all"]["bleu"],
             "chrf": candidate["continuation"]["all"]["chrf"],
             "code_parseable": candidate["code_parseable"],
+            **({"harness": dg.MetadataValue.md(harness_table(
+                candidate["harness"], (previous or {}).get("harness"), previous["version"] if previous else None
+            )), "harness_seconds": candidate["harness"]["seconds"] + ((previous or {}).get("harness") or {}).get("seconds", 0)}
+               if "harness" in candidate else {}),
             "previous_release": previous["version"] if previous else "none",
             "change_vs_previous": f"{previous['change']:+.2%}" if previous else "n/a",
             "device": str(device),
@@ -86,6 +111,12 @@ def no_regression(kiln: Kiln) -> dg.AssetCheckResult:
             "previous_byte_perplexity": previous["evaluation"]["overall"]["byte_perplexity"],
             "change": previous["change"],
         }
+        harness = [run.get("harness") or {} for run in (result["candidate"], previous)]
+        if all(h.get("results", {}).get(GROUP) for h in harness):  # the harness rule applies too
+            metadata |= {
+                "candidate_harness_bits_per_byte": harness[0]["results"][GROUP].get("bits_per_byte"),
+                "previous_harness_bits_per_byte": harness[1]["results"][GROUP].get("bits_per_byte"),
+            }
     return dg.AssetCheckResult(passed=gate.passed, description=gate.description, metadata=metadata)
 
 

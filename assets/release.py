@@ -6,21 +6,22 @@ import json
 
 import dagster as dg
 
-from assets.evaluation import evaluation, quantized_model
+from assets.evaluation import EVAL_TASKS, evaluation, quantized_model
+from assets.gguf import gguf_model
 from pipelines.resources import Kiln
 from training.data.clean import lineage
 from training.model_card import model_card
 from training.package import folder_bytes
 from training.release import (
-    EVALUATION, QUANTIZATION, WEIGHTS_SHA256, latest, release_blockers, verify, version_name, write_release,
+    EVALUATION, GGUF, QUANTIZATION, WEIGHTS_SHA256, latest, release_blockers, verify, version_name, write_release,
 )
 from training.stages import read_summary
 
 # eager(), but never while a blocking check of a dependency (base_model_generates, no_regression,
-# quantization_within_bound) has failed, or not run, on that dependency's latest materialization: a
-# failed gate followed by the next tick would otherwise publish the regressed model. A dependency
-# requested in the same tick counts as passing, because its checks run in that run and block the
-# release step there. (The built-in all_deps_blocking_checks_passed() accepts a requested *check*,
+# quantization_within_bound, gguf_matches_transformers) has failed, or not run, on that dependency's
+# latest materialization: a failed gate followed by the next tick would otherwise publish the regressed
+# model. A dependency requested in the same tick counts as passing, because its checks run in that run
+# and block the release step there. (The built-in all_deps_blocking_checks_passed() accepts a requested *check*,
 # but the sensor requests checks only as riders of their asset, so for a first model, or one after a
 # failed gate, it holds the release back to a second run; this keeps the three in one run.)
 RELEASE_CONDITION = dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_match(
@@ -34,10 +35,11 @@ RELEASE_CONDITION = dg.AutomationCondition.eager() & dg.AutomationCondition.all_
 @dg.asset(
     group_name="release",
     automation_condition=RELEASE_CONDITION,
-    deps=[evaluation, quantized_model, "base_model"],
+    deps=[evaluation, quantized_model, gguf_model, "base_model"],
     kinds={"huggingface"},
     description="releases/<version>/: the model in Hugging Face format with its tokenizer, int8/ variant, "
-    "model card (lineage, curriculum, training config, evaluation) and a sha256 manifest; LATEST names it.",
+    "gguf/ (GGUF files for llama.cpp and Ollama), eval_tasks/ (lm-evaluation-harness tasks), model card "
+    "(lineage, curriculum, training config, evaluation) and a sha256 manifest; LATEST names it.",
 )
 def release(context: dg.AssetExecutionContext, kiln: Kiln) -> dg.MaterializeResult:
     cfg = kiln.config
@@ -45,7 +47,10 @@ def release(context: dg.AssetExecutionContext, kiln: Kiln) -> dg.MaterializeResu
     # The gate holds on every path, not only where a blocking check runs in the same run: a release
     # materialized (or re-executed) by hand after a failed check, a retry, and any automation all
     # pass here first, before anything is read for packaging or written.
-    if blockers := release_blockers(kiln.path("evaluation") / EVALUATION, int8 / QUANTIZATION, base / "model.safetensors"):
+    gguf_dir = kiln.path("gguf_model")
+    if blockers := release_blockers(
+        kiln.path("evaluation") / EVALUATION, int8 / QUANTIZATION, base / "model.safetensors", gguf_dir / GGUF
+    ):
         raise dg.Failure(
             description="not released: " + "; ".join(blockers),
             metadata={"reasons": dg.MetadataValue.md("\n".join(f"- {b}" for b in blockers))},
@@ -55,23 +60,29 @@ def release(context: dg.AssetExecutionContext, kiln: Kiln) -> dg.MaterializeResu
     stages = [read_summary(kiln.path(f"pretrain_stage_{s['stage']}")) for s in plan["stages"]]
     result = json.loads((kiln.path("evaluation") / EVALUATION).read_text())
     quantization = json.loads((int8 / QUANTIZATION).read_text()) | {"int8_bytes": folder_bytes(int8)}
+    gguf = json.loads((gguf_dir / GGUF).read_text())
     batches = lineage(kiln.path("cleaned_corpus"))
     version = version_name(base / "model.safetensors")
     card = model_card(
         version, batches, plan, stages,
         model=dataclasses.asdict(cfg.model) | {"parameters": stages[-1]["parameters"]},
         training=dataclasses.asdict(cfg.training),
-        evaluation=result["candidate"], previous=result["previous"], quantization=quantization,
+        evaluation=result["candidate"], previous=result["previous"], quantization=quantization, gguf=gguf,
     )
     texts = {
         "README.md": card,
         "evaluation.json": json.dumps(result, indent=2) + "\n",
         "lineage.json": json.dumps({"batches": batches, "curriculum": plan, "stages": stages}, indent=2) + "\n",
     }
+    # The lm-evaluation-harness tasks the evaluation ran (a flat folder), so anyone can rerun them offline.
+    folders = {"": base, "int8": int8, "gguf": gguf_dir}
+    if (tasks := kiln.path("evaluation") / EVAL_TASKS).is_dir() and "harness" in result["candidate"]:
+        folders[EVAL_TASKS] = tasks
     # The weights published must be the ones the gate judged, even if base_model is rewritten meanwhile.
     path = write_release(
-        kiln.path("releases"), version, {"": base, "int8": int8}, texts,
-        expect_sha256={"model.safetensors": result[WEIGHTS_SHA256]},
+        kiln.path("releases"), version, folders, texts,
+        # Likewise the GGUF files: those llama.cpp was checked on.
+        expect_sha256={"model.safetensors": result[WEIGHTS_SHA256]} | {f"gguf/{n}": f["sha256"] for n, f in gguf["files"].items()},
     )
     context.log.info(f"released {version} at {path}")
     files = json.loads((path / "manifest.json").read_text())["files"]

@@ -12,7 +12,7 @@ import os
 
 import dagster as dg
 
-from assets import cleaning, curriculum, difficulty, evaluation, pretraining, release, tokenizer
+from assets import cleaning, curriculum, difficulty, evaluation, gguf, pretraining, release, tokenizer
 from pipelines.automation import (
     automation_status,
     cleaning_job,
@@ -30,7 +30,7 @@ from pipelines.resources import Kiln
 reap_on_load()
 
 # Modules whose assets do not depend on the preset; the pretraining stages are built per schedule.
-MODULES = [cleaning, difficulty, tokenizer, curriculum, evaluation, release]
+MODULES = [cleaning, difficulty, tokenizer, curriculum, evaluation, gguf, release]
 
 
 def executor(name: str) -> dg.ExecutorDefinition:

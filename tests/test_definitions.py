@@ -10,7 +10,7 @@ def test_definitions_load_and_resolve(monkeypatch, tmp_path):
     defs = importlib.reload(module).defs
     dg.Definitions.validate_loadable(defs)
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
-    assert {"clip_model", "cleaned_batch", "cleaned_corpus", "base_model", "release"} <= keys
+    assert {"clip_model", "cleaned_batch", "cleaned_corpus", "base_model", "gguf_model", "release"} <= keys
     graph = defs.resolve_asset_graph()
     assert graph.get(dg.AssetKey("cleaned_batch")).partitions_def.name == "landing_batches"
     unpartitioned = keys - {"cleaned_batch"}

@@ -8,6 +8,7 @@ is a plain value that can be hashed into a cache key (`fingerprint`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -409,6 +410,69 @@ class EvaluationConfig:
     (both measured now, on the same records) by more than this share is not packaged."""
     quantization_bound: float = 0.02
     """The int8 model's held-out perplexity may exceed the full model's by at most this share."""
+    harness: bool = True
+    """Also run kiln's lm-evaluation-harness tasks (training/harness.py) on the candidate and the previous
+    release; their group bits per byte joins the regression gate. Off: kiln's own evaluation only."""
+    harness_tasks: tuple[str, ...] = ()
+    """Extra lm-evaluation-harness task or group names to run beside kiln's (from `harness_include`);
+    reported in evaluation.json and the model card, not gated."""
+    harness_include: tuple[str, ...] = ()
+    """Extra task folders (YAMLs with local data) the harness indexes: users' own tasks. Each must exist."""
+    harness_limit: int | None = None
+    """Caps the records per harness task (None: all); bounds the harness's time on large held-out sets."""
+    harness_cloze_choices: int = 4
+    """Choices per cloze item: the true continuation and continuations of other held-out records."""
+    harness_cloze_words: int = 16
+    """Words of each cloze choice, so that a choice fits a small model's context."""
+
+    def __post_init__(self) -> None:
+        missing = [p for p in self.harness_include if not Path(p).is_dir()]
+        if missing:
+            raise ValueError(f"evaluation.harness_include: no such task folder: {', '.join(missing)}")
+        if self.harness_tasks and not self.harness:
+            raise ValueError("evaluation.harness_tasks are given but evaluation.harness is off")
+        if self.harness_cloze_choices < 2 or self.harness_cloze_words < 1:
+            raise ValueError("evaluation.harness_cloze_choices must be at least 2 and harness_cloze_words at least 1")
+
+
+@dataclass(frozen=True)
+class GgufConfig:
+    """The GGUF files of the base model (training/gguf.py) and the release gate on them: llama.cpp's
+    next-token logits on held-out prompts must match transformers' within a tolerance."""
+
+    file_types: tuple[str, ...] = ("f32", "q8_0")
+    """GGUF files written and checked: "f32" holds the trained fp32 weights exactly, so llama.cpp
+    differs from transformers only in arithmetic order; "q8_0" (llama.cpp's 8-bit blocks, about 3.8x
+    smaller) is the one to run where memory or speed counts. F16 is not offered: it halves the file
+    like Q8_0 nearly does, and llama.cpp's CPU F16 matmuls round activations to F16 too."""
+    prompts: int = 8
+    """Held-out records whose beginnings are compared, evenly spaced over curriculum/heldout.parquet (sorted
+    by modality and id), so that code, captions and prose are all among them."""
+    prompt_chars: int = 600
+    """Characters of each held-out record's beginning used as a prompt (about 150-250 tokens, cut to the
+    model's context); the logits at every position are compared, not only the last."""
+    tolerance: float = 1e-3
+    """Largest absolute logit difference allowed for the f32 file, at any position of any prompt. Only
+    summation order differs (llama.cpp's SIMD dot products against torch's BLAS): measured 5.7e-6 on the
+    demo's tiny model (6.6e-4 with llama.cpp's default f16 key/value cache, which the check does not
+    use). A wrong tensor layout, RoPE permutation or hyperparameter moves logits by tenths to units."""
+    q8_0_tolerance: float = 0.25
+    """The same bound for the q8_0 file, whose weights (and llama.cpp's activations in the matmuls) are
+    rounded to 8 bits per block of 32: measured 0.040 on the demo's tiny model (logits spanning -6..6;
+    top-1 agreement 98.7%). Set for trained models: a random network amplifies the rounding more."""
+
+    def __post_init__(self) -> None:
+        if unknown := set(self.file_types) - {"f32", "q8_0"}:
+            raise ValueError(f"gguf.file_types may be f32 and q8_0, not {sorted(unknown)}")
+        if "f32" not in self.file_types:
+            raise ValueError("gguf.file_types must include f32, the file the check is exact on")
+        if self.prompts < 1 or self.prompt_chars < 1:
+            raise ValueError("gguf.prompts and gguf.prompt_chars must be at least 1")
+        if not (self.tolerance > 0 and self.q8_0_tolerance > 0):
+            raise ValueError("gguf tolerances must be positive")
+
+    def tolerance_of(self, file_type: str) -> float:
+        return self.tolerance if file_type == "f32" else self.q8_0_tolerance
 
 
 @dataclass(frozen=True)
@@ -450,4 +514,6 @@ class KilnConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    gguf: GgufConfig = field(default_factory=GgufConfig)
+    """The release's GGUF files for llama.cpp and Ollama, and their logits check."""
     operation: OperationConfig = field(default_factory=OperationConfig)

@@ -34,6 +34,49 @@ def evaluation_tables(evaluation: dict) -> str:
     return f"{ppl}\n\n{cont}{code}"
 
 
+HARNESS_METRICS = ("bits_per_byte", "byte_perplexity", "word_perplexity", "acc", "acc_norm")
+
+
+def harness_table(candidate: dict, previous: dict | None = None, previous_version: str | None = None) -> str:
+    """lm-evaluation-harness results ({"results": {task: {metric: value}}}, as training.harness.run_tasks
+    returns them) as a table: one row per task and metric, the previous release's beside the candidate's."""
+    headers = ["task", "metric", "this model"] + ([f"release {previous_version}"] if previous else [])
+    rows = []
+    for task, metrics in candidate["results"].items():
+        for metric in HARNESS_METRICS:
+            if metric in metrics:
+                row = [f"`{task}`", metric, metrics[metric]]
+                if previous:
+                    row.append(previous["results"].get(task, {}).get(metric))
+                rows.append(row)
+    return _table(headers, rows)
+
+
+def harness_section(version: str, candidate: dict | None, previous: dict | None) -> str:
+    """The model card's lm-evaluation-harness section: results and the command that reruns them offline."""
+    if not candidate:
+        return ""
+    old = (previous or {}).get("harness")
+    limit = f" (at most {candidate['limit']} records per task)" if candidate.get("limit") else ""
+    return f"""
+
+### lm-evaluation-harness
+
+kiln's held-out records as lm-evaluation-harness tasks, shipped in `eval_tasks/` (see its README.md);
+lm-eval {candidate['lm_eval_version']}{limit}. `kiln` is the group: its bits per byte, the mean over the
+`*_ppl` tasks weighted by records, is gated against the previous release like the byte perplexity above.
+
+{harness_table(candidate, old, previous['version'] if old else None)}
+
+Rerun offline from the folder holding the release:
+
+```sh
+HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONDONTWRITEBYTECODE=1 lm_eval --model hf \\
+    --model_args pretrained={version},add_bos_token=False \\
+    --include_path {version}/eval_tasks --tasks kiln --device cpu
+```"""
+
+
 def decontamination_line(curriculum: dict) -> str:
     """What the curriculum moved out of every stage because it shares text with the held-out split."""
     d = curriculum.get("decontamination")
@@ -47,6 +90,57 @@ def decontamination_line(curriculum: dict) -> str:
     )
 
 
+def gguf_section(version: str, gguf: dict | None) -> str:
+    """The model card's GGUF paragraph: the files with their sha256, llama.cpp's agreement with
+    transformers on held-out prompts, and how to run them with llama.cpp and Ollama."""
+    if not gguf:
+        return ""
+    rows = [
+        [f"`gguf/{name}`", f["file_type"], f"{f['bytes'] / 1e6:.1f} MB", f"`{f['sha256']}`",
+         f"{f['comparison']['max_abs_diff']:.2g} (tolerance {f['comparison']['tolerance']:g})",
+         f"{f['comparison']['top1_agreement']:.2%}", f"{f['comparison']['tokenization_agrees']}/{f['comparison']['prompts']}"]
+        for name, f in sorted(gguf["files"].items())
+    ]
+    first = next(iter(gguf["files"].values()))["comparison"]
+    file = f"{version}/gguf/" + sorted(gguf["files"])[0]
+    return f"""
+
+`gguf/` holds the model as GGUF files for llama.cpp and the runtimes built on it. Each was checked
+against transformers: the next-token logits at every position of {first['prompts']} held-out prompts
+({first['positions']} positions, llama-cpp-python {first['llama_cpp_python']}) differ by at most:
+
+{_table(["file", "weights", "size", "sha256", "max abs logit difference", "top-1 agreement", "same tokenization"], rows)}
+
+```sh
+llama-cli -m {file} -p "def main():" -n 32      # llama.cpp
+llama-server -m {file} --port 8080              # an OpenAI-compatible server
+ollama create kiln -f {version}/gguf/Modelfile && ollama run kiln "def main():"
+```
+
+The prompt starts with `<|begin_of_text|>` as kiln's documents do; the model is a base model, not a chat
+model, so it continues text (the Modelfile passes the prompt through as it is)."""
+
+
+def serve_section(version: str, context: int) -> str:
+    """The model card's Serve section: `make serve` and a request to it."""
+    return f"""## Serve
+
+`make serve`, in the kiln checkout that released this model (while `releases/LATEST` names it), serves
+it with an OpenAI-compatible HTTP API on 127.0.0.1, port `$KILN_SERVE_PORT` (default 8000): llama.cpp
+through llama-cpp-python's server, on the q8_0 GGUF file (`KILN_SERVE_GGUF=f32` for the exact weights).
+`GET /v1/models` lists it as `{version}`; `POST /v1/completions` continues a prompt:
+
+```sh
+curl -s http://127.0.0.1:8000/v1/completions -H 'Content-Type: application/json' \\
+    -d '{{"prompt": "def main():", "max_tokens": 32, "temperature": 0}}'
+```
+
+Requests are answered one at a time; the prompt and `max_tokens` together must fit in the context
+({context} tokens). A newer release is served after restarting `make serve`.
+
+"""
+
+
 def model_card(
     version: str,
     lineage: list[dict],
@@ -57,6 +151,7 @@ def model_card(
     evaluation: dict,
     previous: dict | None,
     quantization: dict,
+    gguf: dict | None = None,
 ) -> str:
     reasons: Counter[str] = Counter()
     for row in lineage:
@@ -105,16 +200,16 @@ print(tokenizer.decode(model.generate(**ids, max_new_tokens=32)[0]))
 the same way from `"{version}/int8"` and needs `torchao` installed. On the held-out records its
 perplexity is {quantization['int8_perplexity']} against {quantization['full_perplexity']} for the full
 model ({quantization['perplexity_change']:+.2%}), at {quantization['int8_bytes'] / 1e6:.1f} MB on disk against
-{quantization['full_bytes'] / 1e6:.1f} MB.
+{quantization['full_bytes'] / 1e6:.1f} MB.{gguf_section(version, gguf)}
 
-Every file is listed with its sha256 in `manifest.json`; only safetensors and JSON hold weights and
-configuration (no pickle).
+Every file is listed with its sha256 in `manifest.json`; only safetensors, GGUF and JSON hold weights
+and configuration (no pickle).
 
-## Evaluation (held-out records, never trained on)
+{serve_section(version, model['max_seq_len'])}## Evaluation (held-out records, never trained on)
 
 {evaluation_tables(evaluation)}
 
-{comparison}
+{comparison}{harness_section(version, evaluation.get("harness"), previous)}
 
 ## Data lineage
 

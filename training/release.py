@@ -32,6 +32,8 @@ EVALUATION = "evaluation.json"
 """Written by the evaluation asset into evaluation/."""
 QUANTIZATION = "quantization.json"
 """Written by `training.quantize.quantize_int8` into quantized_model/."""
+GGUF = "gguf.json"
+"""Written by the gguf_model asset beside the GGUF files: their sha256 and llama.cpp's logits check."""
 WEIGHTS_SHA256 = "weights_sha256"
 """The key under which both record the sha256 of the base_model weights they measured."""
 
@@ -44,10 +46,25 @@ class Gate:
     description: str
 
 
+HARNESS_GROUP = "kiln"
+"""The lm-evaluation-harness group (training/harness.py) whose bits per byte the regression gate compares."""
+
+
+def _harness_bits_per_byte(run: dict | None) -> float | None:
+    if not run:
+        return None
+    value = run.get("results", {}).get(HARNESS_GROUP, {}).get("bits_per_byte")
+    return float(value) if value is not None else float("nan")
+
+
 def regression_gate(evaluation: dict) -> Gate:
     """The candidate's held-out byte perplexity may exceed the previous release's (both measured in the
     same evaluation, on the same records) by at most the margin recorded beside it. Byte perplexity, so
-    a retrained tokenizer cannot flatter the comparison. Not a number fails: no comparison is no pass."""
+    a retrained tokenizer cannot flatter the comparison. Where both carry lm-evaluation-harness results
+    (`candidate["harness"]`, `previous["harness"]`), the harness's bits per byte over kiln's tasks may
+    likewise exceed the previous release's by at most the margin; an evaluation.json from before the
+    harness has none, and then the byte perplexity rule alone applies. Not a number fails: no comparison
+    is no pass."""
     previous, margin = evaluation["previous"], evaluation["margin"]
     if previous is None:
         return Gate(True, "no previous release: nothing to regress from")
@@ -57,7 +74,17 @@ def regression_gate(evaluation: dict) -> Gate:
             False, f"byte perplexity change against release {version} is {change}, not a number to compare (margin {margin:.0%})"
         )
     verdict = "worse" if change > 0 else "better"
-    return Gate(change <= margin, f"byte perplexity {abs(change):.2%} {verdict} than release {version} (margin {margin:.0%})")
+    passed = change <= margin
+    description = f"byte perplexity {abs(change):.2%} {verdict} than release {version} (margin {margin:.0%})"
+    new, old = _harness_bits_per_byte((evaluation.get("candidate") or {}).get("harness")), _harness_bits_per_byte(previous.get("harness"))
+    if new is not None and old is not None:
+        harness_change = new / old - 1 if old > 0 else float("nan")
+        if not math.isfinite(harness_change):
+            return Gate(False, f"{description}; harness bits per byte {new} against {old}, not a number to compare")
+        verdict = "worse" if harness_change > 0 else "better"
+        passed = passed and harness_change <= margin
+        description += f"; harness bits per byte {abs(harness_change):.2%} {verdict}"
+    return Gate(passed, description)
 
 
 def quantization_gate(quantization: dict) -> Gate:
@@ -68,15 +95,38 @@ def quantization_gate(quantization: dict) -> Gate:
     return Gate(math.isfinite(change) and change <= bound, description)
 
 
-def release_blockers(evaluation: Path, quantization: Path, weights: Path) -> list[str]:
-    """Why the base_model `weights` may not be released, given the evaluation's evaluation.json and the
-    int8 variant's quantization.json: each measurement must exist, be of these very weights (a
-    stale one says nothing about them) and pass its gate. Empty: it may be released."""
+def gguf_gate(record: dict) -> Gate:
+    """Every GGUF file's llama.cpp next-token logits are within its tolerance of transformers' on the
+    held-out prompts, and llama.cpp tokenizes every prompt as transformers does. Judged from the
+    numbers, not a recorded verdict; no file, or not a number, fails."""
+    files = record["files"]
+    if not files:
+        return Gate(False, "no GGUF file was checked")
+    verdicts = []
+    for name, entry in sorted(files.items()):
+        c = entry["comparison"]
+        diff, tolerance, mismatches = float(c["max_abs_diff"]), float(c["tolerance"]), c["tokenization_mismatches"]
+        verdicts.append((math.isfinite(diff) and diff <= tolerance and not mismatches, (
+            f"{name}: llama.cpp logits within {diff:.2g} of transformers (tolerance {tolerance:g}), top-1 "
+            f"{c['top1_agreement']:.2%}, tokenization agrees on {c['tokenization_agrees']}/{c['prompts']} prompts"
+        )))
+    passed = all(ok for ok, _ in verdicts)
+    # A failure names only the files that failed; a pass, every file.
+    return Gate(passed, "; ".join(d for ok, d in verdicts if passed or not ok))
+
+
+def release_blockers(evaluation: Path, quantization: Path, weights: Path, gguf: Path) -> list[str]:
+    """Why the base_model `weights` may not be released, given the evaluation's evaluation.json, the
+    int8 variant's quantization.json and the GGUF files' gguf.json: each measurement must exist, be of
+    these very weights (a stale one says nothing about them) and pass its gate. Empty: it may be released."""
     if not weights.is_file():
         return [f"{weights.name} is missing ({weights}): materialize base_model first"]
     current = sha256_file(weights)
     reasons = []
-    gates = ((evaluation, "evaluation", regression_gate), (quantization, "quantized_model", quantization_gate))
+    gates = (
+        (evaluation, "evaluation", regression_gate), (quantization, "quantized_model", quantization_gate),
+        (gguf, "gguf_model", gguf_gate),
+    )
     for path, asset, gate in gates:
         if not path.is_file():
             reasons.append(f"{path.name} is missing ({path}): materialize {asset} first")

@@ -3,6 +3,7 @@ model: curriculum, pretraining stages through Dagster Pipes, base_model, evaluat
 gate, quantized_model and release."""
 
 import json
+import math
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -16,6 +17,7 @@ from pipelines import presets
 from pipelines.definitions import build_definitions
 from pipelines.resources import Kiln
 from training.config import CurriculumConfig, EvaluationConfig, ModelConfig
+import training.release as rel
 from training.release import verify
 
 
@@ -49,7 +51,7 @@ def lifecycle(downstream, tmp_path_factory):
                 resources=defs.resources, instance=instance, raise_on_error=False,
             )
 
-        first = materialize("curriculum pretrain_stage_1 pretrain_stage_2 base_model evaluation quantized_model release")
+        first = materialize("curriculum pretrain_stage_1 pretrain_stage_2 base_model evaluation quantized_model gguf_model release")
         yield data, first, materialize, instance
 
 
@@ -66,7 +68,7 @@ def test_one_asset_per_curriculum_stage_then_base_model(downstream):
     defs = build_definitions(Kiln(data_dir=str(downstream[0]), landing_dir="/nonexistent"))
     graph = defs.resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
-    assert {f"pretrain_stage_{i}" for i in range(1, 10)} | {"base_model", "evaluation", "quantized_model", "release"} <= keys
+    assert {f"pretrain_stage_{i}" for i in range(1, 10)} | {"base_model", "evaluation", "quantized_model", "gguf_model", "release"} <= keys
     parents = {k.to_user_string() for k in graph.get(dg.AssetKey("pretrain_stage_4")).parent_keys}
     assert parents == {"pretrain_stage_3", "curriculum", "tokenizer"}
 
@@ -112,6 +114,50 @@ def test_evaluation_quantization_and_release(lifecycle):
     assert verify(release) == []
     card = (release / "README.md").read_text()
     assert "batch-0001" in card and "tree_sitter_error" in card and "2-4" in card and '"zero_stage": 1' in card
+    # kiln's lm-evaluation-harness tasks: run by the evaluation, shipped flat in eval_tasks/, shown in the card.
+    harness = json.loads((release / "evaluation.json").read_text())["candidate"]["harness"]
+    assert math.isfinite(harness["results"]["kiln"]["bits_per_byte"]) and "kiln_cloze" in harness["results"]
+    assert "| `kiln` | bits_per_byte |" in ev["harness"] and ev["harness_seconds"] > 0
+    shipped = {p.name for p in (release / "eval_tasks").iterdir()}
+    assert {"kiln.yaml", "kiln_text_ppl.yaml", "kiln_text_ppl.jsonl", "kiln_tasks.py", "README.md"} <= shipped
+    assert {p.name for p in (data / "evaluation" / "eval_tasks").iterdir() if p.is_file()} == shipped
+    assert "### lm-evaluation-harness" in card and f"--include_path {version}/eval_tasks" in card
+    # The GGUF files, checked against transformers by llama.cpp, ship in gguf/ with their sha256 in the card.
+    assert checks["gguf_matches_transformers"]
+    record = json.loads((data / "gguf_model" / "gguf.json").read_text())
+    assert sorted(p.name for p in (release / "gguf").iterdir()) == ["Modelfile", "gguf.json", "kiln-f32.gguf", "kiln-q8_0.gguf"]
+    for name, f in record["files"].items():
+        assert f["comparison"]["passed"] and f["comparison"]["tokenization_mismatches"] == []
+        assert f["sha256"] in card and rel.sha256_file(release / "gguf" / name) == f["sha256"]
+    assert record["files"]["kiln-f32.gguf"]["comparison"]["max_abs_diff"] <= 1e-3
+    assert f"llama-cli -m {version}/gguf/kiln-f32.gguf" in card and f"-f {version}/gguf/Modelfile" in card
+
+
+def test_the_release_refuses_a_failed_or_stale_gguf_check(lifecycle):
+    """The release asset asks the GGUF rule itself: a release run by hand after a failed check is refused."""
+    data, _, materialize, _ = lifecycle
+    record_path = data / "gguf_model" / "gguf.json"
+    good = record_path.read_text()
+    latest = (data / "releases" / "LATEST").read_text()
+    try:
+        for change, reason in (
+            ({"max_abs_diff": 0.5}, "kiln-f32.gguf: llama.cpp logits within 0.5 of transformers"),
+            ({"tokenization_mismatches": [0], "tokenization_agrees": 7}, "tokenization agrees on 7/"),
+        ):
+            record = json.loads(good)
+            record["files"]["kiln-f32.gguf"]["comparison"] |= change
+            record_path.write_text(json.dumps(record))
+            result = materialize("release")
+            assert not result.success and not result.asset_materializations_for_node("release")
+            failure = next(e for e in result.all_events if e.is_step_failure)
+            assert reason in failure.step_failure_data.error.message, failure.step_failure_data.error.message
+        record_path.write_text(json.dumps(json.loads(good) | {"weights_sha256": "0" * 64}))
+        result = materialize("release")
+        failure = next(e for e in result.all_events if e.is_step_failure)
+        assert "gguf.json is of weights 00000000" in failure.step_failure_data.error.message
+        assert (data / "releases" / "LATEST").read_text() == latest
+    finally:
+        record_path.write_text(good)
 
 
 def _randomize(model_dir: Path) -> None:
@@ -131,6 +177,8 @@ def test_the_regression_gate_blocks_a_worse_model_and_passes_one_that_is_not(lif
     blocked = materialize("evaluation quantized_model release")
     gate = next(e for e in blocked.get_asset_check_evaluations() if e.check_name == "no_regression")
     assert not gate.passed and "worse than release " + first in gate.description
+    assert "harness bits per byte" in gate.description and "worse" in gate.description.split(";")[-1]
+    assert gate.metadata["candidate_harness_bits_per_byte"].value > gate.metadata["previous_harness_bits_per_byte"].value
     assert not blocked.asset_materializations_for_node("release")
     assert (releases / "LATEST").read_text().strip() == first
     assert sorted(p.name for p in releases.iterdir() if p.is_dir()) == [first]
@@ -140,3 +188,7 @@ def test_the_regression_gate_blocks_a_worse_model_and_passes_one_that_is_not(lif
     assert _checks(passed)["no_regression"]
     second = (releases / "LATEST").read_text().strip()
     assert second > first and verify(releases / second) == []
+    result = json.loads((releases / second / "evaluation.json").read_text())
+    same = [run["harness"]["results"]["kiln"]["bits_per_byte"] for run in (result["candidate"], result["previous"])]
+    assert same[0] == pytest.approx(same[1], rel=1e-6)  # the same weights, measured by the harness twice
+    assert f"| release {first} |" in (releases / second / "README.md").read_text()

@@ -44,6 +44,17 @@ def test_make_demo_materializes_every_asset(tmp_path):
     version = (data / "releases" / "LATEST").read_text().strip()
     assert verify(data / "releases" / version) == []
     assert (data / "releases" / f"{version}.tar.gz").is_file()
+    # The lm-evaluation-harness tasks the evaluation ran ship with the release, and their results with it.
+    shipped = data / "releases" / version / "eval_tasks"
+    assert {"kiln.yaml", "kiln_text_ppl.yaml", "kiln_code_ppl.yaml", "kiln_image_text_ppl.yaml", "kiln_cloze.yaml",
+            "kiln_tasks.py", "README.md"} <= {p.name for p in shipped.iterdir()}
+    harness = json.loads((data / "releases" / version / "evaluation.json").read_text())["candidate"]["harness"]
+    assert 0 < harness["results"]["kiln"]["bits_per_byte"] < 8 and 0 <= harness["results"]["kiln_cloze"]["acc"] <= 1
+    assert f"--include_path {version}/eval_tasks" in (data / "releases" / version / "README.md").read_text()
+    # The GGUF files llama.cpp was checked on ship in gguf/, with the Ollama Modelfile and the check's numbers.
+    gguf = json.loads((data / "releases" / version / "gguf" / "gguf.json").read_text())
+    assert {"kiln-f32.gguf", "kiln-q8_0.gguf", "Modelfile"} <= {p.name for p in (data / "releases" / version / "gguf").iterdir()}
+    assert all(f["comparison"]["passed"] for f in gguf["files"].values())
 
     instance = dg.DagsterInstance.from_config(str(data / "dagster_home"))
     try:
@@ -51,7 +62,7 @@ def test_make_demo_materializes_every_asset(tmp_path):
         assert instance.get_dynamic_partitions("landing_batches") == ["batch-0001", "batch-0002"]
         assert instance.get_materialized_partitions(dg.AssetKey("cleaned_batch")) == {"batch-0001", "batch-0002"}
         keys = ["clip_model", "cleaned_corpus", "difficulty_scores", "tokenizer", "curriculum", "base_model",
-                "evaluation", "quantized_model", "release"]
+                "evaluation", "quantized_model", "gguf_model", "release"]
         for key in keys + [f"pretrain_stage_{i}" for i in range(1, 10)]:
             assert instance.get_latest_materialization_event(dg.AssetKey(key)) is not None, key
         runs = instance.get_runs()

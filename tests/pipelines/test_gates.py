@@ -16,7 +16,8 @@ from training.release import latest, verify, write_release
 K = dg.AssetKey
 PREVIOUS = "20000101-000000-aaaaaaaa"
 """The release already published; sorts before any version made now."""
-GATES = {"evaluation": "no_regression", "quantized_model": "quantization_within_bound", "base_model": "base_model_generates"}
+GATES = {"evaluation": "no_regression", "quantized_model": "quantization_within_bound", "base_model": "base_model_generates",
+         "gguf_model": "gguf_matches_transformers"}
 """release's dependencies and their blocking checks."""
 
 
@@ -72,7 +73,7 @@ def test_the_automation_requests_no_release_past_a_failed_blocking_check(tmp_pat
     defs, instance, cursor = _released_state(tmp_path)
     # The candidate's record arrives (by hand, as `dagster asset materialize --select evaluation` would);
     # one of its blocking checks fails.
-    for asset in ("base_model",) if failed == "base_model" else ("evaluation", "quantized_model"):
+    for asset in ("base_model",) if failed == "base_model" else ("evaluation", "quantized_model", "gguf_model"):
         _materialized(instance, asset, check_passed=asset != failed)
     result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor)
     assert "release" not in _requested(result)
@@ -103,7 +104,7 @@ def test_a_new_base_model_is_evaluated_quantized_and_released_in_one_run(tmp_pat
 # --- the release asset by hand (and any retry or automation: the same asset body) ---------------------
 
 
-def _ready(data: Path, change: float = 0.01, int8_change: float = 0.001, evaluated: str | None = None) -> str:
+def _ready(data: Path, change: float = 0.01, int8_change: float = 0.001, evaluated: str | None = None, gguf_diff: float = 1e-5) -> str:
     """A data dir holding everything `release` reads, as small as it can be, with a previous release.
     `change`: byte perplexity against it; `evaluated`: the weights evaluation.json is of (default: base_model's)."""
     base, int8 = data / "base_model", data / "quantized_model"
@@ -117,6 +118,12 @@ def _ready(data: Path, change: float = 0.01, int8_change: float = 0.001, evaluat
         "full_perplexity": 10.0, "int8_perplexity": 10.0 * (1 + int8_change), "perplexity_change": int8_change,
         "bound": 0.02, "full_bytes": 23, "weights_sha256": sha,
     }))
+    (data / "gguf_model").mkdir()
+    (data / "gguf_model" / "kiln-f32.gguf").write_bytes(b"GGUF")
+    comparison = {"prompts": 2, "positions": 20, "max_abs_diff": gguf_diff, "top1_agreement": 1.0, "tokenization_agrees": 2,
+                  "tokenization_mismatches": [], "tolerance": 1e-3, "passed": True, "llama_cpp_python": "0.3.36"}
+    (data / "gguf_model" / "gguf.json").write_text(json.dumps({"weights_sha256": sha, "files": {"kiln-f32.gguf": {
+        "file_type": "f32", "sha256": sha256_file(data / "gguf_model" / "kiln-f32.gguf"), "bytes": 4, "comparison": comparison}}}))
     (data / "curriculum" / "curriculum.json").write_text(json.dumps({"schedule": [1], "seed": 0, "stages": [{"stage": 1, "records": 3}]}))
     (data / "pretrain_stage_1" / "stage.json").write_text(json.dumps(
         {"stage": 1, "level": 1, "tokens": 100, "steps": 2, "global_batch": 8, "final_loss": 3.0, "parameters": 1000}
@@ -158,8 +165,11 @@ def test_a_release_by_hand_past_the_gate_is_published(tmp_path):
         ({"evaluated": "0123abcd" + "0" * 56}, "evaluation.json is of weights 0123abcd, base_model is {base}: materialize evaluation first"),
         ({"missing": "evaluation/evaluation.json"}, "evaluation.json is missing"),
         ({"missing": "quantized_model/quantization.json"}, "quantization.json is missing"),
+        ({"gguf_diff": 0.5}, "kiln-f32.gguf: llama.cpp logits within 0.5 of transformers (tolerance 0.001)"),
+        ({"missing": "gguf_model/gguf.json"}, "gguf.json is missing"),
     ],
-    ids=["regressed", "int8-beyond-bound", "evaluation-of-other-weights", "no-evaluation", "no-quantization"],
+    ids=["regressed", "int8-beyond-bound", "evaluation-of-other-weights", "no-evaluation", "no-quantization",
+         "gguf-beyond-tolerance", "no-gguf"],
 )
 def test_a_release_by_hand_past_a_failed_gate_fails_and_publishes_nothing(tmp_path, ready, reason):
     missing = ready.pop("missing", None)

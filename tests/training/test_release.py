@@ -183,35 +183,92 @@ def test_the_release_gate_names_every_reason(tmp_path, damage, reasons):
     damage(ev, q)
     (tmp_path / "evaluation.json").write_text(json.dumps(ev))
     (tmp_path / "quantization.json").write_text(json.dumps(q))
-    got = rel.release_blockers(tmp_path / "evaluation.json", tmp_path / "quantization.json", weights)
+    (tmp_path / "gguf.json").write_text(json.dumps(_gguf_record(sha)))
+    got = rel.release_blockers(tmp_path / "evaluation.json", tmp_path / "quantization.json", weights, tmp_path / "gguf.json")
     assert got == [r.format(base=sha[:8]) for r in reasons]
+
+
+def _gguf_record(sha: str | None, f32: dict | None = None, q8_0: dict | None = None) -> dict:
+    """gguf.json as the gguf_model asset writes it, passing unless `f32` / `q8_0` change a comparison."""
+    def entry(file_type: str, tolerance: float, diff: float, change: dict | None) -> dict:
+        comparison = {"prompts": 8, "positions": 1400, "max_abs_diff": diff, "top1_agreement": 1.0, "tokenization_agrees": 8,
+                      "tokenization_mismatches": [], "tolerance": tolerance, "passed": True}
+        return {"file_type": file_type, "sha256": "ab" * 32, "bytes": 1000, "comparison": comparison | (change or {})}
+
+    record = {"files": {"kiln-f32.gguf": entry("f32", 1e-3, 2.1e-5, f32), "kiln-q8_0.gguf": entry("q8_0", 0.25, 0.04, q8_0)}}
+    return record | ({"weights_sha256": sha} if sha is not None else {})
+
+
+@pytest.mark.parametrize(
+    ("record", "reasons"),
+    [
+        (lambda sha: _gguf_record(sha), []),
+        (lambda sha: _gguf_record(sha, f32={"max_abs_diff": 1e-3}), []),  # at the tolerance: allowed
+        (lambda sha: _gguf_record(sha, f32={"max_abs_diff": 0.9, "top1_agreement": 0.5}),
+         ["kiln-f32.gguf: llama.cpp logits within 0.9 of transformers (tolerance 0.001), top-1 50.00%, tokenization "
+          "agrees on 8/8 prompts"]),
+        (lambda sha: _gguf_record(sha, q8_0={"max_abs_diff": 0.3}), ["kiln-q8_0.gguf: llama.cpp logits within 0.3"]),
+        (lambda sha: _gguf_record(sha, f32={"max_abs_diff": float("nan")}), ["kiln-f32.gguf: llama.cpp logits within nan"]),
+        (lambda sha: _gguf_record(sha, f32={"max_abs_diff": float("inf")}), ["kiln-f32.gguf: llama.cpp logits within inf"]),
+        # A recorded verdict is not trusted: the numbers are judged again.
+        (lambda sha: _gguf_record(sha, f32={"max_abs_diff": 0.5, "passed": True}), ["kiln-f32.gguf: llama.cpp logits within 0.5"]),
+        (lambda sha: _gguf_record(sha, f32={"tokenization_agrees": 7, "tokenization_mismatches": [3]}),
+         ["kiln-f32.gguf: llama.cpp logits within 2.1e-05 of transformers (tolerance 0.001), top-1 100.00%, tokenization "
+          "agrees on 7/8"]),
+        (lambda sha: _gguf_record(OTHER), ["gguf.json is of weights 0123abcd, base_model is {base}: materialize gguf_model first"]),
+        (lambda sha: _gguf_record(None), ["gguf.json is of unrecorded weights, base_model is {base}: materialize gguf_model first"]),
+        (lambda sha: {"weights_sha256": sha, "files": {}}, ["no GGUF file was checked"]),
+        (lambda sha: {"weights_sha256": sha}, ["gguf.json is unreadable (KeyError: 'files'): materialize gguf_model again"]),
+    ],
+    ids=["pass", "at-tolerance", "f32-beyond", "q8_0-beyond", "nan", "inf", "recorded-pass-ignored", "tokenization",
+         "other-weights", "unrecorded-weights", "no-files", "no-files-key"],
+)
+def test_the_release_gate_judges_the_gguf_record(tmp_path, record, reasons):
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(WEIGHTS)
+    sha = rel.sha256_file(weights)
+    (tmp_path / "evaluation.json").write_text(json.dumps({"candidate": {}, "previous": None, "margin": 0.05, "weights_sha256": sha}))
+    (tmp_path / "quantization.json").write_text(json.dumps({"perplexity_change": 0.0, "bound": 0.02, "weights_sha256": sha}))
+    (tmp_path / "gguf.json").write_text(json.dumps(record(sha)))
+    got = rel.release_blockers(tmp_path / "evaluation.json", tmp_path / "quantization.json", weights, tmp_path / "gguf.json")
+    assert len(got) == len(reasons) and all(g.startswith(r.format(base=sha[:8])) for g, r in zip(got, reasons)), got
+    assert all(g == r for g, r in zip(got, reasons) if r.endswith("prompts")), got  # and only the failing file named
 
 
 @pytest.mark.parametrize(
     ("files", "reasons"),
     [
-        ({"quantization.json": "{}"}, ["evaluation.json is missing (", "quantization.json is unreadable (KeyError"]),
-        ({}, ["evaluation.json is missing (", "quantization.json is missing ("]),
-        ({"evaluation.json": '{"candidate": {', "quantization.json": "{}"},
-         ["evaluation.json is unreadable (JSONDecodeError", "quantization.json is unreadable (KeyError"]),
-        ({"evaluation.json": "[]"}, ["evaluation.json is unreadable (AttributeError", "quantization.json is missing ("]),
+        ({"quantization.json": "{}"}, ["evaluation.json is missing (", "quantization.json is unreadable (KeyError",
+                                       "gguf.json is missing ("]),
+        ({}, ["evaluation.json is missing (", "quantization.json is missing (", "gguf.json is missing ("]),
+        ({"evaluation.json": '{"candidate": {', "quantization.json": "{}", "gguf.json": '{"files": {"kiln-f32.gguf": {'},
+         ["evaluation.json is unreadable (JSONDecodeError", "quantization.json is unreadable (KeyError",
+          "gguf.json is unreadable (JSONDecodeError"]),
+        ({"evaluation.json": "[]", "gguf.json": "[]"},
+         ["evaluation.json is unreadable (AttributeError", "quantization.json is missing (", "gguf.json is unreadable (AttributeError"]),
     ],
-    ids=["no-evaluation", "neither", "half-written", "not-an-object"],
+    ids=["no-evaluation", "none", "half-written", "not-an-object"],
 )
 def test_the_release_gate_blocks_missing_or_unreadable_records(tmp_path, files, reasons):
     (tmp_path / "model.safetensors").write_bytes(WEIGHTS)
     for name, text in files.items():
         (tmp_path / name).write_text(text)
-    got = rel.release_blockers(tmp_path / "evaluation.json", tmp_path / "quantization.json", tmp_path / "model.safetensors")
+    got = rel.release_blockers(
+        tmp_path / "evaluation.json", tmp_path / "quantization.json", tmp_path / "model.safetensors", tmp_path / "gguf.json"
+    )
     assert len(got) == len(reasons) and all(g.startswith(r) for g, r in zip(got, reasons)), got
-    assert all(g.endswith(("materialize evaluation first", "materialize quantized_model first",
-                           "materialize evaluation again", "materialize quantized_model again")) for g in got)
+    assert all(g.endswith(tuple(f"materialize {a} {w}" for a in ("evaluation", "quantized_model", "gguf_model")
+                                for w in ("first", "again"))) for g in got)
 
 
 def test_the_release_gate_blocks_when_there_are_no_weights(tmp_path):
-    assert rel.release_blockers(tmp_path / "e.json", tmp_path / "q.json", tmp_path / "model.safetensors") == [
+    assert rel.release_blockers(tmp_path / "e.json", tmp_path / "q.json", tmp_path / "model.safetensors", tmp_path / "g.json") == [
         f"model.safetensors is missing ({tmp_path / 'model.safetensors'}): materialize base_model first"
     ]
+
+
+def _harness(bits_per_byte: float) -> dict:
+    return {"harness": {"results": {"kiln": {"bits_per_byte": bits_per_byte}, "kiln_text_ppl": {"bits_per_byte": 1.0}}}}
 
 
 @pytest.mark.parametrize(
@@ -220,7 +277,25 @@ def test_the_release_gate_blocks_when_there_are_no_weights(tmp_path):
         ({"previous": None, "margin": 0.05}, True, "no previous release: nothing to regress from"),
         ({"previous": {"version": "v1", "change": -0.021}, "margin": 0.05}, True, "byte perplexity 2.10% better than release v1 (margin 5%)"),
         ({"previous": {"version": "v1", "change": 0.0501}, "margin": 0.05}, False, "byte perplexity 5.01% worse than release v1 (margin 5%)"),
+        # With lm-evaluation-harness results on both sides, the group's bits per byte is gated too.
+        ({"candidate": _harness(2.08), "previous": {"version": "v1", "change": 0.01} | _harness(2.0), "margin": 0.05}, True,
+         "byte perplexity 1.00% worse than release v1 (margin 5%); harness bits per byte 4.00% worse"),
+        ({"candidate": _harness(2.2), "previous": {"version": "v1", "change": -0.01} | _harness(2.0), "margin": 0.05}, False,
+         "byte perplexity 1.00% better than release v1 (margin 5%); harness bits per byte 10.00% worse"),
+        ({"candidate": _harness(1.8), "previous": {"version": "v1", "change": 0.06} | _harness(2.0), "margin": 0.05}, False,
+         "byte perplexity 6.00% worse than release v1 (margin 5%); harness bits per byte 10.00% better"),
+        ({"candidate": _harness(float("nan")), "previous": {"version": "v1", "change": 0.0} | _harness(2.0), "margin": 0.05}, False,
+         "byte perplexity 0.00% better than release v1 (margin 5%); harness bits per byte nan against 2.0, not a number to compare"),
+        ({"candidate": {"harness": {"results": {}}}, "previous": {"version": "v1", "change": 0.0} | _harness(2.0), "margin": 0.05},
+         False, "byte perplexity 0.00% better than release v1 (margin 5%); harness bits per byte nan against 2.0, not a number to compare"),
+        # An evaluation.json from before the harness (or with it off): the byte perplexity rule alone.
+        ({"candidate": {}, "previous": {"version": "v1", "change": 0.01} | _harness(2.0), "margin": 0.05}, True,
+         "byte perplexity 1.00% worse than release v1 (margin 5%)"),
+        ({"candidate": _harness(9.0), "previous": {"version": "v1", "change": 0.01}, "margin": 0.05}, True,
+         "byte perplexity 1.00% worse than release v1 (margin 5%)"),
     ],
+    ids=["first", "better", "worse", "harness-within", "harness-worse", "byte-worse-harness-better", "harness-nan",
+         "harness-no-group", "no-candidate-harness", "no-previous-harness"],
 )
 def test_the_regression_rule_says_by_how_much(record, passed, description):
     assert rel.regression_gate(record) == rel.Gate(passed, description)

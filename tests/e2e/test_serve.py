@@ -1,0 +1,302 @@
+"""`make serve` (`python -m training.serve`) over loopback with a real HTTP client: a tiny release
+(a random Llama with a kiln tokenizer, its GGUF files as the gguf_model asset writes them) under
+releases/LATEST, the server in a subprocess, then models, completions, bad requests, a concurrent
+burst, and a new release picked up after a restart. Plus the start-up errors, as a table."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from training import serve
+from training.config import GgufConfig, ModelConfig, TokenizerConfig
+from training.gguf import export_and_check
+from training.model import build_model, llama_config
+from training.package import assemble_model
+from training.tokenizer import train_tokenizer
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL = ModelConfig(hidden_size=64, layers=2, heads=4, kv_heads=2, intermediate_size=128, max_seq_len=64)
+FIRST, SECOND = "20261123-090000-aaaaaaaa", "20261123-100000-bbbbbbbb"
+READY_S = 60
+"""Bound on the server's start-up (imports and model load take a few seconds)."""
+
+
+def make_release(releases: Path, version: str, tokenizer_dir: Path, seed: int) -> Path:
+    """A release folder as kiln writes one (the parts serving reads): the Hugging Face model and gguf/."""
+    work = releases.parent / f"work-{version}"
+    torch.manual_seed(seed)
+    build_model(llama_config(MODEL, AutoTokenizer.from_pretrained(tokenizer_dir))).save_pretrained(work / "weights")
+    release = releases / version
+    assemble_model(work / "weights", tokenizer_dir, release)
+    cfg = GgufConfig()
+    export_and_check(release, release / "gguf", ["def main():\n    return 1", "The river ran"], cfg.file_types,
+                     {t: cfg.tolerance_of(t) for t in cfg.file_types})
+    (releases / "LATEST").write_text(version)
+    return release
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def request(url: str, body: bytes | dict | None = None, timeout: float = 60) -> tuple[int, dict]:
+    data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, json.load(r)
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
+class Server:
+    """`python -m training.serve` on a free loopback port, KILN_DATA_DIR = `data`."""
+
+    def __init__(self, data: Path, log: Path):
+        self.data, self.log, self.proc = data, log, None
+
+    def start(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KILN_")}
+        env |= {"KILN_DATA_DIR": str(self.data), "KILN_SERVE_PORT": str(self.port)}
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "training.serve"], cwd=ROOT, env=env,
+                                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + READY_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"the server exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+            try:
+                if request(self.url + "/v1/models", timeout=2)[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        pytest.fail(f"the server did not answer within {READY_S} s:\n{self.log.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from pydoc_data.topics import topics
+
+    root = tmp_path_factory.mktemp("serve")
+    train_tokenizer([t for t in topics.values() if len(t) > 200], TokenizerConfig(vocab_size=512), root / "tokenizer")
+    data = root / "data"
+    make_release(data / "releases", FIRST, root / "tokenizer", seed=0)
+    s = Server(data, root / "server.log")
+    s.tokenizer_dir = root / "tokenizer"
+    try:
+        s.start()
+        yield s
+    finally:
+        s.stop()
+
+
+def complete(server: Server, prompt: str, max_tokens: int = 8, temperature: float = 0) -> dict:
+    status, out = request(server.url + "/v1/completions", {"prompt": prompt, "max_tokens": max_tokens, "temperature": temperature})
+    assert status == 200, out
+    return out
+
+
+def test_models_lists_the_release(server):
+    status, out = request(server.url + "/v1/models")
+    assert status == 200
+    assert [m["id"] for m in out["data"]] == [FIRST]
+
+
+def test_completion_answers_with_text_and_usage(server):
+    out = complete(server, "def main():", max_tokens=8)
+    choice = out["choices"][0]
+    assert out["object"] == "text_completion" and out["model"] == FIRST
+    assert isinstance(choice["text"], str) and choice["finish_reason"] in ("length", "stop")
+    usage = out["usage"]
+    assert 1 <= usage["completion_tokens"] <= 8 and usage["prompt_tokens"] >= 2  # <|begin_of_text|> and the prompt
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    # Greedy at temperature 0: the same prompt gives the same text.
+    assert complete(server, "def main():", max_tokens=8)["choices"][0]["text"] == choice["text"]
+
+
+PROMPT = "the " * 20
+
+
+def prompt_tokens(server: Server, prompt: str) -> int:
+    """Tokens the model sees for `prompt`: <|begin_of_text|> and the prompt, by transformers' tokenizer."""
+    return 1 + len(AutoTokenizer.from_pretrained(server.tokenizer_dir)(prompt, add_special_tokens=False)["input_ids"])
+
+
+@pytest.mark.parametrize("max_tokens, generated", [({}, 16), ({"max_tokens": None}, "room"), ({"max_tokens": "room"}, "room")])
+def test_generation_stays_within_the_context(server, max_tokens, generated):
+    """By default 16 tokens, up to the end of the context for max_tokens null, and an explicit request
+    that just fits. <|end_of_text|> (id 3) is biased away: a random model could end early otherwise."""
+    n = prompt_tokens(server, PROMPT)
+    room = MODEL.max_seq_len - n
+    assert 16 < room < MODEL.max_seq_len - 1
+    body = {"prompt": PROMPT, "temperature": 0, "logit_bias": {"3": -100}} | {k: room if v == "room" else v for k, v in max_tokens.items()}
+    status, out = request(server.url + "/v1/completions", body)
+    assert status == 200, out
+    generated = room if generated == "room" else generated
+    assert out["usage"] == {"prompt_tokens": n, "completion_tokens": generated, "total_tokens": n + generated}
+
+
+@pytest.mark.parametrize(
+    "prompt, max_tokens, message",
+    [
+        (PROMPT * 4, 1, "the prompt is {n} tokens (with <|begin_of_text|>), the model's context 64 tokens: shorten the prompt"),
+        (PROMPT, "room + 1", "the prompt ({n} tokens) and max_tokens ({m}) exceed the model's context of 64 tokens: ask for at most {room}"),
+    ],
+)
+def test_requests_beyond_the_context_get_a_clear_400(server, prompt, max_tokens, message):
+    n = prompt_tokens(server, prompt)
+    room = MODEL.max_seq_len - n
+    body = {"prompt": prompt, "max_tokens": max_tokens if isinstance(max_tokens, int) else room + 1}
+    status, out = request(server.url + "/v1/completions", body)
+    assert status == 400 and out["error"]["code"] == "context_length_exceeded", out
+    assert out["error"]["message"] == message.format(n=n, room=room, m=body["max_tokens"])
+
+
+def test_sampling_follows_temperature(server):
+    """At temperature 1.5 a random model's continuations differ between requests (the server seeds
+    each sampling anew); at 0 they never do."""
+    texts = {complete(server, "The river", max_tokens=12, temperature=1.5)["choices"][0]["text"] for _ in range(4)}
+    assert len(texts) > 1
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        (b"not json", "not valid JSON"),
+        (b"[1, 2]", "must be a JSON object"),
+        ({"max_tokens": 4}, "prompt is required"),
+        ({"prompt": 17}, "prompt must be a string"),
+        ({"prompt": ["a", "b"]}, "one prompt per request"),
+        ({"prompt": "a", "max_tokens": -1}, "max_tokens must be an integer from 1 to 64"),
+        ({"prompt": "a", "max_tokens": "16"}, 'max_tokens must be an integer from 1 to 64 (the model\'s context length), not "16"'),
+        ({"prompt": "a", "max_tokens": 1.5}, "max_tokens must be an integer"),
+        ({"prompt": "a", "max_tokens": True}, "max_tokens must be an integer"),
+        ({"prompt": "a", "max_tokens": 65}, "max_tokens must be an integer from 1 to 64"),
+        ({"prompt": "a", "temperature": "hot"}, "temperature must be a number"),
+        ({"prompt": "a", "temperature": -1}, "temperature must be a number from 0 to 2"),
+        ({"prompt": "a", "top_p": "high"}, "top_p"),  # the server's own schema, reported the same way
+        ({"prompt": "a", "suffix": "b"}, "suffix is not supported"),
+        ({"prompt": "a", "model": "20200101-000000-00000000"}, "model '20200101-000000-00000000' is not served here"),
+    ],
+)
+def test_bad_requests_get_a_clear_4xx(server, body, message):
+    status, out = request(server.url + "/v1/completions", body)
+    assert 400 <= status < 500, (status, out)
+    assert message in out["error"]["message"], out
+
+
+def test_a_concurrent_burst_is_answered(server):
+    prompts = ["def main():", "The river", "import os", "class A:", "for i in", "x = 1", "Once", "return"]
+    expected = [complete(server, p)["choices"][0]["text"] for p in prompts]
+    start = time.monotonic()
+    with ThreadPoolExecutor(len(prompts)) as pool:
+        burst = list(pool.map(lambda p: request(server.url + "/v1/completions",
+                                                {"prompt": p, "max_tokens": 8, "temperature": 0}, timeout=60), prompts))
+    assert time.monotonic() - start < 60  # a bound against a hang, not a speed claim
+    assert [status for status, _ in burst] == [200] * len(prompts)
+    # Each answer is its own prompt's, as when asked one at a time.
+    assert [out["choices"][0]["text"] for _, out in burst] == expected
+
+
+def test_a_new_release_is_served_after_restart(server):
+    server.stop()
+    make_release(server.data / "releases", SECOND, server.tokenizer_dir, seed=1)
+    server.start()
+    assert [m["id"] for m in request(server.url + "/v1/models")[1]["data"]] == [SECOND]
+    assert complete(server, "def main():")["model"] == SECOND
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [(None, 8000), ("", 8000), ("8123", 8123), (" 9000 ", 9000), ("65535", 65535), ("1", 1),
+     ("http", "must be a port number (1-65535), not 'http'"), ("80.5", "not '80.5'"),
+     ("0", "not 0"), ("65536", "not 65536"), ("-1", "not -1")],
+)
+def test_serve_port(value, expected):
+    if isinstance(expected, int):
+        assert serve.serve_port(value) == expected
+    else:
+        with pytest.raises(serve.ServeError, match=f"^KILN_SERVE_PORT .*{re.escape(expected)}$"):
+            serve.serve_port(value)
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+@pytest.mark.parametrize(
+    "layout, error",
+    [
+        ({}, "no release to serve: .*releases/LATEST does not exist; run `make demo`"),
+        ({"releases/LATEST": "20261123-090000-aaaaaaaa"}, "names '20261123-090000-aaaaaaaa', which is not a release folder.*make demo"),
+        ({"releases/LATEST": "\n"}, "names '', which is not a release folder"),
+        ({"releases/LATEST": "..", "x": ""}, "names '..', which is not a release folder"),
+        ({"releases/LATEST": "v1", "releases/v1/config.json": "{}"}, "release v1 has no GGUF files .*gguf.json is missing.*make demo"),
+        ({"releases/LATEST": "v1", "releases/v1/gguf/gguf.json": "{"}, "gguf.json is unreadable"),
+        ({"releases/LATEST": "v1", "releases/v1/gguf/gguf.json": '{"files": {"kiln-f32.gguf": {"file_type": "f32"}}}'},
+         "release v1 has no q8_0 or f32 GGUF file"),  # listed, but the file is not there
+        ({"releases/LATEST": "v1", "releases/v1/gguf/gguf.json": '{"files": {"kiln-f32.gguf": {"file_type": "f32"}}}',
+          "releases/v1/gguf/kiln-f32.gguf": "GGUF"}, "v1/config.json gives no context length"),
+    ],
+)
+def test_release_resolution_errors(tmp_path, layout, error):
+    for rel, text in layout.items():
+        _write(tmp_path / rel, text)
+    with pytest.raises(serve.ServeError, match=error):
+        serve.resolve(tmp_path)
+
+
+def test_release_resolution_picks_the_file_type(tmp_path):
+    files = {"kiln-f32.gguf": {"file_type": "f32"}, "kiln-q8_0.gguf": {"file_type": "q8_0"}}
+    _write(tmp_path / "releases/LATEST", "v1\n")
+    _write(tmp_path / "releases/v1/config.json", json.dumps({"max_position_embeddings": 256}))
+    _write(tmp_path / "releases/v1/gguf/gguf.json", json.dumps({"files": files}))
+    for name in files:
+        _write(tmp_path / "releases/v1/gguf" / name, "GGUF")
+    default = serve.resolve(tmp_path)
+    assert (default.version, default.gguf.name, default.context) == ("v1", f"kiln-{serve.FILE_TYPES[0]}.gguf", 256)
+    assert serve.resolve(tmp_path, "f32").gguf.name == "kiln-f32.gguf"
+    with pytest.raises(serve.ServeError, match="KILN_SERVE_GGUF must be one of q8_0, f32, not 'f16'"):
+        serve.resolve(tmp_path, "f16")
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [({}, "run `make demo`"), ({"KILN_SERVE_PORT": "eighty"}, "KILN_SERVE_PORT must be a port number")],
+)
+def test_make_serve_refuses_to_start_with_a_clear_message(tmp_path, env, message):
+    base = {k: v for k, v in os.environ.items() if not k.startswith("KILN_")}
+    proc = subprocess.run([sys.executable, "-m", "training.serve"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          env=base | {"KILN_DATA_DIR": str(tmp_path)} | env)
+    assert proc.returncode == 1 and message in proc.stderr, proc.stderr
