@@ -34,7 +34,7 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 
 # The embedded default landing zone, written only when KILN_LANDING_DIR is not set.
 landing: $(BIN)/.installed
-	@if [ -z "$$KILN_LANDING_DIR" ]; then $(BIN)/python -m training.data.default_landing $(KILN_DATA_DIR)/landing; fi
+	@if [ -z "$$KILN_LANDING_DIR" ]; then $(BIN)/python -m training.demo.landing $(KILN_DATA_DIR)/landing; fi
 
 # What the daemon does by itself (`make ui`), step by step: the CLIP, each ready batch as its own
 # partition run, then the corpus and the retraining to a release.
@@ -59,7 +59,7 @@ ui: $(BIN)/.installed $(DAGSTER_HOME)/dagster.yaml landing
 # The release releases/LATEST names, behind an OpenAI-compatible API on 127.0.0.1:$KILN_SERVE_PORT (default
 # 8000): POST /v1/completions, GET /v1/models. Restart it to serve a newer release.
 serve: $(BIN)/.installed
-	$(BIN)/python -m training.serve
+	$(BIN)/python -m training.release.serve
 
 clean-data:
 	rm -rf $(KILN_DATA_DIR)

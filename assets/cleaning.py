@@ -6,8 +6,8 @@ import time
 import dagster as dg
 
 from assets.metadata import GPU_STEP, md_image, md_table
-from pipelines.resources import Kiln
-from training.clip import build_clip_model, current_clip
+from assets.resources import Kiln
+from training.clip.build import build_clip_model, current_clip
 from training.data.clean import build_corpus, clean_batch, corpus_inputs, verify_batch, verify_corpus
 from training.data.landing import ready_batch, unusable_batches
 from training.data.stats import batch_histograms, summary
@@ -26,7 +26,7 @@ LANDING_BATCHES = dg.DynamicPartitionsDefinition(name="landing_batches")
 )
 def clip_model(context: dg.AssetExecutionContext, kiln: Kiln) -> dg.MaterializeResult:
     cfg = kiln.config
-    stats = build_clip_model(kiln.landing, kiln.path("clip_model"), cfg.clip, cfg.cleaning.image)
+    stats = build_clip_model(kiln.landing, kiln.layout.clip_model, cfg.clip, cfg.cleaning.image)
     ev = stats["evaluation"]
     context.log.info(f"CLIP {stats['version']}: {stats['provenance']}; filter on known mismatches: {ev}")
     metadata = {
@@ -72,9 +72,9 @@ def _counts(results) -> dg.MarkdownMetadataValue:
 def cleaned_batch(context: dg.AssetExecutionContext, kiln: Kiln) -> dg.MaterializeResult:
     cfg = kiln.config.cleaning
     batch = ready_batch(kiln.landing, context.partition_key)
-    clip = current_clip(kiln.path("clip_model"), cfg.image)
+    clip = current_clip(kiln.layout.clip_model, cfg.image)
     start = time.perf_counter()
-    results = clean_batch(batch, kiln.path("cleaned_batch"), kiln.path("rejected"), cfg, clip, context.log.info)
+    results = clean_batch(batch, kiln.layout.cleaned_batch, kiln.layout.rejected, cfg, clip, context.log.info)
     fresh = [r for r in results if not r.cached]
     return dg.MaterializeResult(
         metadata={
@@ -84,7 +84,7 @@ def cleaned_batch(context: dg.AssetExecutionContext, kiln: Kiln) -> dg.Materiali
             "cleaned": [r.modality for r in fresh],
             "clip": clip.version if clip else "none: pairs rejected as clip_unavailable",
             "records_per_second": round(sum(r.kept + r.rejected for r in fresh) / max(time.perf_counter() - start, 1e-9), 1),
-            "path": dg.MetadataValue.path(kiln.path("cleaned_batch") / batch.name),
+            "path": dg.MetadataValue.path(kiln.layout.cleaned_batch / batch.name),
             # Per modality, cached ones included: records by language, placeholders by type.
             "languages": dg.MetadataValue.json({r.modality: r.languages for r in results if r.languages}),
             "redactions": dg.MetadataValue.json({r.modality: r.redactions for r in results}),
@@ -98,7 +98,7 @@ def _histograms(kiln: Kiln, batch: str) -> dict:
     """The batch's histograms as one picture in the UI, and their compact numbers."""
     cfg = kiln.config.cleaning
     pictures = batch_histograms(
-        kiln.path("cleaned_batch") / batch, kiln.path("rejected") / batch, cfg.text.entropy_threshold, cfg.image.clip_threshold
+        kiln.layout.cleaned_batch / batch, kiln.layout.rejected / batch, cfg.text.entropy_threshold, cfg.image.clip_threshold
     )
     metadata = {"histograms": md_image(pictures.path, f"{batch} histograms", "no records to draw"), "histograms/seconds": pictures.seconds}
     if pictures.path:
@@ -114,7 +114,7 @@ def _histograms(kiln: Kiln, batch: str) -> dict:
 )
 def records_accounted(context: dg.AssetCheckExecutionContext, kiln: Kiln) -> dg.AssetCheckResult:
     batch = ready_batch(kiln.landing, context.partition_key)
-    return _accounting(verify_batch(batch, kiln.path("cleaned_batch"), kiln.path("rejected"), kiln.config.cleaning))
+    return _accounting(verify_batch(batch, kiln.layout.cleaned_batch, kiln.layout.rejected, kiln.config.cleaning))
 
 
 def _accounting(rows) -> dg.AssetCheckResult:
@@ -141,11 +141,11 @@ def _accounting(rows) -> dg.AssetCheckResult:
     "earlier batch's, changed are redone.",
 )
 def cleaned_corpus(context: dg.AssetExecutionContext, kiln: Kiln) -> dg.MaterializeResult:
-    names, pending, swept = corpus_inputs(kiln.landing, kiln.path("cleaned_batch"), kiln.path("rejected"))
+    names, pending, swept = corpus_inputs(kiln.landing, kiln.layout.cleaned_batch, kiln.layout.rejected)
     start = time.perf_counter()
     cfg = kiln.config.cleaning
     report = build_corpus(
-        kiln.path("cleaned_batch"), names, kiln.path("cleaned_corpus"), kiln.path("rejected"), cfg.chunk_size, context.log.info, cfg.near_dup
+        kiln.layout.cleaned_batch, names, kiln.layout.cleaned_corpus, kiln.layout.rejected, cfg.chunk_size, context.log.info, cfg.near_dup
     )
     fresh = [f"{r.batch}/{r.modality}" for r in report.results if not r.cached]
     return dg.MaterializeResult(
@@ -160,7 +160,7 @@ def cleaned_corpus(context: dg.AssetExecutionContext, kiln: Kiln) -> dg.Material
             "pending_batches": dg.MetadataValue.json(pending),
             "unusable_batches": dg.MetadataValue.json(unusable_batches(kiln.landing)),
             "seconds": round(time.perf_counter() - start, 3),
-            "path": dg.MetadataValue.path(kiln.path("cleaned_corpus")),
+            "path": dg.MetadataValue.path(kiln.layout.cleaned_corpus),
         }
     )
 
@@ -169,4 +169,4 @@ def cleaned_corpus(context: dg.AssetExecutionContext, kiln: Kiln) -> dg.Material
     asset=cleaned_corpus, blocking=True, description="Per cleaned batch and modality: its cleaned records = kept in the corpus + duplicates."
 )
 def corpus_accounted(kiln: Kiln) -> dg.AssetCheckResult:
-    return _accounting(verify_corpus(kiln.path("cleaned_batch"), kiln.path("cleaned_corpus"), kiln.path("rejected")))
+    return _accounting(verify_corpus(kiln.layout.cleaned_batch, kiln.layout.cleaned_corpus, kiln.layout.rejected))

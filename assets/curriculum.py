@@ -7,9 +7,9 @@ from transformers import AutoTokenizer
 from assets.difficulty import difficulty_scores
 from assets.metadata import md_table
 from assets.tokenizer import tokenizer
-from pipelines.resources import Kiln
-from training.data.curriculum import build_curriculum, verify_stages
-from training.data.difficulty import SCORES_FILE
+from assets.resources import Kiln
+from training.curriculum.schedule import build_curriculum, verify_stages
+from training.layout import SCORES
 
 
 @dg.asset(
@@ -21,13 +21,13 @@ from training.data.difficulty import SCORES_FILE
     "so do training records sharing curriculum.ngram (13) consecutive words with one (contaminated.parquet).",
 )
 def curriculum(kiln: Kiln) -> dg.MaterializeResult:
-    tok = AutoTokenizer.from_pretrained(kiln.path("tokenizer"))
+    tok = AutoTokenizer.from_pretrained(kiln.layout.tokenizer)
 
     def count_tokens(texts: list[str]) -> int:
         return sum(len(ids) for ids in tok(texts, add_special_tokens=True)["input_ids"]) if texts else 0
 
     summary = build_curriculum(
-        kiln.path("difficulty_scores") / SCORES_FILE, kiln.path("cleaned_corpus"), kiln.path("curriculum"),
+        kiln.layout.difficulty_scores / SCORES, kiln.layout.cleaned_corpus, kiln.layout.curriculum,
         kiln.config.curriculum, count_tokens,
     )
     decontamination = summary["decontamination"]
@@ -39,7 +39,7 @@ def curriculum(kiln: Kiln) -> dg.MaterializeResult:
             "heldout_records": summary["heldout_records"],
             "contaminated_records": decontamination["removed"],
             **{f"contaminated/{m}": k for m, k in decontamination["by_modality"].items()},
-            "path": dg.MetadataValue.path(kiln.path("curriculum")),
+            "path": dg.MetadataValue.path(kiln.layout.curriculum),
         }
     )
 
@@ -52,7 +52,7 @@ def curriculum(kiln: Kiln) -> dg.MaterializeResult:
     "memorisation.",
 )
 def stages_disjoint_from_heldout(kiln: Kiln) -> dg.AssetCheckResult:
-    result = verify_stages(kiln.path("curriculum"), kiln.config.curriculum.ngram)
+    result = verify_stages(kiln.layout.curriculum, kiln.config.curriculum.ngram)
     return dg.AssetCheckResult(
         passed=result["overlaps"] == 0,
         metadata={

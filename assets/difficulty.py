@@ -5,10 +5,11 @@ import pyarrow.parquet as pq
 
 from assets.cleaning import cleaned_corpus
 from assets.metadata import GPU_STEP, md_image, md_table
-from pipelines.resources import Kiln
-from training.data.difficulty import SCORES_FILE, Persistence, ReleasedModel, score_difficulty
-from training.data.stats import LEVELS_PNG, level_histograms
-from training.release import latest
+from assets.resources import Kiln
+from training.curriculum.difficulty import Persistence, ReleasedModel, score_difficulty
+from training.data.stats import level_histograms
+from training.layout import LEVELS_PNG, SCORES
+from training.release.publish import latest
 
 
 @dg.asset(
@@ -21,12 +22,12 @@ from training.release import latest
 )
 def difficulty_scores(context: dg.AssetExecutionContext, kiln: Kiln) -> dg.MaterializeResult:
     cfg = kiln.config.difficulty
-    release = latest(kiln.path("releases"))
+    release = latest(kiln.layout.releases)
     predictor = ReleasedModel(str(release)) if release else Persistence()
-    stats = score_difficulty(kiln.path("cleaned_corpus"), kiln.path("difficulty_scores"), cfg, predictor)
+    stats = score_difficulty(kiln.layout.cleaned_corpus, kiln.layout.difficulty_scores, cfg, predictor)
     context.log.info(f"difficulty: {stats['records']} records at {stats['records_per_second']} records/s")
     width = len(cfg.level_edges) + 1
-    picture, by_batch = level_histograms(kiln.path("difficulty_scores") / SCORES_FILE, kiln.path("difficulty_scores") / LEVELS_PNG, width)
+    picture, by_batch = level_histograms(kiln.layout.difficulty_scores / SCORES, kiln.layout.difficulty_scores / LEVELS_PNG, width)
     return dg.MaterializeResult(
         metadata={
             "levels": md_table(
@@ -44,13 +45,13 @@ def difficulty_scores(context: dg.AssetExecutionContext, kiln: Kiln) -> dg.Mater
             "predictor": stats["predictor"],
             "device": stats["device"],
             "records_per_second": stats["records_per_second"],
-            "path": dg.MetadataValue.path(kiln.path("difficulty_scores") / SCORES_FILE),
+            "path": dg.MetadataValue.path(kiln.layout.difficulty_scores / SCORES),
         }
     )
 
 
 @dg.asset_check(asset=difficulty_scores, description="At least 3 of the 5 levels hold records.")
 def levels_populated(kiln: Kiln) -> dg.AssetCheckResult:
-    levels = pq.read_table(kiln.path("difficulty_scores") / SCORES_FILE, columns=["level"])["level"]
+    levels = pq.read_table(kiln.layout.difficulty_scores / SCORES, columns=["level"])["level"]
     populated = sorted(set(levels.to_pylist()))
     return dg.AssetCheckResult(passed=len(populated) >= 3, metadata={"levels": populated})

@@ -9,36 +9,33 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from assets.curriculum import curriculum
 from assets.metadata import GPU_STEP
-from pipelines.resources import Kiln
-from training.clip import pick_device
-from training.evaluate import evaluate, load_heldout
+from assets.resources import Kiln
+from training.device import pick_device
+from training.release.evaluate import evaluate, load_heldout
 from training.fsutil import remove, sha256_file, write_json
-from training.harness import GROUP, run_tasks, write_tasks
-from training.model_card import evaluation_tables, harness_table
-from training.quantize import quantize_int8
-from training.release import EVALUATION, QUANTIZATION, WEIGHTS_SHA256, latest, quantization_gate, regression_gate
-
-HELDOUT = "heldout.parquet"
-EVAL_TASKS = "eval_tasks"
-"""The lm-evaluation-harness task folder, written into evaluation/ and shipped by the release."""
+from training.release.harness import GROUP, run_tasks, write_tasks
+from training.release.model_card import evaluation_tables, harness_table
+from training.release.quantize import quantize_int8
+from training.layout import BASE_MODEL, EVALUATION_JSON, HELDOUT, QUANTIZATION_JSON, WEIGHTS
+from training.release.publish import WEIGHTS_SHA256, latest, quantization_gate, regression_gate
 
 
 def _evaluate(kiln: Kiln, path, device) -> dict:
     model = AutoModelForCausalLM.from_pretrained(path).to(device)
     cfg = kiln.config
-    return evaluate(model, AutoTokenizer.from_pretrained(path), kiln.path("curriculum") / HELDOUT, cfg.evaluation, cfg.difficulty.span_words)
+    return evaluate(model, AutoTokenizer.from_pretrained(path), kiln.layout.curriculum / HELDOUT, cfg.evaluation, cfg.difficulty.span_words)
 
 
 def _harness(kiln: Kiln, path, device) -> dict:
     cfg = kiln.config.evaluation
-    folders = [kiln.path("evaluation") / EVAL_TASKS, *cfg.harness_include]
+    folders = [kiln.layout.eval_tasks, *cfg.harness_include]
     return run_tasks(path, folders, [GROUP, *cfg.harness_tasks], str(device), cfg.batch_size, cfg.harness_limit)
 
 
 @dg.asset(
     group_name="release",
     automation_condition=dg.AutomationCondition.eager(),
-    deps=["base_model", curriculum],
+    deps=[BASE_MODEL, curriculum],
     kinds={"pytorch"},
     **GPU_STEP,
     description="Held-out perplexity (overall, per modality, per level), BLEU/chrF of greedy continuations, "
@@ -47,19 +44,19 @@ def _harness(kiln: Kiln, path, device) -> dict:
 def evaluation(context: dg.AssetExecutionContext, kiln: Kiln) -> dg.MaterializeResult:
     device = pick_device()
     # Hashed before loading: the release gate accepts this evaluation only for these very weights.
-    weights = sha256_file(kiln.path("base_model") / "model.safetensors")
-    candidate = _evaluate(kiln, kiln.path("base_model"), device)
-    cfg, tasks = kiln.config.evaluation, kiln.path("evaluation") / EVAL_TASKS
+    weights = sha256_file(kiln.layout.base_model / WEIGHTS)
+    candidate = _evaluate(kiln, kiln.layout.base_model, device)
+    cfg, tasks = kiln.config.evaluation, kiln.layout.eval_tasks
     if cfg.harness:  # the same records as kiln's own evaluation, as lm-evaluation-harness tasks
         write_tasks(
-            kiln.path("curriculum") / HELDOUT, tasks, cfg.max_records, kiln.config.difficulty.span_words,
+            kiln.layout.curriculum / HELDOUT, tasks, cfg.max_records, kiln.config.difficulty.span_words,
             cfg.harness_cloze_choices, cfg.harness_cloze_words,
         )
-        candidate["harness"] = _harness(kiln, kiln.path("base_model"), device)
+        candidate["harness"] = _harness(kiln, kiln.layout.base_model, device)
     else:
         remove(tasks)  # never ship tasks the evaluation did not run
     previous = None
-    if (release := latest(kiln.path("releases"))) is not None:
+    if (release := latest(kiln.layout.releases)) is not None:
         old = _evaluate(kiln, release, device)
         change = candidate["overall"]["byte_perplexity"] / old["overall"]["byte_perplexity"] - 1
         previous = {"version": release.name, "evaluation": old, "change": round(change, 6)}
@@ -67,7 +64,7 @@ def evaluation(context: dg.AssetExecutionContext, kiln: Kiln) -> dg.MaterializeR
             previous["harness"] = _harness(kiln, release, device)
         context.log.info(f"byte perplexity {change:+.2%} against release {release.name}")
     write_json(
-        kiln.path("evaluation") / EVALUATION,
+        kiln.layout.evaluation / EVALUATION_JSON,
         {
             "candidate": candidate, "previous": previous, "device": str(device),
             "margin": kiln.config.evaluation.regression_margin, WEIGHTS_SHA256: weights,
@@ -90,7 +87,7 @@ def evaluation(context: dg.AssetExecutionContext, kiln: Kiln) -> dg.MaterializeR
             "change_vs_previous": f"{previous['change']:+.2%}" if previous else "n/a",
             "device": str(device),
             "weights_sha256": weights,
-            "path": dg.MetadataValue.path(kiln.path("evaluation") / EVALUATION),
+            "path": dg.MetadataValue.path(kiln.layout.evaluation / EVALUATION_JSON),
         }
     )
 
@@ -102,7 +99,7 @@ def evaluation(context: dg.AssetExecutionContext, kiln: Kiln) -> dg.MaterializeR
     "both measured on the same records; a worse candidate is not packaged.",
 )
 def no_regression(kiln: Kiln) -> dg.AssetCheckResult:
-    result = json.loads((kiln.path("evaluation") / EVALUATION).read_text())
+    result = json.loads((kiln.layout.evaluation / EVALUATION_JSON).read_text())
     gate, previous = regression_gate(result), result["previous"]  # the rule the release asset applies too
     metadata = {"previous_release": previous["version"] if previous else "none", "margin": result["margin"]}
     if previous:
@@ -123,7 +120,7 @@ def no_regression(kiln: Kiln) -> dg.AssetCheckResult:
 @dg.asset(
     group_name="release",
     automation_condition=dg.AutomationCondition.eager(),
-    deps=["base_model", curriculum],
+    deps=[BASE_MODEL, curriculum],
     kinds={"pytorch", "safetensors"},
     **GPU_STEP,
     description="int8 weight-only quantization of the base model (torchao), with its size, held-out "
@@ -131,9 +128,9 @@ def no_regression(kiln: Kiln) -> dg.AssetCheckResult:
 )
 def quantized_model(kiln: Kiln) -> dg.MaterializeResult:
     cfg = kiln.config.evaluation
-    texts = [r["text"] for r in load_heldout(kiln.path("curriculum") / HELDOUT, cfg.max_records)]
-    out = kiln.path("quantized_model")
-    stats = quantize_int8(kiln.path("base_model"), out, texts, cfg.batch_size, cfg.quantization_bound, pick_device())
+    texts = [r["text"] for r in load_heldout(kiln.layout.curriculum / HELDOUT, cfg.max_records)]
+    out = kiln.layout.quantized_model
+    stats = quantize_int8(kiln.layout.base_model, out, texts, cfg.batch_size, cfg.quantization_bound, pick_device())
     return dg.MaterializeResult(
         metadata={
             **{k: v for k, v in stats.items() if k != "method"},
@@ -145,7 +142,7 @@ def quantized_model(kiln: Kiln) -> dg.MaterializeResult:
 
 @dg.asset_check(asset=quantized_model, blocking=True, description="int8 perplexity within the configured bound of the full model's.")
 def quantization_within_bound(kiln: Kiln) -> dg.AssetCheckResult:
-    stats = json.loads((kiln.path("quantized_model") / QUANTIZATION).read_text())
+    stats = json.loads((kiln.layout.quantized_model / QUANTIZATION_JSON).read_text())
     gate = quantization_gate(stats)  # the rule the release asset applies too
     return dg.AssetCheckResult(
         passed=gate.passed,

@@ -7,18 +7,18 @@ import json
 import dagster as dg
 
 from assets.curriculum import curriculum
-from assets.evaluation import HELDOUT
 from assets.metadata import md_table
-from pipelines.resources import Kiln
-from training.evaluate import load_heldout
-from training.gguf import RECORD, export_and_check, heldout_prompts
-from training.release import gguf_gate
+from assets.resources import Kiln
+from training.layout import BASE_MODEL, GGUF_JSON, HELDOUT
+from training.release.evaluate import load_heldout
+from training.release.gguf import export_and_check, heldout_prompts
+from training.release.publish import gguf_gate
 
 
 @dg.asset(
     group_name="release",
     automation_condition=dg.AutomationCondition.eager(),
-    deps=["base_model", curriculum],
+    deps=[BASE_MODEL, curriculum],
     kinds={"gguf"},
     description="The base model as GGUF files (f32, q8_0) with an Ollama Modelfile, and llama.cpp's "
     "next-token logits against transformers' on held-out prompts (gguf.json).",
@@ -26,11 +26,11 @@ from training.release import gguf_gate
 def gguf_model(kiln: Kiln) -> dg.MaterializeResult:
     cfg = kiln.config.gguf
     # Evenly spaced over the held-out split (sorted by modality and id): code, captions and prose alike.
-    records = load_heldout(kiln.path("curriculum") / HELDOUT, cfg.prompts)
+    records = load_heldout(kiln.layout.curriculum / HELDOUT, cfg.prompts)
     prompts = heldout_prompts([r["text"] for r in records], cfg.prompts, cfg.prompt_chars)
     tolerances = {t: cfg.tolerance_of(t) for t in cfg.file_types}
-    out = kiln.path("gguf_model")
-    record = export_and_check(kiln.path("base_model"), out, prompts, cfg.file_types, tolerances)
+    out = kiln.layout.gguf_model
+    record = export_and_check(kiln.layout.base_model, out, prompts, cfg.file_types, tolerances)
     files = record["files"]
     return dg.MaterializeResult(
         metadata={
@@ -55,7 +55,7 @@ def gguf_model(kiln: Kiln) -> dg.MaterializeResult:
     "within the tolerance, and llama.cpp tokenizes them as kiln's tokenizer does.",
 )
 def gguf_matches_transformers(kiln: Kiln) -> dg.AssetCheckResult:
-    record = json.loads((kiln.path("gguf_model") / RECORD).read_text())
+    record = json.loads((kiln.layout.gguf_model / GGUF_JSON).read_text())
     gate = gguf_gate(record)  # the rule the release asset applies too
     return dg.AssetCheckResult(
         passed=gate.passed,

@@ -11,23 +11,24 @@ import torch
 from assets.curriculum import curriculum
 from assets.metadata import GPU_STEP, md_table
 from assets.tokenizer import tokenizer
-from pipelines.resources import Kiln
+from assets.resources import Kiln
 from training.fsutil import write_json
-from training.launch import launch_command, launch_env, ranks_per_node, world_size
-from training.package import assemble_model
-from training.report import read_metrics
-from training.stages import StageSpec, completed, read_summary, stage_specs
+from training.layout import BASE_MODEL, CURRICULUM_JSON, LOSS_PNG, METRICS_JSONL, SPEC_JSON, STAGE_MODEL, pretrain_stage_name
+from training.pretrain.launch import launch_command, launch_env, ranks_per_node, world_size
+from training.release.package import assemble_model
+from training.pretrain.report import read_metrics
+from training.pretrain.plan import StageSpec, completed, read_summary, stage_specs
 
 
 def specs(kiln: Kiln) -> list[StageSpec]:
     cfg = kiln.config
-    plan = json.loads((kiln.path("curriculum") / "curriculum.json").read_text())
-    return stage_specs(Path(kiln.data_dir), plan, cfg.model, cfg.training, world_size(cfg.training, torch.cuda.device_count()))
+    plan = json.loads((kiln.layout.curriculum / CURRICULUM_JSON).read_text())
+    return stage_specs(kiln.layout.root, plan, cfg.model, cfg.training, world_size(cfg.training, torch.cuda.device_count()))
 
 
 def stage_metadata(summary: dict, out: Path, cached: bool) -> dict:
-    png = out / "loss.png"
-    metrics = read_metrics(out / "metrics.jsonl")
+    png = out / LOSS_PNG
+    metrics = read_metrics(out / METRICS_JSONL)
     # Twelve evenly spaced steps, the first and last included.
     sampled = [metrics[i] for i in sorted({k * (len(metrics) - 1) // 11 for k in range(12)})] if metrics else []
     picture = base64.b64encode(png.read_bytes()).decode() if png.is_file() else None
@@ -59,10 +60,10 @@ def stage_metadata(summary: dict, out: Path, cached: bool) -> dict:
 
 
 def pretrain_stage(stage: int) -> dg.AssetsDefinition:
-    deps = [curriculum, tokenizer] + ([f"pretrain_stage_{stage - 1}"] if stage > 1 else [])
+    deps = [curriculum, tokenizer] + ([pretrain_stage_name(stage - 1)] if stage > 1 else [])
 
     @dg.asset(
-        name=f"pretrain_stage_{stage}",
+        name=pretrain_stage_name(stage),
         group_name="model",
         deps=deps,
         kinds={"deepspeed", "pytorch"},
@@ -75,7 +76,7 @@ def pretrain_stage(stage: int) -> dg.AssetsDefinition:
         if summary := completed(spec):
             context.log.info(f"stage {stage} already trained with these inputs and config; nothing to do")
             return dg.MaterializeResult(metadata=stage_metadata(summary, Path(spec.out), cached=True))
-        spec_path = Path(spec.checkpoints) / "spec.json"
+        spec_path = Path(spec.checkpoints) / SPEC_JSON
         spec_path.parent.mkdir(parents=True, exist_ok=True)
         write_json(spec_path, json.loads(spec.to_json()))
         gpus, cfg = torch.cuda.device_count(), kiln.config.training
@@ -89,15 +90,15 @@ def pretrain_stage(stage: int) -> dg.AssetsDefinition:
 
 def base_model_asset(stages: int) -> dg.AssetsDefinition:
     @dg.asset(
-        name="base_model",
+        name=BASE_MODEL,
         group_name="model",
-        deps=[f"pretrain_stage_{stages}", tokenizer],
+        deps=[pretrain_stage_name(stages), tokenizer],
         kinds={"huggingface", "safetensors"},
         description="The last stage's weights with the tokenizer, in Hugging Face format.",
     )
     def _base_model(kiln: Kiln) -> dg.MaterializeResult:
-        last = kiln.path(f"pretrain_stage_{stages}")
-        files = assemble_model(last / "model", kiln.path("tokenizer"), kiln.path("base_model"))
+        last = kiln.layout.pretrain_stage(stages)
+        files = assemble_model(last / STAGE_MODEL, kiln.layout.tokenizer, kiln.layout.base_model)
         summary = read_summary(last)
         return dg.MaterializeResult(
             metadata={
@@ -105,18 +106,18 @@ def base_model_asset(stages: int) -> dg.AssetsDefinition:
                 "parameters": summary["parameters"],
                 "final_loss": summary["final_loss"],
                 "global_steps": summary["global_steps"][1],
-                "path": dg.MetadataValue.path(kiln.path("base_model")),
+                "path": dg.MetadataValue.path(kiln.layout.base_model),
             }
         )
 
     return _base_model
 
 
-@dg.asset_check(asset="base_model", blocking=True, description="Loads with AutoModelForCausalLM and AutoTokenizer and generates.")
+@dg.asset_check(asset=BASE_MODEL, blocking=True, description="Loads with AutoModelForCausalLM and AutoTokenizer and generates.")
 def base_model_generates(kiln: Kiln) -> dg.AssetCheckResult:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = kiln.path("base_model")
+    path = kiln.layout.base_model
     tok, model = AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path)
     ids = tok("def main():", return_tensors="pt")
     out = model.generate(**ids, max_new_tokens=8, do_sample=False)

@@ -6,10 +6,10 @@ import pyarrow.dataset as ds
 from transformers import AutoTokenizer
 
 from assets.cleaning import cleaned_corpus
-from pipelines.resources import Kiln
-from training.data.contamination import find_overlaps
-from training.data.difficulty import is_heldout
-from training.tokenizer import round_trip_failures, train_tokenizer
+from assets.resources import Kiln
+from training.curriculum.contamination import find_overlaps
+from training.curriculum.difficulty import is_heldout
+from training.curriculum.tokenizer import round_trip_failures, train_tokenizer
 
 # Always round-tripped besides the held-out records, so the check covers Chinese and code even
 # when the held-out share happens to contain neither.
@@ -26,7 +26,7 @@ Records = list[tuple[str, str, str]]
 def _split(kiln: Kiln) -> tuple[Records, Records]:
     """(training, held-out) records of the cleaned corpus as (modality, id, text)."""
     share = kiln.config.difficulty.heldout_share
-    rows = ds.dataset(kiln.path("cleaned_corpus"), format="parquet").to_table(columns=["id", "modality", "text"]).to_pylist()
+    rows = ds.dataset(kiln.layout.cleaned_corpus, format="parquet").to_table(columns=["id", "modality", "text"]).to_pylist()
     sides: tuple[Records, Records] = ([], [])
     for r in rows:
         sides[1 if is_heldout(r["modality"], r["id"], share) else 0].append((r["modality"], r["id"], r["text"]))
@@ -50,7 +50,7 @@ def _training_texts(train: Records, heldout: Records, ngram: int) -> tuple[list[
     "AutoTokenizer.from_pretrained.",
 )
 def tokenizer(kiln: Kiln) -> dg.MaterializeResult:
-    out = kiln.path("tokenizer")
+    out = kiln.layout.tokenizer
     train, heldout = _split(kiln)
     texts, overlapping = _training_texts(train, heldout, kiln.config.curriculum.ngram)
     tok = train_tokenizer(texts, kiln.config.tokenizer, out)
@@ -72,7 +72,7 @@ def tokenizer(kiln: Kiln) -> dg.MaterializeResult:
 
 @dg.asset_check(asset=tokenizer, blocking=True, description="Held-out records (and Chinese and code probes) decode back exactly.")
 def tokenizer_round_trip(kiln: Kiln) -> dg.AssetCheckResult:
-    tok = AutoTokenizer.from_pretrained(kiln.path("tokenizer"))
+    tok = AutoTokenizer.from_pretrained(kiln.layout.tokenizer)
     texts = [(f"{m}/{i}", t) for m, i, t in _split(kiln)[1]] + PROBES
     failures = list(round_trip_failures(tok, texts))
     return dg.AssetCheckResult(passed=not failures, metadata={"checked": len(texts), "failures": failures[:20]})

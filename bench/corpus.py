@@ -21,9 +21,9 @@ import random
 import re
 from pathlib import Path
 
-from training.data.default_landing import STDLIB, _break
+from training.demo.landing import STDLIB, broken_copy
 from training.data.landing import READY_MARKER
-from training.data.snippets import CHINESE_PROSE, SNIPPETS
+from training.demo.snippets import CHINESE_PROSE, SNIPPETS
 from training.fsutil import atomic_path
 
 SHARD_RECORDS = 100_000
@@ -109,7 +109,7 @@ def write_code_batch(batch: Path, files: int, seed: int = 0) -> dict:
         for i in range(files):
             language, ext, source = sources[i % len(sources)]
             if rng.random() < 0.1:
-                source = _break(source, language)
+                source = broken_copy(source, language)
             path = tmp / "code" / f"{i // 1000:03d}" / f"file_{i:06d}{ext}"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(f"{COMMENT[language]} kiln benchmark file {i}\n{source}", encoding="utf-8")

@@ -20,6 +20,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from training.layout import STAGE_JSON, Layout
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -51,7 +53,7 @@ def analyse(dagster_home: Path, data_dir: Path) -> dict:
             continue
         row = {"step": key, "startup_s": round(m["STEP_START"] - launched, 2), "work_s": round(end - m["STEP_START"], 2),
                "launched": launched, "ended": end}
-        stage_json = data_dir / key / "stage.json"
+        stage_json = Layout(data_dir).asset(key) / STAGE_JSON
         if key.startswith("pretrain_stage_") and stage_json.is_file():
             row["training_loop_s"] = json.loads(stage_json.read_text())["train_seconds"]
         steps.append(row)
@@ -102,13 +104,13 @@ def markdown(r: dict) -> str:
 def demo(work: Path) -> dict:
     """A fresh `make demo` into `work`, timed and analysed."""
     shutil.rmtree(work, ignore_errors=True)
-    env = {**os.environ, "KILN_DATA_DIR": str(work), "DAGSTER_HOME": str(work / "dagster_home")}
+    env = {**os.environ, "KILN_DATA_DIR": str(work), "DAGSTER_HOME": str(Layout(work).dagster_home)}
     for name in ("KILN_LANDING_DIR", "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)  # the demo's own landing zone; torchrun sets the ranks of its stages itself
     start = time.perf_counter()
     subprocess.run(["make", "-C", str(REPO), "demo"], env=env, check=True, capture_output=True)
     wall = time.perf_counter() - start
-    result = analyse(work / "dagster_home", work)
+    result = analyse(Layout(work).dagster_home, work)
     result["make_demo_wall_s"] = round(wall, 1)
     result["markdown"] = markdown(result)
     return result

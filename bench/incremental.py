@@ -17,6 +17,7 @@ from training.config import CleaningConfig
 from training.data.clean import build_corpus, clean_batch
 from training.data.landing import ready_batch, ready_batches
 from training.fsutil import remove
+from training.layout import Layout
 
 
 def incremental(work: Path, batches: int, records: int) -> dict:
@@ -28,7 +29,8 @@ def incremental(work: Path, batches: int, records: int) -> dict:
     remove(landing / new)
     remove(out)
     cfg = CleaningConfig()
-    dirs = out / "cleaned_batch", out / "cleaned_corpus", out / "rejected"
+    layout = Layout(out)
+    dirs = layout.cleaned_batch, layout.cleaned_corpus, layout.rejected
 
     def corpus() -> tuple[float, list]:
         start = time.perf_counter()

@@ -15,16 +15,17 @@ from pathlib import Path
 import torch
 
 from bench.cleaning import median_seconds
-from training.clip import ClipScorer, _train_caption_tokenizer
+from training.clip.score import ClipScorer
+from training.clip.train import train_caption_tokenizer
 from training.config import ClipTrainConfig, DifficultyConfig, ImageFilterConfig, TextFilterConfig, TokenizerConfig
 from training.data.clean import chunks
-from training.data.default_landing import _caption, _draw, _encode, _scene
-from training.data.difficulty import BertScore, split_record
+from training.demo.landing import scene_caption, draw_scene, encode_image, random_scene
+from training.curriculum.difficulty import BertScore, split_record
 from training.data.filters.image import ClipScore, ImageDecode
 from training.data.landing import READY_MARKER, ready_batches
 from training.data.readers import read_image_pairs, read_text
 from training.fsutil import atomic_path
-from training.tokenizer import train_tokenizer
+from training.curriculum.tokenizer import train_tokenizer
 
 
 def write_image_batch(batch: Path, pairs: int, side: int = 384, seed: int = 0) -> Path:
@@ -39,9 +40,9 @@ def write_image_batch(batch: Path, pairs: int, side: int = 384, seed: int = 0) -
         (tmp / "images").mkdir(parents=True)
         lines = []
         for i in range(pairs):
-            scene = _scene(rng)
-            (tmp / "images" / f"{i:06d}.jpg").write_bytes(_encode(_draw(scene, side, rng), "JPEG"))
-            lines.append(json.dumps({"image": f"{i:06d}.jpg", "caption": _caption(scene, rng)}) + "\n")
+            scene = random_scene(rng)
+            (tmp / "images" / f"{i:06d}.jpg").write_bytes(encode_image(draw_scene(scene, side, rng), "JPEG"))
+            lines.append(json.dumps({"image": f"{i:06d}.jpg", "caption": scene_caption(scene, rng)}) + "\n")
         (tmp / "images" / "captions.jsonl").write_text("".join(lines))
         (tmp / READY_MARKER).touch()
     card.write_text(json.dumps(want))
@@ -53,13 +54,13 @@ def clip_model(out: Path, vit_b32: bool) -> Path:
     (`CLIPConfig`'s defaults, 224 px) or the size of the CLIP kiln trains by default."""
     from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel
 
-    from training.clip import _build_model
+    from training.clip.train import build_model
 
     if (out / "config.json").is_file():
         return out
     captions = [f"a {c} {s} on the {p}" for c in ("red", "blue") for s in ("circle", "square") for p in ("left", "right")]
     small = ClipTrainConfig()
-    tokenizer = _train_caption_tokenizer(captions, small)
+    tokenizer = train_caption_tokenizer(captions, small)
     if vit_b32:
         config = CLIPConfig()
         config.text_config.vocab_size = len(tokenizer)
@@ -68,7 +69,7 @@ def clip_model(out: Path, vit_b32: bool) -> Path:
         model, processor = CLIPModel(config), CLIPImageProcessorPil()
     else:
         side = {"height": small.image_size, "width": small.image_size}
-        model, processor = _build_model(small, tokenizer), CLIPImageProcessorPil(size={"shortest_edge": small.image_size}, crop_size=side)
+        model, processor = build_model(small, tokenizer), CLIPImageProcessorPil(size={"shortest_edge": small.image_size}, crop_size=side)
     with atomic_path(out) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

@@ -5,13 +5,13 @@ same model, the same random tokens and the same micro-batch.
 
 Every variant builds the preset's model from the same seed and trains `warmup + steps` steps of one
 micro-batch each (no accumulation), one host sync per step; tokens/s is the median over the steps
-after the warmup, MFU that over the GPU's bf16 peak (`training.model.PEAK_BF16_FLOPS`).
+after the warmup, MFU that over the GPU's bf16 peak (`training.pretrain.model.PEAK_BF16_FLOPS`).
 
 - `reference`: a plain PyTorch loop: `torch.compile(model)`, bf16 autocast on a GPU (fp32 on a
   CPU), `F.cross_entropy` on the full logits, torch's AdamW (fused on a GPU), gradients clipped
   with torch's foreach kernels, batches pinned and copied asynchronously.
-- `kiln`: the DeepSpeed engine and step exactly as `training/train.py` trains the preset
-  (`training.step`).
+- `kiln`: the DeepSpeed engine and step exactly as `training/pretrain/train.py` trains the preset
+  (`training.pretrain.step`).
 - `kiln-*`: kiln with one thing put back as it was, to show what each change bought, and
   `kiln-before`: every one of them as it was (ZeRO-1, DeepSpeed's bf16 optimizer, full logits,
   synchronous loads), eager and compiled.
@@ -38,11 +38,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipelines.presets import preset as load_preset
+from training.presets import preset as load_preset
 from training.config import TrainingConfig
-from training.deepspeed_config import StagePlan, resolve_precision, trainer_clips
-from training.model import build_model, count_parameters, flops_per_token, llama_config, peak_flops
-from training.step import build_engine, forward_backward, init_one_rank, micro_batches, param_groups, prefetch
+from training.pretrain.deepspeed_config import StagePlan, resolve_precision, trainer_clips
+from training.pretrain.model import build_model, count_parameters, flops_per_token, llama_config, peak_flops
+from training.pretrain.step import build_engine, forward_backward, init_one_rank, micro_batches, param_groups, prefetch
 
 
 @dataclass(frozen=True)

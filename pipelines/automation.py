@@ -19,8 +19,8 @@ import json
 import dagster as dg
 
 from assets.cleaning import LANDING_BATCHES, clip_model, cleaned_batch, cleaned_corpus
-from pipelines.resources import Kiln
-from training.clip import clip_due, read_card
+from assets.resources import Kiln
+from training.clip.build import clip_due, read_card
 from training.data.clean import remove_batch
 from training.data.landing import count_records, ready_batches, unusable_batches
 from training.fsutil import fingerprint
@@ -106,7 +106,7 @@ def landing_sensor(kiln: Kiln, status: dg.DefaultSensorStatus) -> dg.SensorDefin
             )
         gone = sorted((known | set(batches)) - set(ready))
         for name in gone:  # left the landing zone (or lost _SUCCESS): its outputs go with its partition
-            remove_batch(name, kiln.path("cleaned_batch"), kiln.path("rejected"))
+            remove_batch(name, kiln.layout.cleaned_batch, kiln.layout.rejected)
             batches.pop(name, None)
         if gone:
             requests.append(
@@ -118,7 +118,7 @@ def landing_sensor(kiln: Kiln, status: dg.DefaultSensorStatus) -> dg.SensorDefin
             )
         if not cfg.cleaning.image.clip_model:
             pairs = sum(b["pairs"] for b in batches.values())
-            if reason := clip_due(pairs, read_card(kiln.path("clip_model")), cfg.clip):
+            if reason := clip_due(pairs, read_card(kiln.layout.clip_model), cfg.clip):
                 requests.append(
                     dg.RunRequest(run_key=f"clip:{pairs}:{clip_version}", asset_selection=[clip_model.key], tags={"kiln/reason": reason})
                 )
@@ -134,7 +134,7 @@ def landing_sensor(kiln: Kiln, status: dg.DefaultSensorStatus) -> dg.SensorDefin
 
 def _clip_version(kiln: Kiln) -> str:
     configured = kiln.config.cleaning.image.clip_model
-    return f"configured:{configured}" if configured else read_card(kiln.path("clip_model")).get("version", "none")
+    return f"configured:{configured}" if configured else read_card(kiln.layout.clip_model).get("version", "none")
 
 
 def _retraining_active(instance: dg.DagsterInstance) -> bool:
@@ -155,7 +155,7 @@ def retraining_sensor(kiln: Kiln, status: dg.DefaultSensorStatus) -> dg.SensorDe
     def _sensor(context: dg.SensorEvaluationContext):
         if _retraining_active(context.instance):
             return dg.SkipReason("a retraining is queued or running; never more than one")
-        new = new_since_release(kiln.path("cleaned_corpus"), kiln.path("releases"))
+        new = new_since_release(kiln.layout.cleaned_corpus, kiln.layout.releases)
         reason = retrain_reason(policy, new)
         if reason is None:
             return dg.SkipReason(f"{new['bytes']:,} new kept bytes since {new['release'] or 'the start'}; policy: {policy.min_new_kept_bytes}")

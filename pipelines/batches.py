@@ -12,7 +12,7 @@ from __future__ import annotations
 import dagster as dg
 
 from assets.cleaning import LANDING_BATCHES
-from pipelines.resources import Kiln
+from assets.resources import Kiln
 from training.data.clean import remove_batch
 from training.data.landing import ready_batches
 
@@ -27,7 +27,7 @@ def sync_partitions(instance: dg.DagsterInstance, kiln: Kiln) -> tuple[list[str]
         instance.add_dynamic_partitions(LANDING_BATCHES.name, added)
     for name in deleted:
         instance.delete_dynamic_partition(LANDING_BATCHES.name, name)
-        remove_batch(name, kiln.path("cleaned_batch"), kiln.path("rejected"))
+        remove_batch(name, kiln.layout.cleaned_batch, kiln.layout.rejected)
     return ready, added, deleted
 
 

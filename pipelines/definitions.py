@@ -23,7 +23,7 @@ from pipelines.automation import (
     weekly_retraining,
 )
 from pipelines.recovery import dead_run_sensor, reap_on_load
-from pipelines.resources import Kiln
+from assets.resources import Kiln
 
 # Before anything runs: a run whose process died (kill -9, OOM, a lost machine) is marked failed and
 # its pool slots freed, so `dagster asset materialize` never waits behind a dead run.

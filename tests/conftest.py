@@ -13,7 +13,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @pytest.fixture(scope="session")
 def default_landing(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
-    from training.data.default_landing import write_default_landing
+    from training.demo.landing import write_default_landing
 
     landing = tmp_path_factory.mktemp("landing")
     expected = write_default_landing(landing)
@@ -28,7 +28,7 @@ class Pipeline:
         import dagster as dg
 
         from pipelines.definitions import build_definitions
-        from pipelines.resources import Kiln
+        from assets.resources import Kiln
 
         self.data, self.landing = data, landing
         self.kiln = Kiln(data_dir=str(data), landing_dir=str(landing), **kiln)

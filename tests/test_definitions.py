@@ -27,7 +27,7 @@ def test_definitions_load_and_resolve(monkeypatch, tmp_path):
 
 
 def test_preset_is_chosen_by_environment(monkeypatch, tmp_path):
-    from pipelines.resources import Kiln
+    from assets.resources import Kiln
 
     monkeypatch.setenv("KILN_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("KILN_PRESET", "gpu-124m")
@@ -35,4 +35,24 @@ def test_preset_is_chosen_by_environment(monkeypatch, tmp_path):
     kiln = Kiln.from_env()
     assert kiln.config.name == "gpu-124m"
     assert kiln.landing == tmp_path / "landing"
-    assert kiln.path("cleaned_corpus") == tmp_path / "cleaned_corpus"
+    assert kiln.layout.cleaned_corpus == tmp_path / "cleaned_corpus"
+
+
+def test_every_asset_has_its_folder_in_the_layout(tmp_path):
+    """training/layout.py names the folders: each asset's is <KILN_DATA_DIR>/<asset key>, the release's releases/."""
+    from pathlib import Path
+
+    from assets.resources import Kiln
+    from pipelines.definitions import build_definitions
+    from training.layout import DAGSTER_HOME, LANDING
+
+    kiln = Kiln(data_dir=str(tmp_path), landing_dir=str(tmp_path))
+    keys = {k.to_user_string() for k in build_definitions(kiln).resolve_asset_graph().get_all_asset_keys()}
+    layout = kiln.layout
+    for key in sorted(keys - {"release"}):
+        stage = key.removeprefix("pretrain_stage_")
+        assert (layout.pretrain_stage(int(stage)) if stage != key else getattr(layout, key)) == tmp_path / key
+    assert layout.releases == tmp_path / "releases"
+    # The Makefile cannot import the layout: it names the same folders.
+    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    assert f"$(KILN_DATA_DIR)/{DAGSTER_HOME}" in makefile and f"$(KILN_DATA_DIR)/{LANDING}" in makefile

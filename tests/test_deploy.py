@@ -71,7 +71,7 @@ def test_the_k8s_executor_runs_gpu_steps_with_a_gpu(tmp_path):
     from dagster_k8s import k8s_job_executor
 
     from pipelines.definitions import build_definitions
-    from pipelines.resources import Kiln
+    from assets.resources import Kiln
 
     defs = build_definitions(Kiln(data_dir=str(tmp_path), landing_dir=str(tmp_path)), executor_name="k8s")
     for name in ("retraining", "cleaning"):  # a batch's cleaning is a run of its own, its steps pods

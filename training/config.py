@@ -1,7 +1,7 @@
 """Typed configuration for kiln's library code.
 
 Every knob is a field of a frozen dataclass with the reason for its default beside it. Presets
-(`pipelines/presets.py`) build these; nothing here reads environment variables or YAML, so a config
+(`training/presets.py`) build these; nothing here reads environment variables or YAML, so a config
 is a plain value that can be hashed into a cache key (`fingerprint`).
 """
 
@@ -319,7 +319,7 @@ class ModelConfig:
 @dataclass(frozen=True)
 class TrainingConfig:
     """One source of truth for the pretraining stages; the DeepSpeed JSON is generated from it
-    (`training/deepspeed_config.py`). Per-stage tuples are indexed by stage, the last value repeating."""
+    (`training/pretrain/deepspeed_config.py`). Per-stage tuples are indexed by stage, the last value repeating."""
 
     learning_rate: float = 6e-4
     """Peak learning rate at a global batch of 256 sequences; a stage with global batch B uses
@@ -368,7 +368,7 @@ class TrainingConfig:
     """torch.compile the model and its loss as one graph (`engine.compile()`). None: on a GPU only;
     compiling on a CPU takes longer than the tiny preset's stages train."""
     loss_chunk_tokens: int | None = 8192
-    """Tokens per chunk of the cross-entropy (`training/loss.py`), which never holds the full
+    """Tokens per chunk of the cross-entropy (`training/pretrain/loss.py`), which never holds the full
     [tokens, vocabulary] logits: a chunk's fp32 logits take chunk x vocabulary x 4 bytes (2 GiB at
     a 65,536 vocabulary), and a chunk of 8,192 rows keeps the output matmul large enough to run at
     full speed. None: full logits through `F.cross_entropy`, the reference the chunked loss is
@@ -411,7 +411,7 @@ class EvaluationConfig:
     quantization_bound: float = 0.02
     """The int8 model's held-out perplexity may exceed the full model's by at most this share."""
     harness: bool = True
-    """Also run kiln's lm-evaluation-harness tasks (training/harness.py) on the candidate and the previous
+    """Also run kiln's lm-evaluation-harness tasks (training/release/harness.py) on the candidate and the previous
     release; their group bits per byte joins the regression gate. Off: kiln's own evaluation only."""
     harness_tasks: tuple[str, ...] = ()
     """Extra lm-evaluation-harness task or group names to run beside kiln's (from `harness_include`);
@@ -437,7 +437,7 @@ class EvaluationConfig:
 
 @dataclass(frozen=True)
 class GgufConfig:
-    """The GGUF files of the base model (training/gguf.py) and the release gate on them: llama.cpp's
+    """The GGUF files of the base model (training/release/gguf.py) and the release gate on them: llama.cpp's
     next-token logits on held-out prompts must match transformers' within a tolerance."""
 
     file_types: tuple[str, ...] = ("f32", "q8_0")

@@ -9,7 +9,8 @@ from pathlib import Path
 from training.config import RetrainingPolicy
 from training.data.clean import lineage
 from training.fsutil import fingerprint
-from training.release import latest
+from training.layout import LINEAGE_JSON
+from training.release.publish import latest
 
 
 def _key(row: dict) -> tuple:
@@ -21,8 +22,8 @@ def new_since_release(corpus_dir: Path, releases_dir: Path) -> dict:
     or re-scored), with their kept bytes; `state` names this corpus so a retrain runs once per state."""
     release = latest(releases_dir)
     trained: set[tuple] = set()
-    if release is not None and (release / "lineage.json").is_file():
-        trained = {_key(r) for r in json.loads((release / "lineage.json").read_text())["batches"]}
+    if release is not None and (release / LINEAGE_JSON).is_file():
+        trained = {_key(r) for r in json.loads((release / LINEAGE_JSON).read_text())["batches"]}
     rows = lineage(corpus_dir)
     new = [r for r in rows if _key(r) not in trained]
     return {

@@ -7,7 +7,7 @@ import re
 import pyarrow.parquet as pq
 from PIL import Image
 
-from training.data.stats import LEVELS_PNG, PNG
+from training.layout import HISTOGRAMS_PNG, LEVELS_PNG
 
 
 def _meta(result, key):
@@ -30,7 +30,7 @@ def test_every_cleaned_batch_shows_its_histograms_and_their_numbers(cleaned):
     code_languages = set()
     for batch, result in results["batches"].items():
         meta = _meta(result, "cleaned_batch")
-        png = data / "cleaned_batch" / batch / PNG
+        png = data / "cleaned_batch" / batch / HISTOGRAMS_PNG
         assert _png(meta["histograms"]) == png.read_bytes() and meta["histograms_path"] == str(png)
         # Kept text exceeds the entropy threshold (0.8); kept pairs reach the CLIP one (0.75).
         assert meta["histograms/entropy_quantiles"]["kept"]["p5"] > 0.8
@@ -43,7 +43,7 @@ def test_every_cleaned_batch_shows_its_histograms_and_their_numbers(cleaned):
 def test_rematerializing_a_batch_keeps_its_picture_and_still_shows_it(cleaned):
     data, _, results, pipeline = cleaned
     batch = sorted(results["batches"])[0]
-    png = data / "cleaned_batch" / batch / PNG
+    png = data / "cleaned_batch" / batch / HISTOGRAMS_PNG
     stamp = png.stat().st_mtime_ns
     meta = _meta(pipeline.materialize("cleaned_batch", batch), "cleaned_batch")
     assert meta["cleaned"] == [] and png.stat().st_mtime_ns == stamp

@@ -13,12 +13,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from pipelines import presets
+from training import presets
 from pipelines.definitions import build_definitions
-from pipelines.resources import Kiln
+from assets.resources import Kiln
 from training.config import CurriculumConfig, EvaluationConfig, ModelConfig
-import training.release as rel
-from training.release import verify
+import training.release.publish as rel
+from training.release.publish import verify
 
 
 def quick():

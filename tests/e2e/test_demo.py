@@ -9,7 +9,7 @@ import dagster as dg
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from training.release import verify
+from training.release.publish import verify
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,4 +1,4 @@
-"""`make serve` (`python -m training.serve`) over loopback with a real HTTP client: a tiny release
+"""`make serve` (`python -m training.release.serve`) over loopback with a real HTTP client: a tiny release
 (a random Llama with a kiln tokenizer, its GGUF files as the gguf_model asset writes them) under
 releases/LATEST, the server in a subprocess, then models, completions, bad requests, a concurrent
 burst, and a new release picked up after a restart. Plus the start-up errors, as a table."""
@@ -21,12 +21,12 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from training import serve
+from training.release import serve
 from training.config import GgufConfig, ModelConfig, TokenizerConfig
-from training.gguf import export_and_check
-from training.model import build_model, llama_config
-from training.package import assemble_model
-from training.tokenizer import train_tokenizer
+from training.release.gguf import export_and_check
+from training.pretrain.model import build_model, llama_config
+from training.release.package import assemble_model
+from training.curriculum.tokenizer import train_tokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ModelConfig(hidden_size=64, layers=2, heads=4, kv_heads=2, intermediate_size=128, max_seq_len=64)
@@ -66,7 +66,7 @@ def request(url: str, body: bytes | dict | None = None, timeout: float = 60) -> 
 
 
 class Server:
-    """`python -m training.serve` on a free loopback port, KILN_DATA_DIR = `data`."""
+    """`python -m training.release.serve` on a free loopback port, KILN_DATA_DIR = `data`."""
 
     def __init__(self, data: Path, log: Path):
         self.data, self.log, self.proc = data, log, None
@@ -77,7 +77,7 @@ class Server:
         env = {k: v for k, v in os.environ.items() if not k.startswith("KILN_")}
         env |= {"KILN_DATA_DIR": str(self.data), "KILN_SERVE_PORT": str(self.port)}
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "training.serve"], cwd=ROOT, env=env,
+            self.proc = subprocess.Popen([sys.executable, "-m", "training.release.serve"], cwd=ROOT, env=env,
                                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + READY_S
         while time.monotonic() < deadline:
@@ -297,6 +297,6 @@ def test_release_resolution_picks_the_file_type(tmp_path):
 )
 def test_make_serve_refuses_to_start_with_a_clear_message(tmp_path, env, message):
     base = {k: v for k, v in os.environ.items() if not k.startswith("KILN_")}
-    proc = subprocess.run([sys.executable, "-m", "training.serve"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+    proc = subprocess.run([sys.executable, "-m", "training.release.serve"], cwd=ROOT, capture_output=True, text=True, timeout=60,
                           env=base | {"KILN_DATA_DIR": str(tmp_path)} | env)
     assert proc.returncode == 1 and message in proc.stderr, proc.stderr

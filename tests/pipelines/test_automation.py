@@ -9,7 +9,7 @@ import dagster as dg
 import pytest
 
 from pipelines.definitions import build_definitions
-from pipelines.resources import Kiln
+from assets.resources import Kiln
 
 ROOT = Path(__file__).resolve().parents[2]
 

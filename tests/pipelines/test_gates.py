@@ -9,9 +9,9 @@ import dagster as dg
 import pytest
 
 from pipelines.definitions import build_definitions
-from pipelines.resources import Kiln
+from assets.resources import Kiln
 from training.fsutil import sha256_file
-from training.release import latest, verify, write_release
+from training.release.publish import latest, verify, write_release
 
 K = dg.AssetKey
 PREVIOUS = "20000101-000000-aaaaaaaa"

@@ -9,7 +9,7 @@ import dagster as dg
 import pyarrow.dataset as ds
 import pytest
 
-from pipelines import presets
+from training import presets
 from pipelines.automation import RETRAIN_TAG
 from tests.conftest import Pipeline
 from training.config import OperationConfig, RetrainingPolicy
@@ -193,7 +193,7 @@ def test_ten_batches_landing_one_after_another_bring_ten_cleanings_and_one_retra
 
 def test_automation_is_on_by_default_and_one_setting_turns_it_off(tmp_path):
     from pipelines.definitions import build_definitions
-    from pipelines.resources import Kiln
+    from assets.resources import Kiln
 
     kiln = Kiln(data_dir=str(tmp_path), landing_dir=str(tmp_path))
     for setting, status in (("on", "RUNNING"), ("off", "STOPPED")):

@@ -6,7 +6,7 @@ from training.config import CodeFilterConfig
 from training.data.filters.code import GRAMMARS, TreeSitterParse
 from training.data.landing import Batch
 from training.data.readers import CODE_LANGUAGES, read_code
-from training.data.snippets import SNIPPETS
+from training.demo.snippets import SNIPPETS
 
 VALID = {
     "python": "def area(r):\n    return 3.14159 * r * r\n",

@@ -9,8 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from training.config import CurriculumConfig
-from training.data.contamination import HeldoutIndex, find_overlaps, fingerprints, words
-from training.data.curriculum import CONTAMINATED_FILE, HELDOUT_FILE, build_curriculum, stage_file, verify_stages
+from training.curriculum.contamination import HeldoutIndex, find_overlaps, fingerprints, words
+from training.curriculum.schedule import build_curriculum, verify_stages
+from training.layout import CONTAMINATED, HELDOUT, stage_file
 
 # 20 distinct words, so a run of k words shared below is shared by exactly k words, never more.
 W = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa quebec romeo sierra tango".split()
@@ -66,7 +67,7 @@ def staged_ids(cur: Path, summary: dict) -> set[str]:
 def test_overlapping_training_records_leave_every_stage(tmp_path, train, heldout, removed, shared):
     key, text = train.split("=", 1) if train.startswith("code:") else ("t1", train)
     summary = build(tmp_path, {key: text, "t2": FILLER + " nothing in common here"}, {"h1": heldout})
-    contaminated = pq.read_table(tmp_path / "cur" / CONTAMINATED_FILE).to_pylist()
+    contaminated = pq.read_table(tmp_path / "cur" / CONTAMINATED).to_pylist()
     tid = key.split(":")[-1]
     assert (tid not in staged_ids(tmp_path / "cur", summary)) is removed
     assert [r["id"] for r in contaminated] == ([tid] if removed else [])
@@ -92,7 +93,7 @@ def test_accounting_on_a_corpus_with_planted_overlaps(tmp_path):
     levels = {k: 1 + i % 5 for i, k in enumerate(train)}
     summary = build(tmp_path, train, heldout, levels)
     cur = tmp_path / "cur"
-    contaminated = pq.read_table(cur / CONTAMINATED_FILE)
+    contaminated = pq.read_table(cur / CONTAMINATED)
     removed = set(contaminated["id"].to_pylist())
     assert planted | {"c1"} <= removed  # random 400-word sentences rarely share 13 words by chance
     staged = staged_ids(cur, summary)
@@ -102,7 +103,7 @@ def test_accounting_on_a_corpus_with_planted_overlaps(tmp_path):
     assert d["training_split_records"] == len(train) == summary["train_records"] + d["removed"]
     assert d["by_modality"] == {m: contaminated["modality"].to_pylist().count(m) for m in set(contaminated["modality"].to_pylist())}
     assert d["by_modality"]["caption"] == 1 and d["ngram"] == 13
-    assert summary["heldout_records"] == pq.read_table(cur / HELDOUT_FILE).num_rows == 21
+    assert summary["heldout_records"] == pq.read_table(cur / HELDOUT).num_rows == 21
 
 
 def test_an_index_over_chunks_matches_a_plain_set_of_ngrams():
@@ -142,16 +143,16 @@ def test_verify_stages_finds_a_tampered_stage(tmp_path):
 
 def test_the_blocking_asset_check_fails_on_a_tampered_stage(tmp_path):
     from assets.curriculum import stages_disjoint_from_heldout
-    from pipelines.resources import Kiln
+    from assets.resources import Kiln
 
     build(tmp_path, {"t1": f"{FILLER} fine", "t2": "a red circle on the left"}, {"h1": " ".join(W[:14])})
     kiln = Kiln(data_dir=str(tmp_path / "data"), landing_dir=str(tmp_path))
-    kiln.path("curriculum").parent.mkdir()
-    (tmp_path / "cur").rename(kiln.path("curriculum"))
+    kiln.layout.curriculum.parent.mkdir()
+    (tmp_path / "cur").rename(kiln.layout.curriculum)
     assert stages_disjoint_from_heldout.check_specs and next(iter(stages_disjoint_from_heldout.check_specs)).blocking
     passed = stages_disjoint_from_heldout(kiln=kiln)
     assert passed.passed and passed.metadata["overlaps_found"].value == 0 and passed.metadata["records_checked"].value == 2
-    path = kiln.path("curriculum") / stage_file(1)
+    path = kiln.layout.curriculum / stage_file(1)
     stage = pq.read_table(path)
     leaked = pa.Table.from_pylist([{"id": "x", "modality": "text", "level": 1, "text": " ".join(W[:13])}], schema=stage.schema)
     pq.write_table(pa.concat_tables([stage, leaked]), path)

@@ -6,9 +6,10 @@ import pytest
 from transformers import AutoTokenizer
 
 from training.config import CurriculumConfig, TokenizerConfig
-from training.data.curriculum import build_curriculum, stage_file
+from training.curriculum.schedule import build_curriculum
+from training.layout import stage_file
 from training.fsutil import sha256_file
-from training.tokenizer import round_trip_failures, train_tokenizer
+from training.curriculum.tokenizer import round_trip_failures, train_tokenizer
 
 
 @pytest.fixture

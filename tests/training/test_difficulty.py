@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from training.config import DifficultyConfig
-from training.data.difficulty import BertScore, is_heldout, levels, split_record
+from training.curriculum.difficulty import BertScore, is_heldout, levels, split_record
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,7 @@ def _corpus(tmp_path, texts):
 def test_persistence_rates_self_similar_records_easier_than_shifting_ones(tmp_path):
     import pyarrow.parquet as pq
 
-    from training.data.difficulty import Persistence, score_difficulty
+    from training.curriculum.difficulty import Persistence, score_difficulty
 
     texts = [
         "the red kiln fires the red clay and the red kiln fires the red clay again and again today",
@@ -98,8 +98,8 @@ def test_released_model_predictor_generates_continuations(tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from training.config import TokenizerConfig
-    from training.data.difficulty import ReleasedModel
-    from training.tokenizer import train_tokenizer
+    from training.curriculum.difficulty import ReleasedModel
+    from training.curriculum.tokenizer import train_tokenizer
 
     tok = train_tokenizer(["kilns fire clay at high temperature"] * 20, TokenizerConfig(vocab_size=300), tmp_path / "rel")
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,

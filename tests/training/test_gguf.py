@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-import training.gguf as kg
+import training.release.gguf as kg
 from training.config import GgufConfig, ModelConfig, TokenizerConfig
 from training.fsutil import sha256_file
-from training.model import build_model, llama_config
-from training.package import assemble_model
-from training.release import gguf_gate
-from training.tokenizer import train_tokenizer
+from training.pretrain.model import build_model, llama_config
+from training.release.package import assemble_model
+from training.release.publish import gguf_gate
+from training.curriculum.tokenizer import train_tokenizer
 
 TOLERANCE = GgufConfig().tolerance
 TOLERANCES = {"f32": TOLERANCE, "q8_0": 1.0}
@@ -143,7 +143,7 @@ def test_export_and_check_writes_a_folder_the_gate_accepts(corpus, tmp_path):
     assert gguf_gate(record).passed
 
 
-def _break(what: str):
+def broken_copy(what: str):
     def damage(base: Path) -> None:
         if what == "no-folder":
             shutil.rmtree(base)
@@ -184,7 +184,7 @@ def _break(what: str):
 )
 def test_a_broken_model_folder_gives_a_clear_error_and_no_file(corpus, tmp_path, what, message):
     base = _model(tmp_path, corpus[0])
-    _break(what)(base)
+    broken_copy(what)(base)
     with pytest.raises(kg.GgufExportError, match=message):
         kg.export_gguf(base, tmp_path / "gguf")
     assert not (tmp_path / "gguf").exists() or list((tmp_path / "gguf").iterdir()) == []

@@ -17,12 +17,12 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from training.config import EvaluationConfig, ModelConfig, TokenizerConfig
-from training.data.difficulty import split_record
-from training.evaluate import record_nll
-from training.harness import CLOZE, GROUP, MODULE, cloze_items, run_tasks, task_names, write_tasks
-from training.model import build_model, llama_config
-from training.package import assemble_model
-from training.tokenizer import EOS, train_tokenizer
+from training.curriculum.difficulty import split_record
+from training.release.evaluate import record_nll
+from training.release.harness import CLOZE, GROUP, MODULE, cloze_items, run_tasks, task_names, write_tasks
+from training.pretrain.model import build_model, llama_config
+from training.release.package import assemble_model
+from training.curriculum.tokenizer import EOS, train_tokenizer
 
 MODEL = ModelConfig(hidden_size=64, layers=2, heads=4, kv_heads=2, intermediate_size=128, max_seq_len=64)
 

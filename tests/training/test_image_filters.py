@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from training.config import ImageFilterConfig
-from training.data.default_landing import _png_bomb
+from training.demo.landing import _png_bomb
 from training.data.filters.image import ClipScore, ImageDecode
 from training.data.landing import Batch, count_records
 from training.data.readers import read_image_pairs
@@ -140,13 +140,13 @@ def clip_dir(tmp_path_factory) -> Path:
     """A randomly initialised small CLIP saved with a CLIP image processor (pixels do not depend on weights)."""
     from transformers import CLIPImageProcessorPil
 
-    from training.clip import _build_model, _train_caption_tokenizer
+    from training.clip.train import build_model, train_caption_tokenizer
     from training.config import ClipTrainConfig
 
     cfg = ClipTrainConfig(image_size=56)
-    tokenizer = _train_caption_tokenizer(["a red circle on the left", "a blue square at the top"] * 8, cfg)
+    tokenizer = train_caption_tokenizer(["a red circle on the left", "a blue square at the top"] * 8, cfg)
     out = tmp_path_factory.mktemp("clip")
-    _build_model(cfg, tokenizer).save_pretrained(out)
+    build_model(cfg, tokenizer).save_pretrained(out)
     tokenizer.save_pretrained(out)
     CLIPImageProcessorPil(size={"shortest_edge": 64}, crop_size={"height": 56, "width": 56}).save_pretrained(out)
     return out
@@ -158,7 +158,7 @@ def clip_dir(tmp_path_factory) -> Path:
      ((57, 1000), "RGB"), ((80, 60), "L"), ((70, 90), "RGBA"), ((90, 70), "P")],
 )
 def test_clip_pixels_on_threads_equal_the_processor(clip_dir, size, mode):
-    from training.clip import ClipScorer
+    from training.clip.score import ClipScorer
 
     scorer = ClipScorer(str(clip_dir), workers=2)
     assert scorer.resize == "threads"  # the default on a CPU, not the processor
@@ -181,7 +181,7 @@ def test_clip_processor_of_another_shape_is_used_as_is(clip_dir, tmp_path):
 
     from transformers import CLIPImageProcessorPil
 
-    from training.clip import ClipScorer
+    from training.clip.score import ClipScorer
 
     other = tmp_path / "clip"
     shutil.copytree(clip_dir, other)

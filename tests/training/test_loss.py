@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from training.config import ModelConfig
-from training.loss import CausalLMLoss, linear_cross_entropy
-from training.model import build_model, llama_config
+from training.pretrain.loss import CausalLMLoss, linear_cross_entropy
+from training.pretrain.model import build_model, llama_config
 
 MODEL = ModelConfig(hidden_size=32, layers=2, heads=4, kv_heads=2, intermediate_size=64, max_seq_len=32)
 

@@ -8,13 +8,13 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-import training.release as rel
+import training.release.publish as rel
 from training.config import ModelConfig, TokenizerConfig
-from training.evaluate import record_nll
-from training.model import build_model, llama_config
-from training.package import assemble_model, folder_bytes
-from training.quantize import load_int8, quantize_int8, save_model
-from training.tokenizer import train_tokenizer
+from training.release.evaluate import record_nll
+from training.pretrain.model import build_model, llama_config
+from training.release.package import assemble_model, folder_bytes
+from training.release.quantize import load_int8, quantize_int8, save_model
+from training.curriculum.tokenizer import train_tokenizer
 
 MODEL = ModelConfig(hidden_size=64, layers=2, heads=4, kv_heads=2, intermediate_size=128, max_seq_len=64)
 

@@ -13,9 +13,8 @@ from PIL import Image
 
 from training.data import stats
 from training.data.records import MODALITIES, Record, RecordWriter, Reject
+from training.layout import HISTOGRAMS_JSON, HISTOGRAMS_PNG
 from training.data.stats import (
-    NUMBERS,
-    PNG,
     _reason_rows,
     batch_histograms,
     batch_panels,
@@ -112,12 +111,12 @@ def test_counts_equal_hand_computed(batch, path, expected):
 
 def test_the_picture_is_a_png_with_one_panel_per_statistic(batch):
     result = batch_histograms(*batch, entropy_threshold=0.8, clip_threshold=0.75)
-    assert result.drawn and result.path == batch[0] / PNG and result.path.stat().st_size > 0
+    assert result.drawn and result.path == batch[0] / HISTOGRAMS_PNG and result.path.stat().st_size > 0
     with Image.open(result.path) as image:
         assert image.format == "PNG" and image.width > 600 and image.height > 200
     # entropy, CLIP, length, language (text and code; captions have none), reasons
     assert len(batch_panels(result.stats, 0.8, 0.75)) == 5
-    assert json.loads((batch[0] / NUMBERS).read_text())["stats"] == result.stats
+    assert json.loads((batch[0] / HISTOGRAMS_JSON).read_text())["stats"] == result.stats
 
 
 def test_unchanged_numbers_keep_the_picture_and_a_change_redraws_it(batch, monkeypatch):
@@ -151,7 +150,7 @@ def test_an_empty_batch_draws_nothing_and_removes_an_earlier_picture(tmp_path, b
     assert batch_histograms(*batch, 0.8, 0.75).path.is_file()
     empty = write_batch(tmp_path, {})  # the same batch, landed again empty
     result = batch_histograms(*empty, 0.8, 0.75)
-    assert result.path is None and not (empty[0] / PNG).exists()
+    assert result.path is None and not (empty[0] / HISTOGRAMS_PNG).exists()
     assert batch_panels(result.stats, 0.8, 0.75) == []
     assert summary(result.stats) == {"entropy_quantiles": {}, "clip_score_quantiles": {}, "length_quantiles": {}, "languages": {}}
 

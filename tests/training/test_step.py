@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from training.config import ModelConfig, TrainingConfig
-from training.deepspeed_config import StagePlan, trainer_clips
-from training.model import build_model, llama_config
-from training.step import build_engine, forward_backward, init_one_rank, micro_batches, prefetch
+from training.pretrain.deepspeed_config import StagePlan, trainer_clips
+from training.pretrain.model import build_model, llama_config
+from training.pretrain.step import build_engine, forward_backward, init_one_rank, micro_batches, prefetch
 
 MODEL = ModelConfig(hidden_size=32, layers=2, heads=4, kv_heads=2, intermediate_size=64, max_seq_len=16)
 VOCAB = 64

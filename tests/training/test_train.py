@@ -24,10 +24,10 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from training.config import ModelConfig, TokenizerConfig, TrainingConfig
-from training.launch import launch_command, launch_env
-from training.model import build_model, count_parameters, llama_config
-from training.stages import StageSpec, completed, pack_records, read_summary, stage_specs
-from training.tokenizer import train_tokenizer
+from training.pretrain.launch import launch_command, launch_env
+from training.pretrain.model import build_model, count_parameters, llama_config
+from training.pretrain.plan import StageSpec, completed, pack_records, read_summary, stage_specs
+from training.curriculum.tokenizer import train_tokenizer
 
 MODEL = ModelConfig(hidden_size=64, layers=2, heads=4, kv_heads=2, intermediate_size=128, max_seq_len=64)
 TRAINING = TrainingConfig(learning_rate=4e-3, global_batch=(8,), micro_batch=2, max_steps_per_stage=6, checkpoint_every=2)

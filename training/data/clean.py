@@ -24,7 +24,7 @@
    Incremental: a (batch, modality) is deduplicated again only when its cleaned records, or those of
    a batch before it, changed; landing a new batch (the usual case) touches nothing else.
 
-Run by hand:  python -m training.data.clean <landing> <out dir>
+Run by hand:  python -m training clean <landing> <out dir>
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -53,11 +52,10 @@ from training.data.near_dup import NearDuplicates
 from training.data.readers import read_code, read_image_pairs, read_text
 from training.data.records import MODALITIES, Record, RecordWriter
 from training.fsutil import atomic_path, fingerprint, remove, write_json
+from training.layout import BATCH_MANIFEST, Layout, duplicates_file, records_file
 
 # Bump when what a filter decides changes, so every cached batch is cleaned again.
 LOGIC_VERSION = 4
-MANIFEST = "_manifest.json"
-DUPLICATES = "{modality}.duplicates.parquet"
 
 ScoreFn = Callable[[list, list[str]], object]
 
@@ -205,7 +203,7 @@ def clean_batch(
     """Clean every modality of one ready batch whose cache key changed. Pairs are scored by `clip`;
     without one, a decodable pair is rejected as `clip_unavailable` and scored when its batch is
     cleaned again with a CLIP (the pairs' cache key holds the CLIP's version)."""
-    manifest_path = batches_dir / batch.name / MANIFEST
+    manifest_path = batches_dir / batch.name / BATCH_MANIFEST
     manifest = _read_json(manifest_path)
     loaded: list[ScoreFn] = []
 
@@ -234,7 +232,7 @@ def clean_batch(
         start = time.perf_counter()
         kept, rejected, reasons = _write_filtered(
             _read(modality, batch, cfg), _filters(modality, cfg, clip, score), cfg.chunk_size,
-            batches_dir / batch.name / f"{modality}.parquet", rejected_dir / batch.name / f"{modality}.parquet",
+            batches_dir / batch.name / records_file(modality), rejected_dir / batch.name / records_file(modality),
         )
         result = ModalityResult(
             batch.name, modality, key, kept.rows, rejected.rows, dict(sorted(reasons.items())), round(time.perf_counter() - start, 3),
@@ -261,7 +259,7 @@ def cleaned_batches(batches_dir: Path, names: Iterable[str]) -> list[str]:
     accounting, stays out of the corpus whatever path runs it."""
     done = []
     for name in names:
-        entries = _read_json(batches_dir / name / MANIFEST).get("modalities", {})
+        entries = _read_json(batches_dir / name / BATCH_MANIFEST).get("modalities", {})
         if all(m in entries and entries[m]["records_in"] == entries[m]["kept"] + entries[m]["rejected"] for m in MODALITIES):
             done.append(name)
     return done
@@ -337,7 +335,7 @@ class _Dedup:
 
     def load_cached(self) -> None:
         for batch in self.unloaded:
-            table = pq.read_table(self.corpus_dir / batch / f"{self.modality}.parquet", columns=["id", "source", "text"])
+            table = pq.read_table(self.corpus_dir / batch / records_file(self.modality), columns=["id", "source", "text"])
             for row in table.to_pylist():
                 rec = Record(row["id"], self.modality, row["source"], text=row["text"])
                 for f in self.exact:
@@ -376,9 +374,9 @@ def build_corpus(
         if old not in names:
             remove(corpus_dir / old)
             for modality in MODALITIES:
-                (rejected_dir / old / DUPLICATES.format(modality=modality)).unlink(missing_ok=True)
+                (rejected_dir / old / duplicates_file(modality)).unlink(missing_ok=True)
             report.removed_batches.append(old)
-    batch_manifests = {n: _read_json(batches_dir / n / MANIFEST) for n in names}
+    batch_manifests = {n: _read_json(batches_dir / n / BATCH_MANIFEST) for n in names}
     for modality in MODALITIES:
         dedup = _Dedup(modality, corpus_dir, near_dup, sum(batch_manifests[n]["modalities"][modality]["kept"] for n in names))
         previous = ""
@@ -386,7 +384,7 @@ def build_corpus(
             cleaned = batch_manifests[name]["modalities"][modality]
             key = fingerprint(LOGIC_VERSION, modality, cleaned["key"], previous, *dedup.settings)
             previous = key
-            manifest_path = corpus_dir / name / MANIFEST
+            manifest_path = corpus_dir / name / BATCH_MANIFEST
             manifest = _read_json(manifest_path)
             entry = manifest.get("modalities", {}).get(modality)
             if entry and entry["key"] == key and dedup.cached(name):
@@ -398,8 +396,8 @@ def build_corpus(
             start = time.perf_counter()
             with dedup.deduplicating(name):
                 writer, dup_writer, reasons = _write_filtered(
-                    _cleaned_records(batches_dir / name / f"{modality}.parquet", modality, chunk_size), dedup.filters, chunk_size,
-                    corpus_dir / name / f"{modality}.parquet", rejected_dir / name / DUPLICATES.format(modality=modality),
+                    _cleaned_records(batches_dir / name / records_file(modality), modality, chunk_size), dedup.filters, chunk_size,
+                    corpus_dir / name / records_file(modality), rejected_dir / name / duplicates_file(modality),
                 )
             kept, dups = writer.rows, dup_writer.rows
             result = ModalityResult(name, modality, key, kept, dups, dict(sorted(reasons.items())), round(time.perf_counter() - start, 3))
@@ -436,7 +434,7 @@ def clean_landing(
 ) -> CleaningReport:
     """Both steps over every ready batch of `landing`, dropping the outputs of batches that left it.
     The per-batch outputs go to `batches_dir` (default: `cleaned_batch/` beside `corpus_dir`)."""
-    batches_dir = batches_dir or corpus_dir.parent / "cleaned_batch"
+    batches_dir = batches_dir or Layout(corpus_dir.parent).cleaned_batch
     batches = ready_batches(landing)
     names = [b.name for b in batches]
     report = CleaningReport()
@@ -453,7 +451,7 @@ def clean_landing(
         r.kept, r.rejected = d.kept, r.rejected + d.rejected
         r.reasons = dict(sorted((Counter(r.reasons) + Counter(d.reasons)).items()))
     for name in names:
-        report.unrecognized_files += _read_json(batches_dir / name / MANIFEST).get("unrecognized_files", [])
+        report.unrecognized_files += _read_json(batches_dir / name / BATCH_MANIFEST).get("unrecognized_files", [])
     return report
 
 
@@ -483,7 +481,7 @@ def verify_batch(batch: Batch, batches_dir: Path, rejected_dir: Path, cfg: Clean
     return [
         AccountingRow(
             batch.name, m, count_records(batch, m, cfg.image.max_caption_bytes),
-            _rows(batches_dir / batch.name / f"{m}.parquet"), _rows(rejected_dir / batch.name / f"{m}.parquet"),
+            _rows(batches_dir / batch.name / records_file(m)), _rows(rejected_dir / batch.name / records_file(m)),
         )
         for m in MODALITIES
     ]
@@ -494,8 +492,8 @@ def verify_corpus(batches_dir: Path, corpus_dir: Path, rejected_dir: Path) -> li
     names = batch_folders(corpus_dir)
     return [
         AccountingRow(
-            n, m, _rows(batches_dir / n / f"{m}.parquet"),
-            _rows(corpus_dir / n / f"{m}.parquet"), _rows(rejected_dir / n / DUPLICATES.format(modality=m)),
+            n, m, _rows(batches_dir / n / records_file(m)),
+            _rows(corpus_dir / n / records_file(m)), _rows(rejected_dir / n / duplicates_file(m)),
         )
         for n in names
         for m in MODALITIES
@@ -508,8 +506,8 @@ def verify_accounting(landing: Path, batches_dir: Path, corpus_dir: Path, reject
     rows = []
     for batch in ready_batches(landing):
         for row in verify_batch(batch, batches_dir, rejected_dir, cfg):
-            dups = _rows(rejected_dir / batch.name / DUPLICATES.format(modality=row.modality))
-            row.kept = _rows(corpus_dir / batch.name / f"{row.modality}.parquet")
+            dups = _rows(rejected_dir / batch.name / duplicates_file(row.modality))
+            row.kept = _rows(corpus_dir / batch.name / records_file(row.modality))
             row.rejected += dups
             rows.append(row)
     return rows
@@ -519,7 +517,7 @@ def lineage(corpus_dir: Path) -> list[dict]:
     """Per batch and modality: the landing files' content hash, the CLIP that scored the pairs, kept
     and rejected counts, reasons."""
     rows = []
-    for manifest_path in sorted(corpus_dir.glob(f"*/{MANIFEST}")):
+    for manifest_path in sorted(corpus_dir.glob(f"*/{BATCH_MANIFEST}")):
         manifest = json.loads(manifest_path.read_text())
         for modality, entry in sorted(manifest.get("modalities", {}).items()):
             row = {
@@ -535,14 +533,3 @@ def lineage(corpus_dir: Path) -> list[dict]:
                 row["clip"] = manifest["clip"]["version"]
             rows.append(row)
     return rows
-
-
-if __name__ == "__main__":
-    from training.clip import build_clip_model, current_clip
-    from training.config import ClipTrainConfig
-
-    landing, out = Path(sys.argv[1]), Path(sys.argv[2])
-    config = CleaningConfig()
-    build_clip_model(landing, out / "clip_model", ClipTrainConfig(), config.image)
-    rep = clean_landing(landing, out / "cleaned_corpus", out / "rejected", config, current_clip(out / "clip_model", config.image), print)
-    print(json.dumps({m: {**v, "reasons": dict(v["reasons"])} for m, v in rep.by_modality().items()}, indent=2))

@@ -45,9 +45,8 @@ from training.config import NearDupConfig
 from training.data.filters.base import Filter, Verdict
 from training.data.records import Record, Reject
 from training.fsutil import atomic_path
+from training.layout import records_file, signatures_file
 
-SIGNATURES = "_{modality}.minhash.npy"
-"""Beside the batch's corpus Parquet; the leading underscore keeps it out of Parquet dataset discovery."""
 SIGNATURE_VERSION = 1
 """Bump when words, shingles or signatures are computed differently: the corpus is deduplicated again."""
 EMPTY = np.uint32(0xFFFFFFFF)
@@ -433,10 +432,11 @@ class NearDuplicates(Filter):
         return (self.cfg, "one-permutation MinHash", SIGNATURE_VERSION)
 
     def path(self, batch: str) -> Path:
-        return self.corpus_dir / batch / SIGNATURES.format(modality=self.modality)
+        # Beside the batch's corpus Parquet; the leading underscore keeps it out of Parquet dataset discovery.
+        return self.corpus_dir / batch / signatures_file(self.modality)
 
     def _corpus(self, batch: str) -> Path:
-        return self.corpus_dir / batch / f"{self.modality}.parquet"
+        return self.corpus_dir / batch / records_file(self.modality)
 
     def load(self, batch: str, chunk_rows: int = 65_536) -> None:
         """Index a cached batch's persisted signatures (their band keys; nothing is hashed)."""

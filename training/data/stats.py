@@ -37,12 +37,10 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
 from training.data.records import MODALITIES
 from training.fsutil import atomic_path, remove, write_json
+from training.layout import HISTOGRAMS_JSON, HISTOGRAMS_PNG, records_file
 
 # Bump when the pictures are drawn differently, so every batch's picture is drawn again.
 DRAWING_VERSION = 1
-PNG = "_histograms.png"
-NUMBERS = "_histograms.json"
-LEVELS_PNG = "levels_by_batch.png"
 UNKNOWN = "unknown"
 """The language of a record nobody identified (captions; text before language identification)."""
 QUANTILES = (0.05, 0.5, 0.95)
@@ -73,7 +71,7 @@ def scan_batch(kept_dir: Path, rejected_dir: Path) -> pl.LazyFrame | None:
     frames = []
     for status, folder in zip(STATUSES, (kept_dir, rejected_dir)):
         for modality in MODALITIES:
-            path = folder / f"{modality}.parquet"
+            path = folder / records_file(modality)
             if not path.is_file():
                 continue
             frame = pl.scan_parquet(path)
@@ -367,7 +365,7 @@ def batch_histograms(kept_dir: Path, rejected_dir: Path, entropy_threshold: floa
     stats = batch_stats(kept_dir, rejected_dir)
     thresholds = {"entropy": entropy_threshold, "clip_score": clip_threshold}
     record = json.loads(json.dumps({"version": DRAWING_VERSION, "thresholds": thresholds, "stats": stats}))
-    png, numbers = kept_dir / PNG, kept_dir / NUMBERS
+    png, numbers = kept_dir / HISTOGRAMS_PNG, kept_dir / HISTOGRAMS_JSON
     drawn = False
     if _read_json(numbers) != record:
         # The picture first: numbers that match mean the picture beside them shows them.

@@ -69,7 +69,7 @@ class ImageDecode(Filter):
 
 class ClipScore(Filter):
     """Batched CLIPScore; `score(images, captions)` is any function returning CLIPScores
-    (`training.clip.ClipScorer.score`), so the filter does not care where the model runs."""
+    (`training.clip.score.ClipScorer.score`), so the filter does not care where the model runs."""
 
     name = "clip"
 

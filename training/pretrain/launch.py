@@ -26,7 +26,7 @@ def world_size(cfg: TrainingConfig, gpus: int) -> int:
 
 def launch_command(spec_path: Path, cfg: TrainingConfig, gpus: int, run_id: str = "kiln") -> list[str]:
     per_node = ranks_per_node(cfg, gpus)
-    trainer = ["training.train", "--spec", str(spec_path)]
+    trainer = ["training.pretrain.train", "--spec", str(spec_path)]
     if cfg.hostfile:
         return [
             sys.executable, "-m", "deepspeed.launcher.runner", f"--hostfile={cfg.hostfile}",

@@ -7,8 +7,9 @@ import shutil
 from pathlib import Path
 
 from training.fsutil import atomic_path
+from training.layout import TOKENIZER_JSON
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+TOKENIZER_FILES = (TOKENIZER_JSON, "tokenizer_config.json", "special_tokens_map.json")
 
 
 def copy_tokenizer(src: Path, dst: Path) -> None:

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from training.fsutil import atomic_path
+from training.layout import GGUF_JSON, MODELFILE, TOKENIZER_JSON, WEIGHTS
 
 FILE_TYPES = ("f32", "q8_0")
 """f32: the trained weights exactly (kiln keeps fp32 weights), the reference the check is tight on.
@@ -134,9 +135,9 @@ def _tensors(model_dir: Path, hp: dict) -> dict[str, np.ndarray]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    path = model_dir / "model.safetensors"
+    path = model_dir / WEIGHTS
     if not path.is_file():
-        raise GgufExportError(f"model.safetensors is missing in {model_dir}: not a kiln model folder")
+        raise GgufExportError(f"{WEIGHTS} is missing in {model_dir}: not a kiln model folder")
     try:
         state = load_file(path)
     except (SafetensorError, OSError) as e:
@@ -177,7 +178,7 @@ def export_gguf(model_dir: Path, out_dir: Path, name: str = "kiln", file_type: s
         raise GgufExportError(f"{model_dir} is not a folder: no model to export")
     config = _read_json(model_dir / "config.json")
     hp = _hparams(config, model_dir)
-    vocab = _vocab(_read_json(model_dir / "tokenizer.json"), config, model_dir)
+    vocab = _vocab(_read_json(model_dir / TOKENIZER_JSON), config, model_dir)
     tok_config = _read_json(model_dir / "tokenizer_config.json")
     tensors = _tensors(model_dir, hp)
 
@@ -287,11 +288,6 @@ def compare_logits(model_dir: Path, gguf_path: Path, prompts: Sequence[str], tol
     }
 
 
-RECORD = "gguf.json"
-"""The folder's record: each file's sha256, size and comparison, and the base_model weights measured."""
-MODELFILE = "Modelfile"
-
-
 def modelfile(gguf_file: str) -> str:
     """An Ollama Modelfile for a base model: the prompt is passed through as it is, no chat template."""
     return f"FROM ./{gguf_file}\nTEMPLATE \"\"\"{{{{ .Prompt }}}}\"\"\"\n"
@@ -308,11 +304,11 @@ def export_and_check(
     import time
 
     from training.fsutil import sha256_file
-    from training.release import WEIGHTS_SHA256
+    from training.release.publish import WEIGHTS_SHA256
 
-    weights = model_dir / "model.safetensors"
+    weights = model_dir / WEIGHTS
     if not weights.is_file():
-        raise GgufExportError(f"model.safetensors is missing in {model_dir}: not a kiln model folder")
+        raise GgufExportError(f"{WEIGHTS} is missing in {model_dir}: not a kiln model folder")
     record: dict = {WEIGHTS_SHA256: sha256_file(weights), "files": {}}
     with atomic_path(out) as tmp:
         tmp.mkdir()
@@ -328,7 +324,7 @@ def export_and_check(
                 "comparison": compare_logits(model_dir, path, prompts, tolerances[file_type]),
             }
         (tmp / MODELFILE).write_text(modelfile(gguf_name(name, file_types[0])))
-        (tmp / RECORD).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+        (tmp / GGUF_JSON).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
         for f in tmp.iterdir():
             f.chmod(0o644)
     return record

@@ -38,7 +38,7 @@ HARNESS_METRICS = ("bits_per_byte", "byte_perplexity", "word_perplexity", "acc",
 
 
 def harness_table(candidate: dict, previous: dict | None = None, previous_version: str | None = None) -> str:
-    """lm-evaluation-harness results ({"results": {task: {metric: value}}}, as training.harness.run_tasks
+    """lm-evaluation-harness results ({"results": {task: {metric: value}}}, as training.release.harness.run_tasks
     returns them) as a table: one row per task and metric, the previous release's beside the candidate's."""
     headers = ["task", "metric", "this model"] + ([f"release {previous_version}"] if previous else [])
     rows = []

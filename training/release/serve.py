@@ -1,7 +1,7 @@
 """`make serve`: the release that `releases/LATEST` names, behind an OpenAI-compatible HTTP API on
 127.0.0.1, served by llama.cpp through llama-cpp-python's server from the release's GGUF file.
 
-    python -m training.serve   # KILN_DATA_DIR (./data), KILN_SERVE_PORT (8000), KILN_SERVE_GGUF (q8_0 | f32)
+    python -m training.release.serve   # KILN_DATA_DIR (./data), KILN_SERVE_PORT (8000), KILN_SERVE_GGUF (q8_0 | f32)
 
 `POST /v1/completions` (prompt, max_tokens, temperature, ...) continues a prompt; `GET /v1/models`
 lists one model named after the release version. Requests are answered one at a time in order of
@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from training.release import LATEST
+from training.layout import GGUF_JSON, LATEST, RELEASE_GGUF, Layout
 
 HOST = "127.0.0.1"
 """Loopback only: the server has no authentication; put a reverse proxy in front to expose it."""
@@ -40,7 +40,6 @@ FILE_TYPES = ("q8_0", "f32")
 """GGUF files a release may hold, in order of preference: q8_0 answers faster on a CPU (a quarter of
 the weight bytes to stream per token) and agrees with the f32 file within the release's checked
 tolerance; `KILN_SERVE_GGUF=f32` serves the trained weights exactly."""
-GGUF_DIR, GGUF_RECORD = "gguf", "gguf.json"
 
 
 class ServeError(ValueError):
@@ -72,7 +71,7 @@ def serve_port(value: str | None) -> int:
 
 def latest_release(data_dir: Path) -> Path:
     """The release folder `<data_dir>/releases/LATEST` names."""
-    releases = Path(data_dir) / "releases"
+    releases = Layout(Path(data_dir)).releases
     pointer = releases / LATEST
     if not pointer.is_file():
         raise ServeError(f"no release to serve: {pointer} does not exist; run `make demo` to train and release a model")
@@ -90,7 +89,7 @@ def gguf_file(release: Path, file_type: str | None = None) -> Path:
     """The release's GGUF file of `file_type`, or of the first of FILE_TYPES it holds."""
     if file_type is not None and file_type not in FILE_TYPES:
         raise ServeError(f"{FILE_TYPE_ENV} must be one of {', '.join(FILE_TYPES)}, not {file_type!r}")
-    record = release / GGUF_DIR / GGUF_RECORD
+    record = release / RELEASE_GGUF / GGUF_JSON
     if not record.is_file():
         raise ServeError(
             f"release {release.name} has no GGUF files ({record} is missing): it predates kiln's GGUF export; "
@@ -101,10 +100,10 @@ def gguf_file(release: Path, file_type: str | None = None) -> Path:
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise ServeError(f"{record} is unreadable ({type(e).__name__}: {e})") from e
     for wanted in [file_type] if file_type else FILE_TYPES:
-        if wanted in files and (path := release / GGUF_DIR / files[wanted]).is_file():
+        if wanted in files and (path := release / RELEASE_GGUF / files[wanted]).is_file():
             return path
     wanted = file_type or " or ".join(FILE_TYPES)
-    raise ServeError(f"release {release.name} has no {wanted} GGUF file in {release / GGUF_DIR} (it lists {sorted(files)})")
+    raise ServeError(f"release {release.name} has no {wanted} GGUF file in {release / RELEASE_GGUF} (it lists {sorted(files)})")
 
 
 def context_length(release: Path) -> int:

@@ -1,9 +1,9 @@
 """The training step: the DeepSpeed engine around the model and its loss, the micro-batch loader,
-and one optimizer step's forward and backward passes. `training/train.py` runs stages with these;
+and one optimizer step's forward and backward passes. `training/pretrain/train.py` runs stages with these;
 `bench/training.py` times the same functions against a plain PyTorch loop.
 
 What makes the step fast on one GPU, each measured as an ablation by `bench/training.py`:
-- the model and its chunked cross-entropy (`training/loss.py`) compiled as one graph;
+- the model and its chunked cross-entropy (`training/pretrain/loss.py`) compiled as one graph;
 - ZeRO stage 0 with bf16 through torch.autocast: torch's fused AdamW updates the fp32 parameters
   in place, with no flat copies to keep (`TrainingConfig.zero_stage`, `.autocast`);
 - one rank skips DeepSpeed's gradient all-reduce, which would copy every gradient into a flat
@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from training.config import TrainingConfig
-from training.deepspeed_config import StagePlan, deepspeed_config, trainer_clips
-from training.loss import CausalLMLoss
+from training.pretrain.deepspeed_config import StagePlan, deepspeed_config, trainer_clips
+from training.pretrain.loss import CausalLMLoss
 
 PREFETCH = 2
 """Micro-batches read ahead: one being copied while the next is read covers any jitter in reading."""

@@ -1,7 +1,7 @@
 """Pretraining stages as plain data: what one stage trains on, where it keeps its state, and what it
 starts from.
 
-A `StageSpec` is everything the trainer (`python -m training.train --spec spec.json`) needs; it is
+A `StageSpec` is everything the trainer (`python -m training.pretrain.train --spec spec.json`) needs; it is
 written as JSON beside the stage's checkpoints, so a stage can be rerun by hand exactly as the
 pipeline ran it. Its fingerprint hashes the configs, the plan and the contents of the stage's records
 and tokenizer, chained with the previous stage's fingerprint: checkpoints left by a different spec
@@ -22,11 +22,9 @@ import pyarrow.parquet as pq
 from transformers import PreTrainedTokenizerBase
 
 from training.config import ModelConfig, TrainingConfig
-from training.data.curriculum import stage_file
-from training.deepspeed_config import StagePlan, plan_stages
+from training.pretrain.deepspeed_config import StagePlan, plan_stages
 from training.fsutil import atomic_path, fingerprint, sha256_file
-
-STAGE_SUMMARY = "stage.json"
+from training.layout import STAGE_JSON, TOKENIZER_JSON, Layout, stage_file
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,10 +81,11 @@ def stage_specs(
     """Specs of every stage of a built curriculum (its `curriculum.json`), chained by fingerprint."""
     plans = plan_stages([(s["level"], s["tokens"]) for s in curriculum["stages"]], model.max_seq_len, training, ranks)
     total = sum(p.steps for p in plans)
-    tokenizer_hash = sha256_file(data_dir / "tokenizer" / "tokenizer.json")
+    layout = Layout(data_dir)
+    tokenizer_hash = sha256_file(layout.tokenizer / TOKENIZER_JSON)
     specs: list[StageSpec] = []
     for plan, entry in zip(plans, curriculum["stages"]):
-        records = data_dir / "curriculum" / stage_file(plan.stage)
+        records = layout.curriculum / stage_file(plan.stage)
         prev = specs[-1] if specs else None
         # The curriculum records each file's hash as it writes it: every stage asset computes every
         # spec of the chain, and hashing all stage files each time would read the corpus nine times.
@@ -94,10 +93,10 @@ def stage_specs(
         key = fingerprint(model, training, plan, total, ranks, content, tokenizer_hash, prev and prev.fingerprint)
         specs.append(
             StageSpec(
-                stage=plan.stage, plan=plan, total_steps=total, records=str(records), tokenizer=str(data_dir / "tokenizer"),
+                stage=plan.stage, plan=plan, total_steps=total, records=str(records), tokenizer=str(layout.tokenizer),
                 model=model, training=training, ranks=ranks,
-                checkpoints=str(data_dir / "checkpoints" / f"stage_{plan.stage:02d}"),
-                out=str(data_dir / f"pretrain_stage_{plan.stage}"),
+                checkpoints=str(layout.checkpoints(plan.stage)),
+                out=str(layout.pretrain_stage(plan.stage)),
                 previous=prev.out if prev else None, previous_fingerprint=prev.fingerprint if prev else None,
                 fingerprint=key,
             )
@@ -106,7 +105,7 @@ def stage_specs(
 
 
 def read_summary(out: str | Path) -> dict | None:
-    path = Path(out) / STAGE_SUMMARY
+    path = Path(out) / STAGE_JSON
     return json.loads(path.read_text()) if path.is_file() else None
 
 

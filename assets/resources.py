@@ -7,22 +7,23 @@ from pathlib import Path
 
 import dagster as dg
 
-from pipelines.presets import preset
+from training.presets import preset
 from training.config import KilnConfig
+from training.layout import Layout
 
 
 class Kiln(dg.ConfigurableResource):
     data_dir: str
-    """KILN_DATA_DIR (default ./data): every artifact lives under it, in a folder named after its asset."""
+    """KILN_DATA_DIR (default ./data): every artifact lives under it, in a folder named after its asset (`layout`)."""
     landing_dir: str
     """KILN_LANDING_DIR (default $KILN_DATA_DIR/landing): where batches arrive."""
     preset: str = "tiny"
-    """KILN_PRESET: the name of a function in pipelines/presets.py."""
+    """KILN_PRESET: the name of a function in training/presets.py."""
 
     @classmethod
     def from_env(cls) -> "Kiln":
         data = Path(os.environ.get("KILN_DATA_DIR", "data")).resolve()
-        landing = Path(os.environ.get("KILN_LANDING_DIR") or data / "landing").resolve()
+        landing = Path(os.environ.get("KILN_LANDING_DIR") or Layout(data).landing).resolve()
         return cls(data_dir=str(data), landing_dir=str(landing), preset=os.environ.get("KILN_PRESET", "tiny"))
 
     @property
@@ -33,6 +34,7 @@ class Kiln(dg.ConfigurableResource):
     def landing(self) -> Path:
         return Path(self.landing_dir)
 
-    def path(self, name: str) -> Path:
-        """The folder of an asset's artifacts: $KILN_DATA_DIR/<name>."""
-        return Path(self.data_dir) / name
+    @property
+    def layout(self) -> Layout:
+        """Every folder under KILN_DATA_DIR (training/layout.py)."""
+        return Layout(Path(self.data_dir))

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from training.config import EvaluationConfig
-from training.data.difficulty import split_record
+from training.curriculum.difficulty import split_record
 from training.data.filters.code import parser_for
 from training.data.filters.text import WORD
 from training.data.readers import CODE_LANGUAGES

@@ -6,7 +6,7 @@ material first, everything at the peak, and on the way back down the easier leve
 consolidates them. Each stage is shuffled with a generator seeded by (seed, stage), so its records
 and their order are a pure function of the scores and the config. Held-out records are never in a
 stage, and neither is held-out text: a training record sharing `ngram` consecutive words with a
-held-out record (training/data/contamination.py) is moved out of every stage, before stages are
+held-out record (training/curriculum/contamination.py) is moved out of every stage, before stages are
 built, into contaminated.parquet. Nothing is lost: training split = staged pool + contaminated.
 
     <out_dir>/stage_01.parquet ...   id, modality, level, text (in training order)
@@ -29,16 +29,11 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from training.config import CurriculumConfig
-from training.data.contamination import HeldoutIndex, shared_text
+from training.curriculum.contamination import HeldoutIndex, shared_text
 from training.fsutil import atomic_path, sha256_file
+from training.layout import CONTAMINATED, CURRICULUM_JSON, HELDOUT, STAGE_FILES, stage_file
 
-HELDOUT_FILE = "heldout.parquet"
-CONTAMINATED_FILE = "contaminated.parquet"
 OVERLAP = "heldout_overlap"
-
-
-def stage_file(stage: int) -> str:
-    return f"stage_{stage:02d}.parquet"
 
 
 def iter_texts(column: pa.ChunkedArray, step: int = 65_536):
@@ -73,12 +68,12 @@ def by_modality(table: pa.Table) -> dict[str, int]:
 def verify_stages(out_dir: Path, n: int) -> dict:
     """Re-check a built curriculum from its files alone: no stage record shares n words (or, under n
     words, all its words) with a record of heldout.parquet. Each distinct stage record is checked once."""
-    stages = sorted(out_dir.glob("stage_*.parquet"))
+    stages = sorted(out_dir.glob(STAGE_FILES))
     columns = ["modality", "id", "text"]
     empty = pa.table({c: pa.array([], pa.string()) for c in columns})
     rows = pa.concat_tables([pq.read_table(p, columns=columns) for p in stages] or [empty])
     distinct = rows.group_by(columns, use_threads=False).aggregate([])
-    heldout = pq.read_table(out_dir / HELDOUT_FILE, columns=columns)
+    heldout = pq.read_table(out_dir / HELDOUT, columns=columns)
     found = list(HeldoutIndex(heldout["text"].to_pylist(), n).overlaps(iter_texts(distinct["text"])))
     name = lambda t, i: f"{t['modality'][i].as_py()}/{t['id'][i].as_py()}"  # noqa: E731
     examples = [
@@ -110,8 +105,8 @@ def build_curriculum(
     stages = []
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
-        pq.write_table(heldout, tmp / HELDOUT_FILE)
-        pq.write_table(contaminated, tmp / CONTAMINATED_FILE)
+        pq.write_table(heldout, tmp / HELDOUT)
+        pq.write_table(contaminated, tmp / CONTAMINATED)
         for i, level in enumerate(cfg.schedule, start=1):
             pool = train.filter(pc.less_equal(train["level"], level))
             order = np.random.default_rng([cfg.seed, i]).permutation(pool.num_rows)
@@ -136,8 +131,8 @@ def build_curriculum(
                 "removed": contaminated.num_rows,
                 "by_modality": by_modality(contaminated),
                 "training_split_records": split.num_rows,
-                "file": CONTAMINATED_FILE,
+                "file": CONTAMINATED,
             },
         }
-        (tmp / "curriculum.json").write_text(json.dumps(summary, indent=2) + "\n")
+        (tmp / CURRICULUM_JSON).write_text(json.dumps(summary, indent=2) + "\n")
     return summary

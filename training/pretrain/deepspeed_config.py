@@ -88,7 +88,7 @@ def trainer_clips(cfg: TrainingConfig, precision: str) -> bool:
     """Whether the trainer, not DeepSpeed, clips the gradients: under ZeRO-0 without DeepSpeed's
     fp16/bf16 optimizer, where the engine would clip with a Python loop over the parameters and
     discard the norm, which kiln logs; torch's foreach `clip_grad_norm_` does both in a few kernels
-    (`training.step.forward_backward`). Under ZeRO the gradients are partitioned, and DeepSpeed's
+    (`training.pretrain.step.forward_backward`). Under ZeRO the gradients are partitioned, and DeepSpeed's
     fp16/bf16 optimizers keep gradients of their own: those clip and report the norm themselves."""
     return cfg.zero_stage == 0 and (precision == "fp32" or (precision == "bf16" and cfg.autocast))
 

@@ -22,7 +22,7 @@ tokens out themselves and need `add_bos_token=False` (no special tokens added by
 loader checks: a ppl record is `text<|end_of_text|>` scored after the harness's `<|begin_of_text|>`, the very
 tokens kiln's own perplexity predicts, and bytes and words are counted on the text alone. A cloze context is
 `<|begin_of_text|>beginning`, the choice is scored after it. For a record within the model's context the
-harness's bits per byte equals `training.evaluate`'s; longer records differ a little, since the harness
+harness's bits per byte equals `training.release.evaluate`'s; longer records differ a little, since the harness
 rolls its windows with one token of overlap where kiln's own evaluation starts each window afresh.
 """
 
@@ -39,16 +39,16 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
-from training.data.difficulty import split_record
-from training.evaluate import cut_to_words, load_heldout
+from training.curriculum.difficulty import split_record
+from training.release.evaluate import cut_to_words, load_heldout
 from training.fsutil import atomic_path
-from training.tokenizer import BOS, EOS
+from training.curriculum.tokenizer import BOS, EOS
 
 GROUP = "kiln"
 CLOZE = "kiln_cloze"
 MODULE = "kiln_tasks"
 GATE_METRIC = "bits_per_byte"
-"""The group metric the regression gate compares (training.release.regression_gate)."""
+"""The group metric the regression gate compares (training.release.publish.regression_gate)."""
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 MODEL_ARGS = "add_bos_token=False"
 

@@ -25,15 +25,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from training.fsutil import atomic_path, remove, sha256_file
+from training.layout import LATEST, RELEASE_MANIFEST, archive_name
 
-MANIFEST = "manifest.json"
-LATEST = "LATEST"
-EVALUATION = "evaluation.json"
-"""Written by the evaluation asset into evaluation/."""
-QUANTIZATION = "quantization.json"
-"""Written by `training.quantize.quantize_int8` into quantized_model/."""
-GGUF = "gguf.json"
-"""Written by the gguf_model asset beside the GGUF files: their sha256 and llama.cpp's logits check."""
 WEIGHTS_SHA256 = "weights_sha256"
 """The key under which both record the sha256 of the base_model weights they measured."""
 
@@ -47,7 +40,7 @@ class Gate:
 
 
 HARNESS_GROUP = "kiln"
-"""The lm-evaluation-harness group (training/harness.py) whose bits per byte the regression gate compares."""
+"""The lm-evaluation-harness group (training/release/harness.py) whose bits per byte the regression gate compares."""
 
 
 def _harness_bits_per_byte(run: dict | None) -> float | None:
@@ -161,13 +154,13 @@ def file_manifest(root: Path) -> dict[str, dict]:
     return {
         p.relative_to(root).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
         for p in sorted(root.rglob("*"))
-        if p.is_file() and p.name != MANIFEST
+        if p.is_file() and p.name != RELEASE_MANIFEST
     }
 
 
 def verify(release: Path) -> list[str]:
     """Problems found: files missing, changed or not listed. Empty when the release is intact."""
-    listed = json.loads((release / MANIFEST).read_text())["files"]
+    listed = json.loads((release / RELEASE_MANIFEST).read_text())["files"]
     actual = file_manifest(release)
     problems = [f"missing: {name}" for name in listed if name not in actual]
     problems += [f"not in the manifest: {name}" for name in actual if name not in listed]
@@ -211,7 +204,7 @@ def write_release(
         for name, digest in (expect_sha256 or {}).items():
             if files.get(name, {}).get("sha256") != digest:
                 raise ValueError(f"{name} changed while it was packaged (expected sha256 {digest[:8]}): not released")
-        (tmp / MANIFEST).write_text(json.dumps({"version": version, "files": files}, indent=2, sort_keys=True) + "\n")
+        (tmp / RELEASE_MANIFEST).write_text(json.dumps({"version": version, "files": files}, indent=2, sort_keys=True) + "\n")
         for f in tmp.rglob("*"):
             f.chmod(0o755 if f.is_dir() else 0o644)
     if archive:
@@ -223,7 +216,7 @@ def write_release(
 
 def write_archive(release: Path) -> Path:
     """<version>.tar.gz beside the release, and its sha256 in <version>.tar.gz.sha256."""
-    tarball = release.with_name(release.name + ".tar.gz")
+    tarball = release.with_name(archive_name(release.name))
     with atomic_path(tarball) as tmp:
         with tarfile.open(tmp, "w:gz") as tar:
             tar.add(release, arcname=release.name)

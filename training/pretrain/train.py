@@ -1,6 +1,6 @@
 """The trainer: one curriculum stage of DeepSpeed pretraining, one process per rank.
 
-    torchrun --standalone --nproc_per_node=2 -m training.train --spec data/checkpoints/stage_01/spec.json
+    torchrun --standalone --nproc_per_node=2 -m training.pretrain.train --spec data/checkpoints/stage_01/spec.json
 
 (add DS_ACCELERATOR=cpu without a GPU). The pipeline launches exactly this through Dagster Pipes; by
 hand, metrics print to stdout instead. A stage
@@ -10,7 +10,7 @@ hand, metrics print to stdout instead. A stage
 - takes `plan.steps` optimizer steps over its packed records in a fixed order (step s always sees the
   same rows), so a resumed run ends where an uninterrupted one does;
 - saves a DeepSpeed checkpoint every `checkpoint_every` steps and at its last step, keeping the last K;
-- steps as `training/step.py` builds the step (on a GPU the model and its chunked loss compiled as
+- steps as `training/pretrain/step.py` builds the step (on a GPU the model and its chunked loss compiled as
   one graph, micro-batches prefetched, one host sync per step);
 - stops at a NaN or infinite loss before the optimizer applies it, keeping the last good checkpoint;
 - writes its output folder atomically: the weights in Hugging Face format, stage.json, metrics.jsonl
@@ -37,12 +37,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.deepspeed_config import resolve_precision, trainer_clips
+from training.pretrain.deepspeed_config import resolve_precision, trainer_clips
 from training.fsutil import atomic_path, remove
-from training.model import build_model, count_parameters, flops_per_token, llama_config, peak_flops
-from training.report import append_metrics, plot_loss, read_metrics, truncate_metrics
-from training.stages import STAGE_SUMMARY, StageSpec, pack_records, read_summary, save_array
-from training.step import build_engine, forward_backward, micro_batches, prefetch
+from training.layout import LOSS_PNG, METRICS_JSONL, SPEC_JSON, STAGE_JSON, STAGE_MODEL
+from training.pretrain.model import build_model, count_parameters, flops_per_token, llama_config, peak_flops
+from training.pretrain.report import append_metrics, plot_loss, read_metrics, truncate_metrics
+from training.pretrain.plan import StageSpec, pack_records, read_summary, save_array
+from training.pretrain.step import build_engine, forward_backward, micro_batches, prefetch
 
 Log = Callable[[str], None]
 
@@ -96,7 +97,7 @@ def _prepare_workdir(spec: StageSpec, tokenizer, log: Log) -> None:
     if marker.is_file() and marker.read_text().strip() != spec.fingerprint:
         log(f"stage {spec.stage}: inputs or config changed; discarding the checkpoints of the earlier spec")
         for p in ckpt.iterdir():
-            if p.name not in ("spec.json", ".lock"):
+            if p.name not in (SPEC_JSON, ".lock"):
                 remove(p)
     if not marker.is_file():
         marker.write_text(spec.fingerprint + "\n")
@@ -148,11 +149,11 @@ def _export(engine, spec: StageSpec, rank: int, summary: dict, metrics: list[dic
         with atomic_path(out) as tmp:
             tmp.mkdir()
             lm = engine.module.lm  # the LlamaForCausalLM inside CausalLMLoss
-            lm.save_pretrained(tmp / "model", state_dict={k: v.detach().cpu() for k, v in lm.state_dict().items()})
-            shutil.copy(Path(spec.checkpoints) / "metrics.jsonl", tmp / "metrics.jsonl")
+            lm.save_pretrained(tmp / STAGE_MODEL, state_dict={k: v.detach().cpu() for k, v in lm.state_dict().items()})
+            shutil.copy(Path(spec.checkpoints) / METRICS_JSONL, tmp / METRICS_JSONL)
             if metrics:
-                plot_loss(metrics, tmp / "loss.png", f"stage {spec.stage} (level {spec.plan.level}): loss by step")
-            (tmp / STAGE_SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+                plot_loss(metrics, tmp / LOSS_PNG, f"stage {spec.stage} (level {spec.plan.level}): loss by step")
+            (tmp / STAGE_JSON).write_text(json.dumps(summary, indent=2) + "\n")
     log(f"stage {spec.stage}: wrote {spec.out}")
 
 
@@ -207,7 +208,7 @@ def train_stage(spec: StageSpec, log: Log = print) -> dict:
     # so step 1 warms up from 1/warmup rather than zero, and this stage's peak applies (its batch may
     # differ from the checkpoint's).
     engine.lr_scheduler.step(plan.first_step + start_step + 1)
-    metrics_path = ckpt / "metrics.jsonl"
+    metrics_path = ckpt / METRICS_JSONL
     if rank == 0:
         truncate_metrics(metrics_path, start_step)
 

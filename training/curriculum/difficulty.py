@@ -35,8 +35,7 @@ import pyarrow.parquet as pq
 from training.config import DifficultyConfig
 from training.data.filters.text import WORD
 from training.fsutil import atomic_path
-
-SCORES_FILE = "scores.parquet"
+from training.layout import SCORES
 
 
 def default_encoder() -> str:
@@ -162,7 +161,7 @@ def score_difficulty(corpus_dir: Path, out_dir: Path, cfg: DifficultyConfig, pre
             "bert_f1": pa.array(f1, pa.float32()),
         }
     )
-    with atomic_path(out_dir / SCORES_FILE) as tmp:
+    with atomic_path(out_dir / SCORES) as tmp:
         pq.write_table(out, tmp)
     histogram: dict[str, dict[int, int]] = {}
     for m, lv in zip(table["modality"].to_pylist(), level.tolist()):

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import torch
 
-from training.evaluate import record_nll
+from training.release.evaluate import record_nll
 from training.fsutil import atomic_path, sha256_file
-from training.package import copy_tokenizer, folder_bytes
+from training.layout import QUANTIZATION_JSON, WEIGHTS
+from training.release.package import copy_tokenizer, folder_bytes
 
 METHOD = "torchao Int8WeightOnlyConfig via transformers TorchAoConfig (quantize_ on every linear but the output head)"
 
@@ -46,7 +47,7 @@ def quantize_int8(model_dir: Path, out: Path, texts: list[str], batch_size: int,
 
     # Hashed before loading, so the record names the weights measured; the release gate compares it
     # with base_model's weights at release time.
-    weights_sha256 = sha256_file(model_dir / "model.safetensors")
+    weights_sha256 = sha256_file(model_dir / WEIGHTS)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
 
     def measure(model) -> tuple[float, float]:
@@ -68,5 +69,5 @@ def quantize_int8(model_dir: Path, out: Path, texts: list[str], batch_size: int,
         "method": METHOD,
         "weights_sha256": weights_sha256,
     }
-    save_model(int8.to("cpu"), model_dir, out, {"quantization.json": json.dumps(stats, indent=2) + "\n"})
+    save_model(int8.to("cpu"), model_dir, out, {QUANTIZATION_JSON: json.dumps(stats, indent=2) + "\n"})
     return stats | {"int8_bytes": folder_bytes(out)}

@@ -11,7 +11,7 @@ deliberate defects of every kind the cleaning must catch.
   mismatched captions (`"match": false`), and broken images of every kind.
 
 Every deliberate defect is listed with the reason it must get in `<landing>/_expected.json`.
-Run by hand:  python -m training.data.default_landing <landing dir>
+Run by hand:  python -m training.demo.landing <landing dir>
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
 from training.data.landing import READY_MARKER
-from training.data.snippets import CHINESE_PROSE, SNIPPETS
+from training.demo.snippets import CHINESE_PROSE, SNIPPETS
 from training.fsutil import atomic_path, write_json
 
 STDLIB = Path(sys.base_prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}"
@@ -171,7 +171,7 @@ def _text_defects(duplicate_of: str) -> tuple[bytes, list[str]]:
 # --------------------------------------------------------------------------- code
 
 
-def _break(source: str, language: str) -> str:
+def broken_copy(source: str, language: str) -> str:
     """A broken copy: cut before the last closing brace (or, for Python, inside a call)."""
     if language == "python":
         lines = source.splitlines()
@@ -182,7 +182,7 @@ def _break(source: str, language: str) -> str:
 # --------------------------------------------------------------------------- images
 
 
-def _scene(rng: random.Random) -> dict:
+def random_scene(rng: random.Random) -> dict:
     n = 1 if rng.random() < 0.6 else 2
     positions = rng.sample(sorted(POSITIONS), n)
     objects = [
@@ -197,7 +197,7 @@ def _scene(rng: random.Random) -> dict:
     return {"objects": objects, "background": background}
 
 
-def _draw(scene: dict, size: int, rng: random.Random) -> Image.Image:
+def draw_scene(scene: dict, size: int, rng: random.Random) -> Image.Image:
     img = Image.new("RGB", (size, size), BACKGROUNDS[scene["background"]])
     draw = ImageDraw.Draw(img)
     for o in scene["objects"]:
@@ -219,14 +219,14 @@ def _draw(scene: dict, size: int, rng: random.Random) -> Image.Image:
     return img
 
 
-def _caption(scene: dict, rng: random.Random) -> str:
+def scene_caption(scene: dict, rng: random.Random) -> str:
     parts = [f"a {o['size']} {o['color']} {o['shape']} {POSITION_PHRASES[o['position']]}" for o in scene["objects"]]
     body = " and ".join(parts)
     template = rng.choice(["{b}", "{b} on a {bg} background", "a picture of {b}", "there is {b}, {bg} background"])
     return template.format(b=body, bg=scene["background"])
 
 
-def _encode(img: Image.Image, fmt: str) -> bytes:
+def encode_image(img: Image.Image, fmt: str) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format=fmt, **({"quality": 90} if fmt in ("JPEG", "WEBP") else {}))
     return buf.getvalue()
@@ -247,16 +247,16 @@ def _scenes(batch: Path, rng: random.Random, count: int, prefix: str) -> list[di
     captions = []
     formats = [("PNG", ".png")] * 7 + [("JPEG", ".jpg")] * 2 + [("WEBP", ".webp")]
     for i in range(count):
-        scene = _scene(rng)
+        scene = random_scene(rng)
         fmt, ext = rng.choice(formats)
         name = f"scenes/{prefix}{i:05d}{ext}"
-        _write(batch / "images" / name, _encode(_draw(scene, 96, rng), fmt))
+        _write(batch / "images" / name, encode_image(draw_scene(scene, 96, rng), fmt))
         match = rng.random() >= MISMATCH_SHARE
         shown = scene
         if not match:  # a caption of a scene sharing no shape/colour pair with this one
             while {(o["shape"], o["color"]) for o in shown["objects"]} & {(o["shape"], o["color"]) for o in scene["objects"]}:
-                shown = _scene(rng)
-        captions.append({"image": name, "caption": _caption(shown, rng), "match": match})
+                shown = random_scene(rng)
+        captions.append({"image": name, "caption": scene_caption(shown, rng), "match": match})
     return captions
 
 
@@ -283,8 +283,8 @@ def _image_defects(batch: Path, rng: random.Random) -> tuple[list[bytes], dict[s
     """Broken images (each captioned, so it reaches the decoder) and broken caption lines; the lines
     come first in captions.jsonl, so a malformed one's source is its line number here."""
     images = batch / "images"
-    scene_png = _encode(_draw(_scene(rng), 96, rng), "PNG")
-    scene_jpg = _encode(_draw(_scene(rng), 96, rng), "JPEG")
+    scene_png = encode_image(draw_scene(random_scene(rng), 96, rng), "PNG")
+    scene_jpg = encode_image(draw_scene(random_scene(rng), 96, rng), "JPEG")
     files = {
         "broken/empty.png": (b"", "image_empty"),
         "broken/truncated.png": (scene_png[: len(scene_png) * 2 // 3], "image_truncated"),
@@ -345,11 +345,11 @@ def _batch_one(batch: Path, rng: random.Random, scenes: int, modules: list[Path]
         stem, ext = name.rsplit(".", 1)
         broken = f"{stem}_broken.{ext}"
         language = {"js": "javascript", "ts": "typescript", "tsx": "tsx"}.get(ext, ext)
-        _write(batch / "code" / broken, _break(source, language))
+        _write(batch / "code" / broken, broken_copy(source, language))
         expected[f"code/{broken}"] = "tree_sitter_error"
     first = modules[0]
     code_defects = {
-        "python/broken_module.py": (_break(first.read_text(encoding="utf-8"), "python").encode(), "tree_sitter_error"),
+        "python/broken_module.py": (broken_copy(first.read_text(encoding="utf-8"), "python").encode(), "tree_sitter_error"),
         f"python/copy_of_{first.name}": (first.read_bytes(), "duplicate"),
         "c/blob.c": (b"\x7fELF\x02\x01\x01\x00" + bytes(range(256)) * 4, "binary_file"),
         "c/latin1.c": ("/* r\xe9sum\xe9 */\nint main(void) { return 0; }\n".encode("latin-1"), "undecodable"),
