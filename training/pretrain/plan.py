@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+from pydantic import ConfigDict, TypeAdapter, with_config
 from transformers import PreTrainedTokenizerBase
 
 from training.config import ModelConfig, TrainingConfig
@@ -27,6 +28,7 @@ from training.fsutil import atomic_path, fingerprint, sha256_file
 from training.layout import STAGE_JSON, TOKENIZER_JSON, Layout, stage_file
 
 
+@with_config(ConfigDict(extra="forbid", strict=True))  # read by `from_json`, and for the nested configs too
 @dataclasses.dataclass(frozen=True)
 class StageSpec:
     stage: int
@@ -55,24 +57,15 @@ class StageSpec:
 
     @classmethod
     def from_json(cls, text: str) -> "StageSpec":
-        raw = json.loads(text)
-        return cls(
-            **{
-                **raw,
-                "plan": StagePlan(**_tuples(raw["plan"])),
-                "model": ModelConfig(**raw["model"]),
-                "training": TrainingConfig(**_tuples(raw["training"])),
-            }
-        )
+        """The spec `to_json` wrote, validated by pydantic: the nested configs come back as their
+        dataclasses and JSON's lists as tuples, so the spec compares and hashes equal to the one written.
+        An unknown key or a value of the wrong type is an error (`pydantic.ValidationError`)."""
+        return _SPEC.validate_json(text)
 
 
-def _tuples(d: dict) -> dict:
-    """JSON turns the configs' tuples into lists; turn them back so specs compare and hash equal."""
-
-    def conv(v):
-        return tuple(conv(x) for x in v) if isinstance(v, list) else v
-
-    return {k: conv(v) for k, v in d.items()}
+_SPEC = TypeAdapter(StageSpec)
+"""Strict (`with_config` above): no key the dataclasses lack, no string where a number belongs (a JSON
+integer may still fill a float field, and comes back a float)."""
 
 
 def stage_specs(
