@@ -8,11 +8,12 @@ from pathlib import Path
 
 import dagster as dg
 
+from training.markdown import markdown_table
+
 
 def md_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> dg.MarkdownMetadataValue:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return dg.MetadataValue.md("\n".join(lines))
+    """`training.markdown.markdown_table` as Dagster metadata."""
+    return dg.MetadataValue.md(markdown_table(headers, rows))
 
 
 def md_image(path: Path | None, alt: str, missing: str) -> dg.MarkdownMetadataValue:

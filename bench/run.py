@@ -24,6 +24,7 @@ import torch
 
 from bench import cleaning, models
 from bench.corpus import write_code_batch, write_text_batch
+from training.markdown import markdown_table
 
 ROOT = Path(__file__).resolve().parent
 SECTIONS = ("cleaning", "incremental", "near_dup", "tree_sitter", "clip", "bertscore", "tokenizer", "e2e", "training")
@@ -139,8 +140,7 @@ def markdown(results: dict) -> str:
            f"Medians of {results['repeats']} runs unless stated.", ""]
 
     def table(title: str, header: list[str], rows: list[list], note: str = "") -> None:
-        out.extend([f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)])
-        out.extend("| " + " | ".join(str(c) for c in row) + " |" for row in rows)
+        out.extend([f"## {title}", "", markdown_table(header, rows)])
         out.extend(["", note, ""] if note else [""])
 
     if "text_filters" in results:

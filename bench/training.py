@@ -40,6 +40,7 @@ import torch.nn.functional as F
 
 from training.presets import preset as load_preset
 from training.config import TrainingConfig
+from training.markdown import markdown_table
 from training.pretrain.deepspeed_config import StagePlan, resolve_precision, trainer_clips
 from training.pretrain.model import build_model, count_parameters, flops_per_token, llama_config, peak_flops
 from training.pretrain.step import build_engine, forward_backward, init_one_rank, micro_batches, param_groups, prefetch
@@ -236,16 +237,13 @@ def markdown(results: dict) -> str:
         f"micro-batch {results['micro_batch']} x {results['seq_len']} tokens, median of {results['steps']} steps "
         f"after {results['warmup']}" + (f", MFU of {peak / 1e12:.0f} TFLOP/s" if peak else ""),
         "",
-        "| variant | tokens/s | x reference | MFU | peak GiB | compiled | what |",
-        "|---|---|---|---|---|---|---|",
+        markdown_table(["variant", "tokens/s", "x reference", "MFU", "peak GiB", "compiled", "what"], [
+            [name, f"{r['tokens_per_s']:,.0f}", r["vs_reference"] if r["vs_reference"] is not None else "-",
+             r["mfu"] if r["mfu"] is not None else "-", r["peak_memory_gib"] if r["peak_memory_gib"] is not None else "-",
+             "yes" if r["compiled"] else "no", r["what"]]
+            for name, r in results["variants"].items()
+        ]),
     ]
-    for name, r in results["variants"].items():
-        cells = [
-            name, f"{r['tokens_per_s']:,.0f}", r["vs_reference"] if r["vs_reference"] is not None else "-",
-            r["mfu"] if r["mfu"] is not None else "-", r["peak_memory_gib"] if r["peak_memory_gib"] is not None else "-",
-            "yes" if r["compiled"] else "no", r["what"],
-        ]
-        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     lines += [f"- skipped {name}: {reason}" for name, reason in results["skipped"].items()]
     check = results["check"]
     lines.append("- check: " + ("every first loss agrees with the reference's" if check["ok"] else f"FAILED for {check['failed']}"))

@@ -13,13 +13,13 @@ imported: every module may import this one.
         cleaned_batch/<batch>/    <modality>.parquet, _manifest.json, _histograms.png, _histograms.json
         rejected/<batch>/         <modality>.parquet, <modality>.duplicates.parquet
         cleaned_corpus/<batch>/   <modality>.parquet, _<modality>.minhash.npy, _manifest.json
-        difficulty_scores/        scores.parquet, levels_by_batch.png
-        tokenizer/                tokenizer.json and the rest of a Hugging Face tokenizer
-        curriculum/               stage_NN.parquet, heldout.parquet, contaminated.parquet, curriculum.json
+        difficulty_scores/        scores.parquet, levels_by_batch.png, _step.json
+        tokenizer/                tokenizer.json and the rest of a Hugging Face tokenizer, _step.json
+        curriculum/               stage_NN.parquet, heldout.parquet, contaminated.parquet, curriculum.json, _step.json
         checkpoints/stage_NN/     spec.json, metrics.jsonl and the DeepSpeed checkpoints of stage NN
         pretrain_stage_N/         model/, stage.json, metrics.jsonl, loss.png
         base_model/               model.safetensors, tokenizer.json, ... (Hugging Face)
-        evaluation/               evaluation.json, eval_tasks/
+        evaluation/               evaluation.json, eval_tasks/, _step.json
         quantized_model/          quantization.json and the int8 model (Hugging Face)
         gguf_model/               gguf.json, Modelfile, kiln-<file type>.gguf
         releases/                 LATEST, <version>/, <version>.tar.gz
@@ -37,6 +37,11 @@ LANDING = "landing"
 """The default landing zone, where batches arrive when KILN_LANDING_DIR is not set."""
 DAGSTER_HOME = "dagster_home"
 """The Dagster instance of `make demo` and `make ui` (the Makefile's DAGSTER_HOME default)."""
+
+# Any step's folder (tokenizer/, difficulty_scores/, curriculum/, evaluation/)
+STEP_JSON = "_step.json"
+"""Written by `training.cache.record` last into a step's output folder: the step, its logic version, its
+cache key, its result (what the asset's metadata is made of) and the output files' sizes."""
 
 # clip_model/
 CLIP_CARD = "kiln_clip.json"
@@ -137,9 +142,9 @@ LATEST = "LATEST"
 RELEASE_MANIFEST = "manifest.json"
 """Written by `write_release` into releases/<version>/: every other file's sha256 and size."""
 MODEL_CARD = "README.md"
-"""Written by the release asset into releases/<version>/: the model card."""
+"""Written by `training.release.assemble.assemble_release` into releases/<version>/: the model card."""
 LINEAGE_JSON = "lineage.json"
-"""Written by the release asset into releases/<version>/: the batches, curriculum and stages it was trained on."""
+"""Written by `training.release.assemble.assemble_release` into releases/<version>/: the batches, curriculum and stages it was trained on."""
 RELEASE_INT8 = "int8"
 """releases/<version>/: quantized_model's files."""
 RELEASE_GGUF = "gguf"

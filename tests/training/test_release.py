@@ -10,6 +10,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import training.release.publish as rel
 from training.config import ModelConfig, TokenizerConfig
+from training.layout import Layout
+from training.presets import tiny
+from training.release.assemble import NotReleasable, assemble_release
 from training.release.evaluate import record_nll
 from training.pretrain.model import build_model, llama_config
 from training.release.package import assemble_model, folder_bytes
@@ -108,6 +111,7 @@ def test_versions_are_unique_and_in_time_order(model_dirs, tmp_path):
         _release(tmp_path, model_dirs, early)
 
 
+@pytest.mark.slow
 def test_int8_is_smaller_and_within_the_perplexity_bound(model_dirs, tmp_path):
     base, _, texts = model_dirs
     stats = quantize_int8(base, tmp_path / "int8", texts, 8, 0.02, torch.device("cpu"))
@@ -265,6 +269,20 @@ def test_the_release_gate_blocks_when_there_are_no_weights(tmp_path):
     assert rel.release_blockers(tmp_path / "e.json", tmp_path / "q.json", tmp_path / "model.safetensors", tmp_path / "g.json") == [
         f"model.safetensors is missing ({tmp_path / 'model.safetensors'}): materialize base_model first"
     ]
+
+
+def test_assembling_a_release_asks_the_gate_before_reading_or_writing_anything(tmp_path):
+    """Weights and nothing else: the gate's reasons, not a missing curriculum.json, and no releases/ folder."""
+    layout = Layout(tmp_path)
+    layout.base_model.mkdir()
+    (layout.base_model / "model.safetensors").write_bytes(b"weights")
+    with pytest.raises(NotReleasable) as refused:
+        assemble_release(layout, tiny())
+    assert [r.split(" (")[0] for r in refused.value.reasons] == [
+        "evaluation.json is missing", "quantization.json is missing", "gguf.json is missing"
+    ]
+    assert str(refused.value) == "not released: " + "; ".join(refused.value.reasons)
+    assert not layout.releases.exists()
 
 
 def _harness(bits_per_byte: float) -> dict:

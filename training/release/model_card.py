@@ -6,21 +6,18 @@ from __future__ import annotations
 import json
 from collections import Counter
 
-
-def _table(headers: list[str], rows: list[list[object]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    return "\n".join(lines + ["| " + " | ".join("" if c is None else str(c) for c in row) + " |" for row in rows])
+from training.markdown import markdown_table
 
 
 def evaluation_tables(evaluation: dict) -> str:
     groups = [("all", evaluation["overall"])]
     groups += [(f"modality: {k}", v) for k, v in evaluation["by_modality"].items()]
     groups += [(f"level {k}", v) for k, v in evaluation["by_level"].items()]
-    ppl = _table(
+    ppl = markdown_table(
         ["held-out records", "records", "tokens", "perplexity", "byte perplexity", "bits/byte"],
         [[name, g["records"], g["tokens"], g["perplexity"], g["byte_perplexity"], g["bits_per_byte"]] for name, g in groups],
     )
-    cont = _table(
+    cont = markdown_table(
         ["continuations", "records", "BLEU", "chrF"],
         [[name, c["records"], c["bleu"], c["chrf"]] for name, c in evaluation["continuation"].items()],
     )
@@ -49,7 +46,7 @@ def harness_table(candidate: dict, previous: dict | None = None, previous_versio
                 if previous:
                     row.append(previous["results"].get(task, {}).get(metric))
                 rows.append(row)
-    return _table(headers, rows)
+    return markdown_table(headers, rows)
 
 
 def harness_section(version: str, candidate: dict | None, previous: dict | None) -> str:
@@ -109,7 +106,7 @@ def gguf_section(version: str, gguf: dict | None) -> str:
 against transformers: the next-token logits at every position of {first['prompts']} held-out prompts
 ({first['positions']} positions, llama-cpp-python {first['llama_cpp_python']}) differ by at most:
 
-{_table(["file", "weights", "size", "sha256", "max abs logit difference", "top-1 agreement", "same tokenization"], rows)}
+{markdown_table(["file", "weights", "size", "sha256", "max abs logit difference", "top-1 agreement", "same tokenization"], rows)}
 
 ```sh
 llama-cli -m {file} -p "def main():" -n 32      # llama.cpp
@@ -136,56 +133,29 @@ curl -s http://127.0.0.1:8000/v1/completions -H 'Content-Type: application/json'
 ```
 
 Requests are answered one at a time; the prompt and `max_tokens` together must fit in the context
-({context} tokens). A newer release is served after restarting `make serve`.
-
-"""
+({context} tokens). A newer release is served after restarting `make serve`."""
 
 
-def model_card(
-    version: str,
-    lineage: list[dict],
-    curriculum: dict,
-    stages: list[dict],
-    model: dict,
-    training: dict,
-    evaluation: dict,
-    previous: dict | None,
-    quantization: dict,
-    gguf: dict | None = None,
-) -> str:
-    reasons: Counter[str] = Counter()
-    for row in lineage:
-        reasons.update(row["reasons"])
-    kept, rejected = sum(r["kept"] for r in lineage), sum(r["rejected"] for r in lineage)
-    batches = _table(
-        ["batch", "modality", "content sha256", "kept", "rejected"],
-        [[r["batch"], r["modality"], f"`{r['content_sha256']}`", r["kept"], r["rejected"]] for r in lineage],
-    )
-    by_reason = _table(["rejection reason", "records"], [[k, v] for k, v in sorted(reasons.items(), key=lambda kv: -kv[1])])
-    stage_rows = [
-        [s["stage"], s["level"], c["records"], s["tokens"], s["steps"], s["global_batch"], s["final_loss"]]
-        for s, c in zip(stages, curriculum["stages"])
-    ]
-    comparison = "This is the first release; there is no previous one to compare with."
-    if previous:
-        comparison = (
-            f"Previous release {previous['version']}, measured now on the same held-out records: byte perplexity "
-            f"{previous['evaluation']['overall']['byte_perplexity']} against this release's "
-            f"{evaluation['overall']['byte_perplexity']} ({previous['change']:+.2%})."
-        )
-    return f"""---
+FRONT_MATTER = """---
 library_name: transformers
 pipeline_tag: text-generation
 tags: [kiln, llama, causal-lm]
----
+---"""
+"""The Hugging Face Hub's metadata block, which opens the card."""
 
-# kiln release {version}
+
+def intro_section(version: str, model: dict, stages: list[dict]) -> str:
+    """The title and what the model is."""
+    return f"""# kiln release {version}
 
 A Llama-architecture causal language model ({model['parameters'] / 1e6:.2f}M parameters, context
 {model['max_seq_len']} tokens) trained by kiln from its landing zone: cleaned, scored for difficulty,
-and pretrained with DeepSpeed over a curriculum of {len(stages)} stages.
+and pretrained with DeepSpeed over a curriculum of {len(stages)} stages."""
 
-## Loading
+
+def loading_section(version: str, quantization: dict, gguf: dict | None) -> str:
+    """How to load the model with transformers, the int8/ variant against the full model, the GGUF files."""
+    return f"""## Loading
 
 ```python
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -203,33 +173,95 @@ model ({quantization['perplexity_change']:+.2%}), at {quantization['int8_bytes']
 {quantization['full_bytes'] / 1e6:.1f} MB.{gguf_section(version, gguf)}
 
 Every file is listed with its sha256 in `manifest.json`; only safetensors, GGUF and JSON hold weights
-and configuration (no pickle).
+and configuration (no pickle)."""
 
-{serve_section(version, model['max_seq_len'])}## Evaluation (held-out records, never trained on)
+
+def comparison_line(evaluation: dict, previous: dict | None) -> str:
+    """The candidate's byte perplexity against the previous release's, both measured now."""
+    if not previous:
+        return "This is the first release; there is no previous one to compare with."
+    return (
+        f"Previous release {previous['version']}, measured now on the same held-out records: byte perplexity "
+        f"{previous['evaluation']['overall']['byte_perplexity']} against this release's "
+        f"{evaluation['overall']['byte_perplexity']} ({previous['change']:+.2%})."
+    )
+
+
+def evaluation_section(version: str, evaluation: dict, previous: dict | None) -> str:
+    """The held-out measurements, the comparison with the previous release and the harness's results."""
+    return f"""## Evaluation (held-out records, never trained on)
 
 {evaluation_tables(evaluation)}
 
-{comparison}{harness_section(version, evaluation.get("harness"), previous)}
+{comparison_line(evaluation, previous)}{harness_section(version, evaluation.get("harness"), previous)}"""
 
-## Data lineage
+
+def lineage_section(lineage: list[dict]) -> str:
+    """Records kept and rejected per landing batch (training.data.clean.lineage), and why rejected."""
+    reasons: Counter[str] = Counter()
+    for row in lineage:
+        reasons.update(row["reasons"])
+    kept, rejected = sum(r["kept"] for r in lineage), sum(r["rejected"] for r in lineage)
+    batches = markdown_table(
+        ["batch", "modality", "content sha256", "kept", "rejected"],
+        [[r["batch"], r["modality"], f"`{r['content_sha256']}`", r["kept"], r["rejected"]] for r in lineage],
+    )
+    by_reason = markdown_table(["rejection reason", "records"], [[k, v] for k, v in sorted(reasons.items(), key=lambda kv: -kv[1])])
+    return f"""## Data lineage
 
 {kept} records kept and {rejected} rejected, by landing batch:
 
 {batches}
 
-{by_reason}
+{by_reason}"""
 
-## Curriculum
+
+def curriculum_section(curriculum: dict, stages: list[dict]) -> str:
+    """The schedule, the held-out decontamination and, per stage, what it trained on and how it ended."""
+    stage_rows = [
+        [s["stage"], s["level"], c["records"], s["tokens"], s["steps"], s["global_batch"], s["final_loss"]]
+        for s, c in zip(stages, curriculum["stages"])
+    ]
+    return f"""## Curriculum
 
 Schedule of difficulty levels: {'-'.join(str(x) for x in curriculum['schedule'])}; a stage of level k trains on
 every training record of level ≤ k, in a seeded order (seed {curriculum['seed']}).
 {decontamination_line(curriculum)}
 
-{_table(["stage", "level", "records", "tokens seen", "steps", "global batch", "final loss"], stage_rows)}
+{markdown_table(["stage", "level", "records", "tokens seen", "steps", "global batch", "final loss"], stage_rows)}"""
 
-## Training configuration
+
+def training_section(model: dict, training: dict) -> str:
+    """The model and training configuration, as JSON."""
+    return f"""## Training configuration
 
 ```json
 {json.dumps({"model": model, "training": training}, indent=2)}
-```
-"""
+```"""
+
+
+def model_card(
+    version: str,
+    lineage: list[dict],
+    curriculum: dict,
+    stages: list[dict],
+    model: dict,
+    training: dict,
+    evaluation: dict,
+    previous: dict | None,
+    quantization: dict,
+    gguf: dict | None = None,
+) -> str:
+    """The release's README.md: `model` is the model configuration with its "parameters", `training` the
+    training configuration, `evaluation` and `previous` evaluation.json's "candidate" and "previous"."""
+    sections = [
+        FRONT_MATTER,
+        intro_section(version, model, stages),
+        loading_section(version, quantization, gguf),
+        serve_section(version, model["max_seq_len"]),
+        evaluation_section(version, evaluation, previous),
+        lineage_section(lineage),
+        curriculum_section(curriculum, stages),
+        training_section(model, training),
+    ]
+    return "\n\n".join(sections) + "\n"

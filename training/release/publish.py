@@ -7,10 +7,11 @@ as they were, and at worst a hidden `.<version>.tmp-*` folder that the next pack
 Version names are `YYYYMMDD-HHMMSS-<first 8 hex of the weights' sha256>` (UTC): unique, and in time
 order when sorted.
 
-The release gate (`release_blockers`) decides whether a candidate may be released at all. The release
-asset asks it before writing anything, and the asset checks `no_regression` and
-`quantization_within_bound` apply the same rules (`regression_gate`, `quantization_gate`), so a hand-run
-release, a run retry and the automation all meet one gate.
+The release gate (`release_blockers`) decides whether a candidate may be released at all.
+`assemble_release` (training/release/assemble.py, the release asset's body) asks it before reading or
+writing anything, and the asset checks `no_regression`, `quantization_within_bound` and
+`gguf_matches_transformers` apply the same rules (`regression_gate`, `quantization_gate`, `gguf_gate`),
+so a hand-run release, a run retry and the automation all meet one gate.
 """
 
 from __future__ import annotations
