@@ -8,7 +8,8 @@ from assets.difficulty import difficulty_scores
 from assets.metadata import md_table
 from assets.tokenizer import tokenizer
 from assets.resources import Kiln
-from training.curriculum.schedule import build_curriculum, verify_stages
+from assets.steps import key_metadata, lookup
+from training.curriculum.schedule import STEP, VERSION, build_curriculum, verify_stages
 from training.layout import SCORES
 
 
@@ -20,16 +21,20 @@ from training.layout import SCORES
     "stage holds every training record up to its level, in a seeded order. Held-out records stay out, and "
     "so do training records sharing curriculum.ngram (13) consecutive words with one (contaminated.parquet).",
 )
-def curriculum(kiln: Kiln) -> dg.MaterializeResult:
-    tok = AutoTokenizer.from_pretrained(kiln.layout.tokenizer)
+def curriculum(context: dg.AssetExecutionContext, kiln: Kiln) -> dg.MaterializeResult:
+    layout, out = kiln.layout, kiln.layout.curriculum
+    inputs = [layout.difficulty_scores / SCORES, layout.cleaned_corpus, layout.tokenizer]
+    key, summary = lookup(context, out, STEP, VERSION, kiln.config.curriculum, inputs)
+    was_reused = summary is not None
+    if summary is None:
+        tok = AutoTokenizer.from_pretrained(layout.tokenizer)
 
-    def count_tokens(texts: list[str]) -> int:
-        return sum(len(ids) for ids in tok(texts, add_special_tokens=True)["input_ids"]) if texts else 0
+        def count_tokens(texts: list[str]) -> int:
+            return sum(len(ids) for ids in tok(texts, add_special_tokens=True)["input_ids"]) if texts else 0
 
-    summary = build_curriculum(
-        kiln.layout.difficulty_scores / SCORES, kiln.layout.cleaned_corpus, kiln.layout.curriculum,
-        kiln.config.curriculum, count_tokens,
-    )
+        summary = build_curriculum(
+            layout.difficulty_scores / SCORES, layout.cleaned_corpus, out, kiln.config.curriculum, count_tokens, key,
+        )
     decontamination = summary["decontamination"]
     return dg.MaterializeResult(
         metadata={
@@ -39,7 +44,8 @@ def curriculum(kiln: Kiln) -> dg.MaterializeResult:
             "heldout_records": summary["heldout_records"],
             "contaminated_records": decontamination["removed"],
             **{f"contaminated/{m}": k for m, k in decontamination["by_modality"].items()},
-            "path": dg.MetadataValue.path(kiln.layout.curriculum),
+            "path": dg.MetadataValue.path(out),
+            **key_metadata(key, was_reused),
         }
     )
 

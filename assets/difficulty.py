@@ -6,9 +6,9 @@ import pyarrow.parquet as pq
 from assets.cleaning import cleaned_corpus
 from assets.metadata import GPU_STEP, md_image, md_table
 from assets.resources import Kiln
-from training.curriculum.difficulty import Persistence, ReleasedModel, score_difficulty
-from training.data.stats import level_histograms
-from training.layout import LEVELS_PNG, SCORES
+from assets.steps import key_metadata, lookup
+from training.curriculum.difficulty import STEP, VERSION, Persistence, ReleasedModel, default_encoder, score_difficulty
+from training.layout import SCORES, TOKENIZER_JSON, WEIGHTS
 from training.release.publish import latest
 
 
@@ -21,21 +21,28 @@ from training.release.publish import latest
     "held-out split. Prediction from the latest release's model, or persistence before the first release.",
 )
 def difficulty_scores(context: dg.AssetExecutionContext, kiln: Kiln) -> dg.MaterializeResult:
-    cfg = kiln.config.difficulty
+    cfg, out = kiln.config.difficulty, kiln.layout.difficulty_scores
     release = latest(kiln.layout.releases)
-    predictor = ReleasedModel(str(release)) if release else Persistence()
-    stats = score_difficulty(kiln.layout.cleaned_corpus, kiln.layout.difficulty_scores, cfg, predictor)
-    context.log.info(f"difficulty: {stats['records']} records at {stats['records_per_second']} records/s")
+    encoder = cfg.encoder or default_encoder()
+    # The encoder's files and the predictor are inputs: the latest release's model, or persistence before one.
+    config = (cfg, release.name if release else "persistence")
+    inputs = [kiln.layout.cleaned_corpus, encoder, *([release / WEIGHTS, release / TOKENIZER_JSON] if release else [])]
+    key, stats = lookup(context, out, STEP, VERSION, config, inputs)
+    was_reused = stats is not None
+    if stats is None:
+        predictor = ReleasedModel(str(release)) if release else Persistence()
+        stats = score_difficulty(kiln.layout.cleaned_corpus, out, cfg, predictor, key)
+        context.log.info(f"difficulty: {stats['records']} records at {stats['records_per_second']} records/s")
     width = len(cfg.level_edges) + 1
-    picture, by_batch = level_histograms(kiln.layout.difficulty_scores / SCORES, kiln.layout.difficulty_scores / LEVELS_PNG, width)
+    picture = out / stats["levels_png"] if stats["levels_png"] else None
     return dg.MaterializeResult(
         metadata={
             "levels": md_table(
                 ["modality"] + [f"level {k}" for k in range(1, width + 1)],
-                [[m] + [h[k] for k in range(1, width + 1)] for m, h in stats["histogram"].items()],
+                [[m] + [h[str(k)] for k in range(1, width + 1)] for m, h in stats["histogram"].items()],
             ),
             "levels_by_batch": md_image(picture, "difficulty level by batch", "no records"),
-            "levels_by_batch/counts": dg.MetadataValue.json(by_batch),
+            "levels_by_batch/counts": dg.MetadataValue.json(stats["levels_by_batch"]),
             "levels_populated": stats["levels_populated"],
             "records": stats["records"],
             "heldout": stats["heldout"],
@@ -45,7 +52,8 @@ def difficulty_scores(context: dg.AssetExecutionContext, kiln: Kiln) -> dg.Mater
             "predictor": stats["predictor"],
             "device": stats["device"],
             "records_per_second": stats["records_per_second"],
-            "path": dg.MetadataValue.path(kiln.layout.difficulty_scores / SCORES),
+            "path": dg.MetadataValue.path(out / SCORES),
+            **key_metadata(key, was_reused),
         }
     )
 

@@ -3,6 +3,7 @@ lm-evaluation-harness tasks), the regression gate against the previous release, 
 with its own quality bound."""
 
 import json
+from pathlib import Path
 
 import dagster as dg
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -10,6 +11,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from assets.curriculum import curriculum
 from assets.metadata import GPU_STEP
 from assets.resources import Kiln
+from assets.steps import key_metadata, lookup
+from training.cache import forget, record
 from training.device import pick_device
 from training.release.evaluate import evaluate, load_heldout
 from training.fsutil import remove, sha256_file, write_json
@@ -18,6 +21,10 @@ from training.release.model_card import evaluation_tables, harness_table
 from training.release.quantize import quantize_int8
 from training.layout import BASE_MODEL, EVALUATION_JSON, HELDOUT, QUANTIZATION_JSON, WEIGHTS
 from training.release.publish import WEIGHTS_SHA256, latest, quantization_gate, regression_gate
+
+STEP, VERSION = "evaluation", 1
+"""The evaluation's step name and logic version in its cache key (training/cache.py): bump VERSION when
+this asset, training/release/evaluate.py or training/release/harness.py change what evaluation/ holds."""
 
 
 def _evaluate(kiln: Kiln, path, device) -> dict:
@@ -42,34 +49,19 @@ def _harness(kiln: Kiln, path, device) -> dict:
     "code parse rate; the previous release measured on the same records for the regression gate.",
 )
 def evaluation(context: dg.AssetExecutionContext, kiln: Kiln) -> dg.MaterializeResult:
-    device = pick_device()
-    # Hashed before loading: the release gate accepts this evaluation only for these very weights.
-    weights = sha256_file(kiln.layout.base_model / WEIGHTS)
-    candidate = _evaluate(kiln, kiln.layout.base_model, device)
-    cfg, tasks = kiln.config.evaluation, kiln.layout.eval_tasks
-    if cfg.harness:  # the same records as kiln's own evaluation, as lm-evaluation-harness tasks
-        write_tasks(
-            kiln.layout.curriculum / HELDOUT, tasks, cfg.max_records, kiln.config.difficulty.span_words,
-            cfg.harness_cloze_choices, cfg.harness_cloze_words,
-        )
-        candidate["harness"] = _harness(kiln, kiln.layout.base_model, device)
-    else:
-        remove(tasks)  # never ship tasks the evaluation did not run
-    previous = None
-    if (release := latest(kiln.layout.releases)) is not None:
-        old = _evaluate(kiln, release, device)
-        change = candidate["overall"]["byte_perplexity"] / old["overall"]["byte_perplexity"] - 1
-        previous = {"version": release.name, "evaluation": old, "change": round(change, 6)}
-        if cfg.harness:
-            previous["harness"] = _harness(kiln, release, device)
-        context.log.info(f"byte perplexity {change:+.2%} against release {release.name}")
-    write_json(
-        kiln.layout.evaluation / EVALUATION_JSON,
-        {
-            "candidate": candidate, "previous": previous, "device": str(device),
-            "margin": kiln.config.evaluation.regression_margin, WEIGHTS_SHA256: weights,
-        },
-    )
+    out, cfg = kiln.layout.evaluation, kiln.config.evaluation
+    release = latest(kiln.layout.releases)
+    # evaluation.json compares with the latest release: which one, and its weights, are in the key.
+    config = (cfg, kiln.config.difficulty.span_words, release.name if release else None)
+    inputs = [kiln.layout.base_model, *([release / WEIGHTS] if release else []), kiln.layout.curriculum / HELDOUT, *cfg.harness_include]
+    key, result = lookup(context, out, STEP, VERSION, config, inputs)
+    was_reused = result is not None
+    if result is None:
+        forget(out)  # evaluation/ is updated in place: no record until everything below is written
+        result = _run(context, kiln, release)
+        write_json(out / EVALUATION_JSON, result)
+        record(out, STEP, VERSION, key, result)
+    candidate, previous = result["candidate"], result["previous"]
     overall = candidate["overall"]
     return dg.MaterializeResult(
         metadata={
@@ -85,11 +77,38 @@ def evaluation(context: dg.AssetExecutionContext, kiln: Kiln) -> dg.MaterializeR
                if "harness" in candidate else {}),
             "previous_release": previous["version"] if previous else "none",
             "change_vs_previous": f"{previous['change']:+.2%}" if previous else "n/a",
-            "device": str(device),
-            "weights_sha256": weights,
-            "path": dg.MetadataValue.path(kiln.layout.evaluation / EVALUATION_JSON),
+            "device": result["device"],
+            "weights_sha256": result[WEIGHTS_SHA256],
+            "path": dg.MetadataValue.path(out / EVALUATION_JSON),
+            **key_metadata(key, was_reused),
         }
     )
+
+
+def _run(context: dg.AssetExecutionContext, kiln: Kiln, release: Path | None) -> dict:
+    """Measure the base model and the latest release (if any): evaluation.json's content."""
+    device = pick_device()
+    # Hashed before loading: the release gate accepts this evaluation only for these very weights.
+    weights = sha256_file(kiln.layout.base_model / WEIGHTS)
+    candidate = _evaluate(kiln, kiln.layout.base_model, device)
+    cfg, tasks = kiln.config.evaluation, kiln.layout.eval_tasks
+    if cfg.harness:  # the same records as kiln's own evaluation, as lm-evaluation-harness tasks
+        write_tasks(
+            kiln.layout.curriculum / HELDOUT, tasks, cfg.max_records, kiln.config.difficulty.span_words,
+            cfg.harness_cloze_choices, cfg.harness_cloze_words,
+        )
+        candidate["harness"] = _harness(kiln, kiln.layout.base_model, device)
+    else:
+        remove(tasks)  # never ship tasks the evaluation did not run
+    previous = None
+    if release is not None:
+        old = _evaluate(kiln, release, device)
+        change = candidate["overall"]["byte_perplexity"] / old["overall"]["byte_perplexity"] - 1
+        previous = {"version": release.name, "evaluation": old, "change": round(change, 6)}
+        if cfg.harness:
+            previous["harness"] = _harness(kiln, release, device)
+        context.log.info(f"byte perplexity {change:+.2%} against release {release.name}")
+    return {"candidate": candidate, "previous": previous, "device": str(device), "margin": cfg.regression_margin, WEIGHTS_SHA256: weights}
 
 
 @dg.asset_check(

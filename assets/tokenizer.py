@@ -7,9 +7,10 @@ from transformers import AutoTokenizer
 
 from assets.cleaning import cleaned_corpus
 from assets.resources import Kiln
+from assets.steps import key_metadata, lookup
 from training.curriculum.contamination import find_overlaps
 from training.curriculum.difficulty import is_heldout
-from training.curriculum.tokenizer import round_trip_failures, train_tokenizer
+from training.curriculum.tokenizer import STEP, VERSION, bytes_per_token, fit_tokenizer, round_trip_failures, save_tokenizer
 
 # Always round-tripped besides the held-out records, so the check covers Chinese and code even
 # when the held-out share happens to contain neither.
@@ -49,23 +50,30 @@ def _training_texts(train: Records, heldout: Records, ngram: int) -> tuple[list[
     "corpus, less records sharing curriculum.ngram (13) words with a held-out record; loadable with "
     "AutoTokenizer.from_pretrained.",
 )
-def tokenizer(kiln: Kiln) -> dg.MaterializeResult:
-    out = kiln.layout.tokenizer
-    train, heldout = _split(kiln)
-    texts, overlapping = _training_texts(train, heldout, kiln.config.curriculum.ngram)
-    tok = train_tokenizer(texts, kiln.config.tokenizer, out)
-    per_modality: dict[str, list[int]] = {}
-    for modality, _, text in heldout:
-        acc = per_modality.setdefault(modality, [0, 0])
-        acc[0] += len(text.encode())
-        acc[1] += len(tok(text, add_special_tokens=False)["input_ids"])
-    return dg.MaterializeResult(
-        metadata={
+def tokenizer(context: dg.AssetExecutionContext, kiln: Kiln) -> dg.MaterializeResult:
+    out, cfg = kiln.layout.tokenizer, kiln.config
+    config = (cfg.tokenizer, cfg.difficulty.heldout_share, cfg.curriculum.ngram)
+    key, result = lookup(context, out, STEP, VERSION, config, [kiln.layout.cleaned_corpus])
+    was_reused = result is not None
+    if result is None:
+        train, heldout = _split(kiln)
+        texts, overlapping = _training_texts(train, heldout, cfg.curriculum.ngram)
+        tok = fit_tokenizer(texts, cfg.tokenizer)
+        result = {
             "vocab_size": len(tok),
             "training_records": len(texts),
             "left_out_overlapping_heldout": overlapping,
-            **{f"bytes_per_token/{m}": round(b / max(t, 1), 3) for m, (b, t) in per_modality.items()},
+            "bytes_per_token": bytes_per_token(tok, ((m, t) for m, _, t in heldout)),
+        }
+        save_tokenizer(tok, out, key, result)
+    return dg.MaterializeResult(
+        metadata={
+            "vocab_size": result["vocab_size"],
+            "training_records": result["training_records"],
+            "left_out_overlapping_heldout": result["left_out_overlapping_heldout"],
+            **{f"bytes_per_token/{m}": v for m, v in result["bytes_per_token"].items()},
             "path": dg.MetadataValue.path(out),
+            **key_metadata(key, was_reused),
         }
     )
 

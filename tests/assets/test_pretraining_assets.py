@@ -20,6 +20,8 @@ from training.config import CurriculumConfig, EvaluationConfig, ModelConfig
 import training.release.publish as rel
 from training.release.publish import verify
 
+pytestmark = pytest.mark.slow
+
 
 def quick():
     """tiny with two stages, a smaller model and a few steps: the assets' wiring, not the learning."""
@@ -181,6 +183,11 @@ def test_the_regression_gate_blocks_a_worse_model_and_passes_one_that_is_not(lif
     assert gate.metadata["candidate_harness_bits_per_byte"].value > gate.metadata["previous_harness_bits_per_byte"].value
     assert not blocked.asset_materializations_for_node("release")
     assert (releases / "LATEST").read_text().strip() == first
+    # The same weights against the same release: the evaluation is reused (training/cache.py), not run again.
+    stamp = (data / "evaluation" / "evaluation.json").stat().st_mtime_ns
+    again, fresh = _meta(materialize("evaluation"), "evaluation"), _meta(blocked, "evaluation")
+    assert again.pop("reused") == fresh["key"] and again == fresh and "reused" not in fresh
+    assert (data / "evaluation" / "evaluation.json").stat().st_mtime_ns == stamp
     assert sorted(p.name for p in releases.iterdir() if p.is_dir()) == [first]
 
     (data / "base_model" / "model.safetensors").write_bytes(trained)  # as good as the release

@@ -86,12 +86,17 @@ def test_persistence_rates_self_similar_records_easier_than_shifting_ones(tmp_pa
         "the red kiln fires the clay at dawn; meanwhile quarterly tax filings confuse every accountant in town",
         "word",
     ]
-    stats = score_difficulty(_corpus(tmp_path, texts), tmp_path / "out", DifficultyConfig(span_words=8), Persistence())
+    stats = score_difficulty(_corpus(tmp_path, texts), tmp_path / "out", DifficultyConfig(span_words=8), Persistence(), key="k1")
     rows = pq.read_table(tmp_path / "out" / "scores.parquet").to_pylist()
     assert [r["id"] for r in rows] == ["r0", "r1", "r2"]
     assert rows[0]["difficulty"] < rows[1]["difficulty"]
     assert rows[2]["difficulty"] == 0.0 and rows[2]["level"] == 1  # one word: nothing to predict
     assert stats["records"] == 3 and stats["scored"] == 2 and "persistence" in stats["predictor"]
+    # The folder is written whole: the scores, their picture and last the step's record of the result.
+    from training.cache import reused
+
+    assert stats["levels_png"] == "levels_by_batch.png" and (tmp_path / "out" / "levels_by_batch.png").is_file()
+    assert reused(tmp_path / "out", "k1") == stats and sum(stats["histogram"]["text"].values()) == 3
 
 
 def test_released_model_predictor_generates_continuations(tmp_path):

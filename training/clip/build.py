@@ -9,12 +9,12 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+from training.cache import key_of
 from training.clip.score import ClipScorer, evaluate_filter, landing_pairs, model_fingerprint
 from training.clip.train import train_clip
 from training.config import ClipTrainConfig, ImageFilterConfig
 from training.data.clean import Clip
 from training.data.landing import ready_batches
-from training.fsutil import fingerprint
 from training.layout import CLIP_CARD
 
 
@@ -72,7 +72,7 @@ def build_clip_model(
         card = read_card(out_dir)
         reason = clip_due(len(pairs), card, train_cfg)
         if reason:
-            key = fingerprint(train_cfg, [b.fingerprint("image_text") for b in batches])
+            key = key_of(train_cfg, [b.fingerprint("image_text") for b in batches])  # the card's key and version
             stats = {**train_clip(pairs, train_cfg, out_dir, key), "cached": False, "reason": reason}
         elif card:
             stats = {**card, "cached": True}

@@ -32,10 +32,16 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from training.cache import record
 from training.config import DifficultyConfig
 from training.data.filters.text import WORD
+from training.data.stats import level_histograms
 from training.fsutil import atomic_path
-from training.layout import SCORES
+from training.layout import LEVELS_PNG, SCORES
+
+STEP, VERSION = "difficulty_scores", 1
+"""The step's name and logic version in its cache key (training/cache.py): bump VERSION when this module
+changes what it writes."""
 
 
 def default_encoder() -> str:
@@ -128,8 +134,9 @@ class BertScore:
         return p.numpy(), r.numpy(), f.numpy()
 
 
-def score_difficulty(corpus_dir: Path, out_dir: Path, cfg: DifficultyConfig, predictor: Predictor) -> dict:
-    """Score every kept record of the cleaned corpus; write `<out_dir>/scores.parquet` atomically."""
+def score_difficulty(corpus_dir: Path, out_dir: Path, cfg: DifficultyConfig, predictor: Predictor, key: str | None = None) -> dict:
+    """Score every kept record of the cleaned corpus; write `out_dir` atomically: scores.parquet, the
+    levels of each batch drawn in levels_by_batch.png and, with `key`, the step's record of the result."""
     table = ds.dataset(corpus_dir, format="parquet").to_table(columns=["id", "modality", "batch", "source", "text"])
     rows = table.to_pylist()
     halves = [split_record(r["text"] or "", cfg.span_words) for r in rows]
@@ -161,22 +168,29 @@ def score_difficulty(corpus_dir: Path, out_dir: Path, cfg: DifficultyConfig, pre
             "bert_f1": pa.array(f1, pa.float32()),
         }
     )
-    with atomic_path(out_dir / SCORES) as tmp:
-        pq.write_table(out, tmp)
-    histogram: dict[str, dict[int, int]] = {}
+    histogram: dict[str, dict[str, int]] = {}  # level -> records, keyed by str as in JSON
     for m, lv in zip(table["modality"].to_pylist(), level.tolist()):
-        histogram.setdefault(m, {k: 0 for k in range(1, len(cfg.level_edges) + 2)})[lv] += 1
-    return {
-        "records": n,
-        "scored": len(scored),
-        "heldout": split.count("heldout"),
-        "histogram": histogram,
-        "levels_populated": len(set(level.tolist())),
-        "encoder": bert.encoder,
-        "layer": cfg.layer,
-        "predictor": predictor.name,
-        "device": bert.device,
-        "seconds": round(seconds, 2),
-        "records_per_second": round(n / max(seconds, 1e-9), 1),
-        "mean_difficulty": float(difficulty.mean()) if n else 0.0,
-    }
+        histogram.setdefault(m, {str(k): 0 for k in range(1, len(cfg.level_edges) + 2)})[str(lv)] += 1
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir()
+        pq.write_table(out, tmp / SCORES)
+        picture, by_batch = level_histograms(tmp / SCORES, tmp / LEVELS_PNG, len(cfg.level_edges) + 1)
+        result = {
+            "records": n,
+            "scored": len(scored),
+            "heldout": split.count("heldout"),
+            "histogram": histogram,
+            "levels_populated": len(set(level.tolist())),
+            "encoder": bert.encoder,
+            "layer": cfg.layer,
+            "predictor": predictor.name,
+            "device": bert.device,
+            "seconds": round(seconds, 2),
+            "records_per_second": round(n / max(seconds, 1e-9), 1),
+            "mean_difficulty": float(difficulty.mean()) if n else 0.0,
+            "levels_by_batch": by_batch,
+            "levels_png": LEVELS_PNG if picture else None,
+        }
+        if key is not None:
+            record(tmp, STEP, VERSION, key, result)
+    return result

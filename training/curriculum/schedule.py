@@ -28,12 +28,16 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from training.cache import record
 from training.config import CurriculumConfig
 from training.curriculum.contamination import HeldoutIndex, shared_text
 from training.fsutil import atomic_path, sha256_file
 from training.layout import CONTAMINATED, CURRICULUM_JSON, HELDOUT, STAGE_FILES, stage_file
 
 OVERLAP = "heldout_overlap"
+STEP, VERSION = "curriculum", 1
+"""The step's name and logic version in its cache key (training/cache.py): bump VERSION when this module
+(or the decontamination it applies) changes what it writes."""
 
 
 def iter_texts(column: pa.ChunkedArray, step: int = 65_536):
@@ -91,8 +95,10 @@ def verify_stages(out_dir: Path, n: int) -> dict:
 
 
 def build_curriculum(
-    scores_path: Path, corpus_dir: Path, out_dir: Path, cfg: CurriculumConfig, count_tokens: Callable[[list[str]], int]
+    scores_path: Path, corpus_dir: Path, out_dir: Path, cfg: CurriculumConfig, count_tokens: Callable[[list[str]], int],
+    key: str | None = None,
 ) -> dict:
+    """Write the curriculum into `out_dir` atomically (with `key`, the step's record last); returns curriculum.json's content."""
     if not cfg.schedule:
         raise ValueError("the curriculum schedule is empty")
     scores = pq.read_table(scores_path, columns=["id", "modality", "split", "level"])
@@ -135,4 +141,6 @@ def build_curriculum(
             },
         }
         (tmp / CURRICULUM_JSON).write_text(json.dumps(summary, indent=2) + "\n")
+        if key is not None:
+            record(tmp, STEP, VERSION, key, summary)
     return summary

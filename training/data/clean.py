@@ -40,6 +40,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from training.cache import key_of
 from training.config import CleaningConfig, NearDupConfig
 from training.data.filters.base import Filter, Unique, content_key, id_key
 from training.data.filters.code import TreeSitterParse
@@ -51,10 +52,11 @@ from training.data.landing import Batch, count_records, ready_batches
 from training.data.near_dup import NearDuplicates
 from training.data.readers import read_code, read_image_pairs, read_text
 from training.data.records import MODALITIES, Record, RecordWriter
-from training.fsutil import atomic_path, fingerprint, remove, write_json
+from training.fsutil import atomic_path, remove, write_json
 from training.layout import BATCH_MANIFEST, Layout, duplicates_file, records_file
 
-# Bump when what a filter decides changes, so every cached batch is cleaned again.
+# Bump when what a filter decides changes, so every cached batch is cleaned again. The keys are the cache
+# rule's (training/cache.py) on this version, the modality, the settings and the batch's content hash.
 LOGIC_VERSION = 4
 
 ScoreFn = Callable[[list, list[str]], object]
@@ -222,7 +224,7 @@ def clean_batch(
             "code": (cfg.code, cfg.personal_data),
             "image_text": (cfg.image, cfg.personal_data, clip_version),
         }[modality]
-        key = fingerprint(LOGIC_VERSION, modality, settings, content)
+        key = key_of(LOGIC_VERSION, modality, settings, content)
         entry = manifest.get("modalities", {}).get(modality)
         if entry and entry["key"] == key:
             histograms = {h: manifest.get(h, {}).get(modality, {}) for h in ("languages", "redactions")}
@@ -382,7 +384,7 @@ def build_corpus(
         previous = ""
         for name in names:
             cleaned = batch_manifests[name]["modalities"][modality]
-            key = fingerprint(LOGIC_VERSION, modality, cleaned["key"], previous, *dedup.settings)
+            key = key_of(LOGIC_VERSION, modality, cleaned["key"], previous, *dedup.settings)
             previous = key
             manifest_path = corpus_dir / name / BATCH_MANIFEST
             manifest = _read_json(manifest_path)
