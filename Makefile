@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_VERBOSITY ?= error
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: demo test bench ui serve landing clean-data
+.PHONY: demo test test-fast bench ui serve landing clean-data
 
 # llama-cpp-python has no wheel on PyPI: pip compiles llama.cpp. Only the CPU library it loads (no tools,
 # tests, examples or multimodal library), for any x86-64 with AVX2 rather than -march=native, so that a
@@ -47,6 +47,11 @@ demo: $(BIN)/.installed $(DAGSTER_HOME)/dagster.yaml landing
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest
+
+# The inner loop: every test but those marked slow (multi-process, end-to-end, training, several assets
+# through Dagster, over about 5 s); under 3 minutes on 2 cores. `make test` (CI) still runs them all.
+test-fast: $(BIN)/.installed
+	$(BIN)/python -m pytest -m "not slow"
 
 # Every benchmark at full scale (1M text records, 50K code files; about 25 minutes on 2 cores):
 # bench/results/<host>.json and .md. BENCH_ARGS="--only cleaning,clip" picks sections.

@@ -7,6 +7,8 @@ import dagster as dg
 import pyarrow.dataset as ds
 import pytest
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def run(cleaned):

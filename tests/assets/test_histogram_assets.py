@@ -5,9 +5,12 @@ import io
 import re
 
 import pyarrow.parquet as pq
+import pytest
 from PIL import Image
 
 from training.layout import HISTOGRAMS_PNG, LEVELS_PNG
+
+pytestmark = pytest.mark.slow
 
 
 def _meta(result, key):

@@ -10,6 +10,8 @@ import pytest
 
 from bench.training import VARIANTS, markdown, run
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def results():

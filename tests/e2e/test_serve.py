@@ -126,12 +126,14 @@ def complete(server: Server, prompt: str, max_tokens: int = 8, temperature: floa
     return out
 
 
+@pytest.mark.slow
 def test_models_lists_the_release(server):
     status, out = request(server.url + "/v1/models")
     assert status == 200
     assert [m["id"] for m in out["data"]] == [FIRST]
 
 
+@pytest.mark.slow
 def test_completion_answers_with_text_and_usage(server):
     out = complete(server, "def main():", max_tokens=8)
     choice = out["choices"][0]
@@ -152,6 +154,7 @@ def prompt_tokens(server: Server, prompt: str) -> int:
     return 1 + len(AutoTokenizer.from_pretrained(server.tokenizer_dir)(prompt, add_special_tokens=False)["input_ids"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("max_tokens, generated", [({}, 16), ({"max_tokens": None}, "room"), ({"max_tokens": "room"}, "room")])
 def test_generation_stays_within_the_context(server, max_tokens, generated):
     """By default 16 tokens, up to the end of the context for max_tokens null, and an explicit request
@@ -166,6 +169,7 @@ def test_generation_stays_within_the_context(server, max_tokens, generated):
     assert out["usage"] == {"prompt_tokens": n, "completion_tokens": generated, "total_tokens": n + generated}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "prompt, max_tokens, message",
     [
@@ -182,6 +186,7 @@ def test_requests_beyond_the_context_get_a_clear_400(server, prompt, max_tokens,
     assert out["error"]["message"] == message.format(n=n, room=room, m=body["max_tokens"])
 
 
+@pytest.mark.slow
 def test_sampling_follows_temperature(server):
     """At temperature 1.5 a random model's continuations differ between requests (the server seeds
     each sampling anew); at 0 they never do."""
@@ -189,6 +194,7 @@ def test_sampling_follows_temperature(server):
     assert len(texts) > 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "body, message",
     [
@@ -215,6 +221,7 @@ def test_bad_requests_get_a_clear_4xx(server, body, message):
     assert message in out["error"]["message"], out
 
 
+@pytest.mark.slow
 def test_a_concurrent_burst_is_answered(server):
     prompts = ["def main():", "The river", "import os", "class A:", "for i in", "x = 1", "Once", "return"]
     expected = [complete(server, p)["choices"][0]["text"] for p in prompts]
@@ -228,6 +235,7 @@ def test_a_concurrent_burst_is_answered(server):
     assert [out["choices"][0]["text"] for _, out in burst] == expected
 
 
+@pytest.mark.slow
 def test_a_new_release_is_served_after_restart(server):
     server.stop()
     make_release(server.data / "releases", SECOND, server.tokenizer_dir, seed=1)
@@ -291,6 +299,7 @@ def test_release_resolution_picks_the_file_type(tmp_path):
         serve.resolve(tmp_path, "f16")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "env, message",
     [({}, "run `make demo`"), ({"KILN_SERVE_PORT": "eighty"}, "KILN_SERVE_PORT must be a port number")],

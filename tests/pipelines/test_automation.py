@@ -3,6 +3,7 @@ sensor and the retraining policy: test_landing.py)."""
 
 import json
 import shutil
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import dagster as dg
@@ -18,6 +19,15 @@ def test_the_schedule_retrains_weekly_unless_a_retraining_is_queued_or_running(t
     defs = build_definitions(Kiln(data_dir=str(tmp_path), landing_dir=str(tmp_path)))
     schedule = defs.resolve_schedule_def("weekly_retraining")
     assert schedule.job_name == "retraining" and schedule.execution_timezone == "UTC"
+    # As RetrainingPolicy.cron documents it: Mondays at 03:00 UTC, one tick a week (the daemon's tick times).
+    from dagster._utils.schedules import cron_string_iterator
+
+    wednesday = datetime(2026, 11, 18, 12, 30, tzinfo=timezone.utc)
+    ticks = cron_string_iterator(wednesday.timestamp(), schedule.cron_schedule, schedule.execution_timezone)
+    first, *later = [next(ticks) for _ in range(4)]
+    assert (first.weekday(), first.hour, first.minute, first.utcoffset()) == (0, 3, 0, timedelta(0))
+    assert timedelta(0) < first - wednesday < timedelta(days=7)
+    assert [b - a for a, b in zip([first, *later], later)] == [timedelta(days=7)] * 3
     job = defs.resolve_job_def("retraining")
     assert {"release", "cleaned_corpus", "pretrain_stage_9"} <= {n.name for n in job.nodes}
     assert job.tags["kiln/lifecycle"] == "true" and job.tags["kiln/retraining"] == "true"
@@ -54,6 +64,7 @@ def pool_instance(tmp_path):
     instance.dispose()
 
 
+@pytest.mark.slow
 def test_the_gpu_pool_never_runs_two_gpu_steps_at_once(pool_instance, tmp_path, monkeypatch):
     from tests.pipelines import gpu_pool_job
 

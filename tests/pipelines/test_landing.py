@@ -45,6 +45,7 @@ def _meta(result, key):
     return {k: v.value for k, v in mat.metadata.items()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "kind, content, kept, reasons",
     [
@@ -87,6 +88,7 @@ def tick(pipeline: Pipeline, sensor_def, cursor):
     return runs, result.cursor
 
 
+@pytest.mark.slow
 def test_the_landing_sensor_adds_cleans_recleans_and_removes_batches(sensors):
     pipeline, sensor_def = sensors
     assert sensor_def.default_status == dg.DefaultSensorStatus.RUNNING
@@ -126,6 +128,7 @@ def test_the_landing_sensor_adds_cleans_recleans_and_removes_batches(sensors):
     assert tick(restarted, restarted.defs.resolve_sensor_def("landing_sensor"), cursor)[0] == []
 
 
+@pytest.mark.slow
 def test_kiln_trains_its_clip_once_enough_pairs_land_and_rescores_batches_with_pairs(sensors):
     pipeline, sensor_def = sensors
     land(pipeline.landing, "batch-0001", texts=PROSE, pairs=40)
@@ -150,6 +153,7 @@ def _policy():
     return replace(presets.tiny(), name="policy", operation=OperationConfig(retraining=RetrainingPolicy(min_new_kept_bytes=100)))
 
 
+@pytest.mark.slow
 def test_ten_batches_landing_one_after_another_bring_ten_cleanings_and_one_retraining(tmp_path, monkeypatch):
     monkeypatch.setitem(presets.PRESETS, "policy", _policy)
     pipeline = Pipeline(tmp_path / "data", tmp_path / "landing", preset="policy")

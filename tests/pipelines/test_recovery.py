@@ -200,6 +200,7 @@ def test_finished_runs_holding_slots_free_them_unless_their_worker_lives(instanc
     assert "no process of this FAILURE run is alive; freed the 1 pool slot(s)" in freed.message
 
 
+@pytest.mark.slow
 def test_orphaned_step_processes_are_interrupted_before_their_slot_is_freed(instance, processes):
     worker = _run(instance, _dead_pid())
     orphan = subprocess.Popen(["sleep", "60"])  # dies of SIGINT
@@ -316,6 +317,7 @@ def _holding_the_slot(home: Path, child: subprocess.Popen, deadline: float) -> s
     raise AssertionError("the first run never held the gpu slot")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kill", ["session", "worker"])
 def test_a_killed_materialize_does_not_wedge_the_next_one(tmp_path, kill):
     """`session`: the run worker and its step processes die together (killpg, a lost machine);

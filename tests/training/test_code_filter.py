@@ -82,6 +82,7 @@ def test_code_reader_reasons(tmp_path: Path, name, data, expected):
     assert rec.source == f"b/code/{name}" and rec.modality == "code"
 
 
+@pytest.mark.slow
 def test_worker_processes_give_the_same_verdicts_in_order():
     from training.data.records import Record
 

@@ -113,14 +113,35 @@ def test_mixed_precision_and_who_clips(overrides, precision, autocast, ds_bf16, 
     assert ds["gradient_clipping"] == (0.0 if trainer_clips_ else 0.5)
 
 
-def test_schedule_is_warmup_cosine_over_all_stages():
+def test_one_schedule_warms_up_peaks_and_decays_to_the_floor_over_all_stages():
+    """Each stage's scheduler section, as DeepSpeed builds it and train.py steps it (the rate of global
+    step g is the scheduler's at iteration g), gives each global step of the curriculum a share of its
+    stage's peak rate: rising over the first 5% of all steps, reaching the peak, then never rising
+    again down to `min_lr_ratio` at the last step of the last stage."""
+    import torch
+    from deepspeed.runtime import lr_schedules
+
     cfg = TrainingConfig(micro_batch=8, min_lr_ratio=0.1)
-    ds = deepspeed_config(cfg, _plan(cfg)[0], total_steps=1000, precision="fp32", cuda=False)
-    assert ds["scheduler"] == {
-        "type": "WarmupCosineLR",
-        "params": {"total_num_steps": 1000, "warmup_num_steps": 50, "warmup_type": "linear",
-                   "warmup_min_ratio": 0.0, "cos_min_ratio": 0.1},
-    }
+    plans = _plan(cfg, stages=((1, 64 * 800), (2, 64 * 3200), (3, 64 * 8000)))
+    total = sum(p.steps for p in plans)
+    ratios = []
+    for plan in plans:
+        ds = deepspeed_config(cfg, plan, total_steps=total, precision="fp32", cuda=False)
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=ds["optimizer"]["params"]["lr"])
+        scheduler = getattr(lr_schedules, ds["scheduler"]["type"])(optimizer, **ds["scheduler"]["params"])
+        for step in range(plan.first_step + 1, plan.first_step + plan.steps + 1):
+            scheduler.step(step)
+            ratios.append(scheduler.get_lr()[0] / plan.learning_rate)
+    assert len(ratios) == total > 100
+    top = max(range(total), key=ratios.__getitem__)
+    assert top + 1 == round(0.05 * total)  # the warmup ends after 5% of all steps
+    # A linear rise in equal steps from 1/warmup at step 1 (not from zero: step 1 learns), then the peak.
+    rises = [b - a for a, b in zip(ratios[:top], ratios[1 : top + 1])]
+    assert ratios[0] == pytest.approx(1 / (top + 1)) and rises[:-1] == pytest.approx([ratios[0]] * (top - 1))
+    assert min(rises) > 0 and ratios[top] == pytest.approx(1.0, abs=1e-3) and ratios[top] <= 1.0
+    # The decay crosses the stage boundaries without a jump back up.
+    assert all(a >= b for a, b in zip(ratios[top:], ratios[top + 1 :]))
+    assert ratios[-1] == pytest.approx(cfg.min_lr_ratio) and min(ratios[top:]) == ratios[-1]
 
 
 def test_fp16_uses_dynamic_loss_scaling():

@@ -150,6 +150,7 @@ def test_a_run_without_add_bos_token_false_stops_instead_of_scoring_wrongly(shor
                                                          metadata={"pretrained": str(model)}))
 
 
+@pytest.mark.slow
 def test_the_harness_scores_records_as_kiln_does(short_tasks, model):
     tasks, records = short_tasks
     got = run_tasks(model, [tasks], [GROUP], "cpu", batch_size=4)

@@ -69,6 +69,7 @@ def test_autocast_runs_the_matmuls_in_bf16_and_the_softmax_in_fp32():
         torch.testing.assert_close(a, b, rtol=0.05, atol=2e-3)  # bf16 rounding of the matmuls
 
 
+@pytest.mark.slow
 def test_compiles_as_one_graph():
     """fullgraph: dynamo traces the autograd.Function and its chunk loop without a graph break.
     (aot_eager keeps this fast on a CPU; the GPU test below lowers it through inductor.)"""
@@ -81,6 +82,7 @@ def test_compiles_as_one_graph():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_the_model_and_its_loss_compile_as_one_graph_under_autocast():
     """What `engine.compile()` compiles: the decoder and the chunked loss with no graph break, so
     AOTAutograd differentiates both as one graph."""

@@ -266,6 +266,7 @@ def test_a_failed_batch_leaves_no_signature_file(tmp_path):
     assert list(tmp_path.rglob("*")) in ([], [tmp_path / "b1"])
 
 
+@pytest.mark.slow
 def test_signatures_are_the_same_in_every_process():
     """Persisted signatures are compared with new ones in later runs: they must not depend on the
     process (no Python hash()), nor change unnoticed. If this fails after an intended change to the

@@ -71,6 +71,7 @@ def _train(engine, cfg: TrainingConfig, precision: str = "fp32", steps: int = 2)
     return out
 
 
+@pytest.mark.slow
 def test_the_trainer_clips_under_zero0_as_deepspeed_does_under_zero1(one_rank):
     """A clip far below the gradient norm: ZeRO-0 (one rank, no all-reduce, torch's foreach clip)
     reports DeepSpeed's norm and reaches ZeRO-1's weights (DeepSpeed's clip)."""
@@ -93,6 +94,7 @@ def test_the_trainer_clips_under_zero0_as_deepspeed_does_under_zero1(one_rank):
     assert torch.nn.utils.get_total_norm(grads).item() == pytest.approx(cfg.grad_clip, rel=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("zero_stage", [0, 1])
 def test_bf16_runs_as_torch_autocast_over_fp32_weights(one_rank, zero_stage):
     """DeepSpeed's torch_autocast section on the CPU accelerator: bf16 matmuls, fp32 weights, under
