@@ -184,6 +184,24 @@ def test_a_users_own_task_folder_runs_beside_kilns(short_tasks, model, tmp_path)
     assert got["results"]["my_ppl"]["bits_per_byte"] == pytest.approx(got["results"]["kiln_text_ppl"]["bits_per_byte"])
 
 
+
+def test_a_torchrun_environment_around_kiln_does_not_reach_the_harness(short_tasks, model, monkeypatch):
+    """kiln started where a process group is described (torchrun's variables, its port taken): the
+    harness still runs as one process, and the environment is as it was afterwards."""
+    import socket
+
+    tasks, _ = short_tasks
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        env = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+               "MASTER_PORT": str(taken.getsockname()[1])}
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        got = run_tasks(model, [tasks], ["kiln_text_ppl"], "cpu", batch_size=4, limit=2)
+    assert got["samples"] == {"kiln_text_ppl": 2} and math.isfinite(got["results"]["kiln_text_ppl"]["bits_per_byte"])
+    assert {k: os.environ.get(k) for k in env} == env
+
 @pytest.mark.slow
 def test_the_copied_folder_runs_with_the_cli_from_another_directory_offline(short_tasks, model, tmp_path):
     tasks, _ = short_tasks

@@ -1,7 +1,8 @@
 """The trainer as the pipeline runs it: torchrun, 2 CPU ranks over gloo, DeepSpeed's CPU accelerator.
 
-Every test launches real multi-rank runs of a small Llama on prose from the standard library's pydoc
-topics, in its own data directory laid out as the pipeline lays it out.
+The training tests launch real multi-rank runs of a small Llama on prose from the standard library's
+pydoc topics, in their own data directory laid out as the pipeline lays it out; the spec tests read
+and write spec.json only.
 """
 
 from __future__ import annotations

@@ -50,6 +50,11 @@ MODULE = "kiln_tasks"
 GATE_METRIC = "bits_per_byte"
 """The group metric the regression gate compares (training.release.publish.regression_gate)."""
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+DISTRIBUTED = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+               "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+"""Unset while the harness runs: the evaluation is one process, but accelerate (under lm-eval's `hf`
+model) starts a process group whenever these say otherwise, e.g. when kiln itself was started from a
+torchrun or MPI environment, and then waits on, or collides with, a rendezvous that is not its own."""
 MODEL_ARGS = "add_bos_token=False"
 
 # The loader the YAMLs name with `!function`: lm-eval imports it from the YAMLs' folder, so the data is
@@ -264,8 +269,10 @@ def run_tasks(
         if not Path(d).is_dir():
             raise FileNotFoundError(f"lm-evaluation-harness task folder {d} does not exist")
     start = time.perf_counter()
-    saved = {k: os.environ.get(k) for k in OFFLINE}
+    saved = {k: os.environ.get(k) for k in (*OFFLINE, *DISTRIBUTED)}
     os.environ.update(OFFLINE)
+    for k in DISTRIBUTED:
+        os.environ.pop(k, None)
     # lm-eval imports the tasks' loader module; no __pycache__ is left in the task folder it ships from.
     bytecode, sys.dont_write_bytecode = sys.dont_write_bytecode, True
     try:
