@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
@@ -82,17 +83,11 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+
 @pytest.fixture(autouse=True)
 def _torch_distributed_variables_stay_in_their_test():
     """A test that starts a process group in pytest's own process (`init_one_rank`) sets torchrun's
     variables (RANK, WORLD_SIZE, MASTER_PORT, ...) in os.environ; later tests hand os.environ to
     subprocesses (`make demo`, `lm_eval`), which would then join a rendezvous that is not theirs."""
-    from training.release.harness import DISTRIBUTED
-
-    before = {k: os.environ.get(k) for k in DISTRIBUTED}
-    yield
-    for k, v in before.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with mock.patch.dict(os.environ):
+        yield

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import threading
 from dataclasses import replace
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -14,7 +15,6 @@ import torch
 from training.config import ModelConfig, TrainingConfig
 from training.pretrain.deepspeed_config import StagePlan, trainer_clips
 from training.pretrain.model import build_model, llama_config
-from training.release.harness import DISTRIBUTED
 from training.pretrain.step import build_engine, forward_backward, init_one_rank, micro_batches, prefetch
 
 MODEL = ModelConfig(hidden_size=32, layers=2, heads=4, kv_heads=2, intermediate_size=64, max_seq_len=16)
@@ -54,14 +54,9 @@ def test_prefetch_yields_every_batch_in_order_and_stops_its_thread():
 @pytest.fixture(scope="module")
 def one_rank():
     """One rank for this module's engines; torchrun's variables it sets leave with the module."""
-    before = {k: os.environ.get(k) for k in DISTRIBUTED}
-    init_one_rank(cuda=False)
-    yield
-    for k, v in before.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with mock.patch.dict(os.environ):
+        init_one_rank(cuda=False)
+        yield
 
 
 def _engine(cfg: TrainingConfig, precision: str = "fp32"):

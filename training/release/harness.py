@@ -38,6 +38,7 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
+from unittest import mock
 
 from training.curriculum.difficulty import split_record
 from training.release.evaluate import cut_to_words, load_heldout
@@ -269,33 +270,27 @@ def run_tasks(
         if not Path(d).is_dir():
             raise FileNotFoundError(f"lm-evaluation-harness task folder {d} does not exist")
     start = time.perf_counter()
-    saved = {k: os.environ.get(k) for k in (*OFFLINE, *DISTRIBUTED)}
-    os.environ.update(OFFLINE)
-    for k in DISTRIBUTED:
-        os.environ.pop(k, None)
     # lm-eval imports the tasks' loader module; no __pycache__ is left in the task folder it ships from.
     bytecode, sys.dont_write_bytecode = sys.dont_write_bytecode, True
     try:
-        import lm_eval
-        from lm_eval.tasks import TaskManager
+        with mock.patch.dict(os.environ, OFFLINE):  # the whole environment is restored on the way out
+            for k in DISTRIBUTED:
+                os.environ.pop(k, None)
+            import lm_eval
+            from lm_eval.tasks import TaskManager
 
-        model_args = f"pretrained={model_path},{MODEL_ARGS}"
-        manager = TaskManager(
-            include_path=[str(d) for d in task_dirs], include_defaults=False,
-            metadata={"pretrained": str(model_path), "add_bos_token": False},
-        )
-        out = lm_eval.simple_evaluate(
-            model="hf", model_args=model_args, tasks=list(tasks), task_manager=manager, device=device,
-            batch_size=batch_size, limit=limit, log_samples=False, bootstrap_iters=0, random_seed=0,
-            numpy_random_seed=0, torch_random_seed=0, fewshot_random_seed=0,
-        )
+            model_args = f"pretrained={model_path},{MODEL_ARGS}"
+            manager = TaskManager(
+                include_path=[str(d) for d in task_dirs], include_defaults=False,
+                metadata={"pretrained": str(model_path), "add_bos_token": False},
+            )
+            out = lm_eval.simple_evaluate(
+                model="hf", model_args=model_args, tasks=list(tasks), task_manager=manager, device=device,
+                batch_size=batch_size, limit=limit, log_samples=False, bootstrap_iters=0, random_seed=0,
+                numpy_random_seed=0, torch_random_seed=0, fewshot_random_seed=0,
+            )
     finally:
         sys.dont_write_bytecode = bytecode
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     from importlib.metadata import version
 
     return {
