@@ -84,8 +84,16 @@ def pytest_collection_modifyitems(config, items):
 
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _environment_stays_in_its_module():
+    """What a module-scoped fixture sets in os.environ (the training benchmark starts a process group
+    in pytest's own process) leaves with the module; see the test-scoped fixture below."""
+    with mock.patch.dict(os.environ):
+        yield
+
+
 @pytest.fixture(autouse=True)
-def _torch_distributed_variables_stay_in_their_test():
+def _environment_stays_in_its_test():
     """A test that starts a process group in pytest's own process (`init_one_rank`) sets torchrun's
     variables (RANK, WORLD_SIZE, MASTER_PORT, ...) in os.environ; later tests hand os.environ to
     subprocesses (`make demo`, `lm_eval`), which would then join a rendezvous that is not theirs."""

@@ -3,10 +3,8 @@ mixed precision, and who clips the gradients (the trainer under ZeRO-0, DeepSpee
 
 from __future__ import annotations
 
-import os
 import threading
 from dataclasses import replace
-from unittest import mock
 
 import numpy as np
 import pytest
@@ -53,10 +51,8 @@ def test_prefetch_yields_every_batch_in_order_and_stops_its_thread():
 
 @pytest.fixture(scope="module")
 def one_rank():
-    """One rank for this module's engines; torchrun's variables it sets leave with the module."""
-    with mock.patch.dict(os.environ):
-        init_one_rank(cuda=False)
-        yield
+    """One rank for this module's engines; torchrun's variables it sets leave with the module (conftest)."""
+    init_one_rank(cuda=False)
 
 
 def _engine(cfg: TrainingConfig, precision: str = "fp32"):
