@@ -5,7 +5,8 @@ import time
 
 import dagster as dg
 
-from assets.metadata import GPU_STEP, md_image, md_table
+from assets.gpus import GPU_STEP
+from assets.metadata import md_image, md_table
 from assets.resources import Kiln
 from training.clip.build import build_clip_model, current_clip
 from training.data.clean import build_corpus, clean_batch, corpus_inputs, verify_batch, verify_corpus

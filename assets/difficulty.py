@@ -4,7 +4,8 @@ import dagster as dg
 import pyarrow.parquet as pq
 
 from assets.cleaning import cleaned_corpus
-from assets.metadata import GPU_STEP, md_image, md_table
+from assets.gpus import GPU_STEP
+from assets.metadata import md_image, md_table
 from assets.resources import Kiln
 from assets.steps import key_metadata, lookup
 from training.curriculum.difficulty import STEP, VERSION, Persistence, ReleasedModel, default_encoder, score_difficulty

@@ -9,7 +9,7 @@ import dagster as dg
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from assets.curriculum import curriculum
-from assets.metadata import GPU_STEP
+from assets.gpus import GPU_STEP
 from assets.resources import Kiln
 from assets.steps import key_metadata, lookup
 from training.cache import forget, record

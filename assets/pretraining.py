@@ -3,27 +3,34 @@ through Dagster Pipes, then `base_model`, the final weights with the tokenizer i
 
 import base64
 import json
+import os
 from pathlib import Path
 
 import dagster as dg
 import torch
 
 from assets.curriculum import curriculum
-from assets.metadata import GPU_STEP, md_table
+from assets.gpus import gpu_slots, gpu_step
+from assets.kubernetes import run_stage_job
+from assets.metadata import md_table
 from assets.tokenizer import tokenizer
 from assets.resources import Kiln
 from training.fsutil import write_json
 from training.layout import BASE_MODEL, CURRICULUM_JSON, LOSS_PNG, METRICS_JSONL, SPEC_JSON, STAGE_MODEL, pretrain_stage_name
-from training.pretrain.launch import launch_command, launch_env, ranks_per_node, world_size
+from training.config import TrainingConfig
+from training.pretrain.cluster import job_name, rendezvous_host, stage_objects
+from training.pretrain.launch import check_launch, launch_command, launch_env, planned_gpus, ranks_per_node, world_size
 from training.release.package import assemble_model
 from training.pretrain.report import read_metrics
 from training.pretrain.plan import StageSpec, completed, read_summary, stage_specs
 
 
-def specs(kiln: Kiln) -> list[StageSpec]:
+def specs(kiln: Kiln, gpus: int | None = None) -> list[StageSpec]:
+    """Every stage's spec, planned for nodes of `gpus` GPUs (None: this machine's)."""
     cfg = kiln.config
+    gpus = torch.cuda.device_count() if gpus is None else gpus
     plan = json.loads((kiln.layout.curriculum / CURRICULUM_JSON).read_text())
-    return stage_specs(kiln.layout.root, plan, cfg.model, cfg.training, world_size(cfg.training, torch.cuda.device_count()))
+    return stage_specs(kiln.layout.root, plan, cfg.model, cfg.training, world_size(cfg.training, gpus))
 
 
 def stage_metadata(summary: dict, out: Path, cached: bool) -> dict:
@@ -59,33 +66,63 @@ def stage_metadata(summary: dict, out: Path, cached: bool) -> dict:
     }
 
 
-def pretrain_stage(stage: int) -> dg.AssetsDefinition:
+def pretrain_stage(stage: int, training: TrainingConfig, kubernetes: bool = False) -> dg.AssetsDefinition:
+    """`kubernetes`: under the k8s_job_executor, where a multi-node stage runs as an indexed Job and
+    its own step pod only follows it."""
     deps = [curriculum, tokenizer] + ([pretrain_stage_name(stage - 1)] if stage > 1 else [])
+    job_of_pods = kubernetes and training.nodes > 1
 
     @dg.asset(
         name=pretrain_stage_name(stage),
         group_name="model",
         deps=deps,
         kinds={"deepspeed", "pytorch"},
-        **GPU_STEP,
+        **gpu_step(0 if job_of_pods else training.gpus_per_node or 1),
         description=f"Curriculum stage {stage}: DeepSpeed pretraining of the Llama model on the stage's records, "
-        "resuming from the previous stage's checkpoint (torchrun through Dagster Pipes).",
+        "resuming from the previous stage's checkpoint (torchrun through Dagster Pipes; on Kubernetes with "
+        "several nodes, an indexed Job of one pod per node).",
     )
     def _stage(context: dg.AssetExecutionContext, kiln: Kiln, pipes: dg.PipesSubprocessClient) -> dg.MaterializeResult:
-        spec = specs(kiln)[stage - 1]
+        cfg = kiln.config.training
+        gpus = planned_gpus(cfg, job_of_pods, torch.cuda.device_count())
+        check_launch(cfg, gpus, kubernetes)
+        spec = specs(kiln, gpus)[stage - 1]
         if summary := completed(spec):
             context.log.info(f"stage {stage} already trained with these inputs and config; nothing to do")
             return dg.MaterializeResult(metadata=stage_metadata(summary, Path(spec.out), cached=True))
         spec_path = Path(spec.checkpoints) / SPEC_JSON
         spec_path.parent.mkdir(parents=True, exist_ok=True)
         write_json(spec_path, json.loads(spec.to_json()))
-        gpus, cfg = torch.cuda.device_count(), kiln.config.training
-        command = launch_command(spec_path, cfg, gpus, run_id=spec.fingerprint[:16])
-        context.log.info(f"launching stage {stage}: {' '.join(command)}")
-        pipes.run(command=command, context=context, env=launch_env(ranks_per_node(cfg, gpus), gpus))
+        env = launch_env(ranks_per_node(cfg, gpus), gpus)
+        if job_of_pods:
+            _run_job(context, kiln, stage, spec_path, gpus, env)
+        else:
+            command = launch_command(spec_path, cfg, gpus, run_id=spec.fingerprint[:16])
+            context.log.info(f"launching stage {stage}: {' '.join(command)}")
+            with gpu_slots(context, ranks_per_node(cfg, gpus) if gpus else 1):
+                pipes.run(command=command, context=context, env=env)
         return dg.MaterializeResult(metadata=stage_metadata(read_summary(spec.out), Path(spec.out), cached=False))
 
     return _stage
+
+
+def _run_job(context: dg.AssetExecutionContext, kiln: Kiln, stage: int, spec_path: Path, gpus: int, env: dict) -> None:
+    """The stage as an indexed Job of `nodes` pods (training/pretrain/cluster.py), followed to its end."""
+    from dagster_k8s.utils import detect_current_namespace
+
+    cfg, k8s = kiln.config.training, kiln.config.kubernetes
+    if not spec_path.resolve().is_relative_to(k8s.data_mount):
+        raise dg.Failure(f"KILN_DATA_DIR ({kiln.layout.root}) is not under kubernetes.data_mount ({k8s.data_mount}), "
+                         "where the nodes' pods mount the data volume: mount it there, or set data_mount")
+    image = k8s.image or os.environ.get("DAGSTER_CURRENT_IMAGE")
+    if not image:
+        raise dg.Failure("no image for the nodes' pods: set kubernetes.image, or DAGSTER_CURRENT_IMAGE in the step's pod")
+    namespace = k8s.namespace or detect_current_namespace(None) or "default"
+    name = job_name(stage, context.run_id)
+    command = launch_command(spec_path, cfg, gpus, run_id=name, master_addr=rendezvous_host(name))
+    labels = {"dagster/run-id": context.run_id}
+    run_stage_job(context, lambda pipes_env: stage_objects(name, command, env | pipes_env, cfg, k8s, image, namespace, labels),
+                  namespace)
 
 
 def base_model_asset(stages: int) -> dg.AssetsDefinition:
@@ -125,5 +162,5 @@ def base_model_generates(kiln: Kiln) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(passed=new > 0, metadata={"new_tokens": new, "sample": tok.decode(out[0])})
 
 
-def pretraining_assets(stages: int) -> list[dg.AssetsDefinition]:
-    return [pretrain_stage(k) for k in range(1, stages + 1)] + [base_model_asset(stages)]
+def pretraining_assets(stages: int, training: TrainingConfig, kubernetes: bool = False) -> list[dg.AssetsDefinition]:
+    return [pretrain_stage(k, training, kubernetes) for k in range(1, stages + 1)] + [base_model_asset(stages)]

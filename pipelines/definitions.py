@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 
 import dagster as dg
+import torch
 
 from assets import cleaning, curriculum, difficulty, evaluation, gguf, pretraining, release, tokenizer
 from pipelines.automation import (
@@ -24,6 +25,7 @@ from pipelines.automation import (
 )
 from pipelines.recovery import dead_run_sensor, reap_on_load
 from assets.resources import Kiln
+from training.pretrain.launch import check_launch, planned_gpus
 
 # Before anything runs: a run whose process died (kill -9, OOM, a lost machine) is marked failed and
 # its pool slots freed, so `dagster asset materialize` never waits behind a dead run.
@@ -52,9 +54,13 @@ OWNERS = {"data": ["team:data-platform"], "model": ["team:ml-training"], "releas
 
 
 def build_definitions(kiln: Kiln, executor_name: str = "multiprocess", automation: str = "on") -> dg.Definitions:
-    stages = len(kiln.config.curriculum.schedule)
+    config, kubernetes = kiln.config, executor_name == "k8s"
+    stages = len(config.curriculum.schedule)
+    # A stage nothing could start (several nodes and no launcher, compression without GPUs) is an
+    # error now, with what to change, not when the retraining reaches it.
+    check_launch(config.training, planned_gpus(config.training, kubernetes, torch.cuda.device_count()), kubernetes)
     status = automation_status(automation)
-    assets = [*dg.load_assets_from_modules(MODULES), *pretraining.pretraining_assets(stages)]
+    assets = [*dg.load_assets_from_modules(MODULES), *pretraining.pretraining_assets(stages, config.training, kubernetes)]
     return dg.Definitions(
         assets=dg.map_asset_specs(lambda spec: spec.replace_attributes(owners=OWNERS[spec.group_name]), assets),
         asset_checks=[*dg.load_asset_checks_from_modules(MODULES), pretraining.base_model_generates],

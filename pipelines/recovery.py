@@ -49,6 +49,8 @@ import dagster as dg
 from dagster._core.events import DagsterEventType, JobFailureData, RunFailureReason
 from dagster._core.storage.dagster_run import FINISHED_STATUSES, DagsterRunStatus, RunsFilter
 
+from assets.gpus import EXTRA_SLOT
+
 log = logging.getLogger(__name__)
 
 CLOCK_SLACK_SECONDS = 2.0
@@ -199,7 +201,8 @@ def _free_slots(instance: dg.DagsterInstance, run_id: str, steps: Iterable[str],
     if not storage.supports_global_concurrency_limits:
         return 0
     keep = set(keep)
-    freed = [step for step in steps if step not in keep]
+    # A step's extra GPU slots (`<step>#gpu2`, assets/gpus.py) stay or go with the step.
+    freed = [step for step in steps if step.split(EXTRA_SLOT)[0] not in keep]
     if not keep:
         storage.free_concurrency_slots_for_run(run_id)
     else:

@@ -73,3 +73,49 @@ def test_the_k8s_executor_runs_gpu_steps_with_a_gpu(tmp_path):
         assert json.loads(op.tags["dagster-k8s/config"])["container_config"]["resources"]["limits"] == {"nvidia.com/gpu": "1"}
     with pytest.raises(ValueError, match="KILN_EXECUTOR"):
         build_definitions(Kiln(data_dir=str(tmp_path), landing_dir=str(tmp_path)), executor_name="ray")
+
+
+def test_a_stage_of_2_nodes_x_4_gpus_is_a_valid_indexed_job_meeting_at_one_rendezvous():
+    from training.config import KubernetesConfig, TrainingConfig
+    from training.pretrain.cluster import JOB_LABEL, job_name, rendezvous_host, stage_objects
+    from training.pretrain.launch import check_launch, launch_command
+
+    cfg = TrainingConfig(nodes=2, gpus_per_node=4, master_port=29400)
+    check_launch(cfg, gpus=4, kubernetes=True)
+    name = job_name(3, "0b5e9c1a-77f2-4d0e-9a51-3f1d2c4b5a69")
+    spec = Path("/data/pretrain_stage_3/checkpoints/spec.json")
+    command = launch_command(spec, cfg, gpus=4, run_id=name, master_addr=rendezvous_host(name))
+    service, job = stage_objects(name, command, {"DAGSTER_PIPES_CONTEXT": "x"}, cfg, KubernetesConfig(), "kiln:1", "ml")
+    for obj in (service, job):
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+    pod = job["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert job["spec"]["completionMode"] == "Indexed" and job["spec"]["completions"] == job["spec"]["parallelism"] == 2
+    assert container["resources"]["limits"] == container["resources"]["requests"] == {"nvidia.com/gpu": "4"}
+    assert "--nproc_per_node=4" in command and "--nnodes=2" in command
+    # One rendezvous: every pod runs the same command, naming the first pod through the headless Service.
+    assert f"--rdzv_endpoint={name}-0.{name}:29400" in container["command"] and f"--rdzv_id={name}" in command
+    assert pod["subdomain"] == service["metadata"]["name"] == name and service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["selector"] == job["spec"]["template"]["metadata"]["labels"] == {JOB_LABEL: name}
+    assert service["spec"]["publishNotReadyAddresses"] and service["spec"]["ports"][0]["port"] == 29400
+    assert len(f"{name}-10") <= 63  # a pod's hostname is a DNS label
+    # Every node sees the data where the step does, and shares memory for NCCL.
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert str(spec).startswith(mounts["data"]) and mounts["shm"] == "/dev/shm"
+    assert {"name": "DAGSTER_PIPES_CONTEXT", "value": "x"} in container["env"]
+
+
+@pytest.mark.parametrize(("gpus_per_node", "requested"), [(None, "1"), (4, "4")])
+def test_a_one_node_stage_requests_its_gpus_and_holds_that_many_pool_slots(tmp_path, monkeypatch, gpus_per_node, requested):
+    from dataclasses import replace
+
+    from assets.resources import Kiln
+    from pipelines.definitions import build_definitions
+    from training import presets
+
+    config = replace(presets.tiny(), training=replace(presets.tiny().training, gpus_per_node=gpus_per_node))
+    monkeypatch.setattr(Kiln, "config", property(lambda self: config))
+    defs = build_definitions(Kiln(data_dir=str(tmp_path), landing_dir=str(tmp_path)), executor_name="k8s")
+    limits = lambda key: json.loads(defs.resolve_assets_def(key).op.tags["dagster-k8s/config"])["container_config"]["resources"]["limits"]  # noqa: E731
+    assert limits("pretrain_stage_1") == {"nvidia.com/gpu": requested}
+    assert limits("cleaned_batch") == {"nvidia.com/gpu": "1"}

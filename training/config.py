@@ -373,18 +373,28 @@ class TrainingConfig:
     a 65,536 vocabulary), and a chunk of 8,192 rows keeps the output matmul large enough to run at
     full speed. None: full logits through `F.cross_entropy`, the reference the chunked loss is
     tested and benchmarked against."""
-    ranks: int | None = None
-    """Processes per node; None: one per GPU, or `cpu_ranks` without a GPU."""
+    gpus_per_node: int | None = None
+    """GPUs, one rank each, a stage trains on per node. None: every GPU the node shows (on Kubernetes,
+    where a pod must ask for a number, 1). Each stage's pod requests this many GPUs, and the stage
+    holds this many slots of the `gpu` concurrency pool. A node without a GPU runs `cpu_ranks`."""
     cpu_ranks: int = 2
     """Ranks without a GPU: a real multi-rank run over gloo even on a laptop."""
     nodes: int = 1
-    """Machines a stage trains on. Above 1, every node runs the launch command (torchrun with a c10d
-    rendezvous at master_addr:master_port), or, with a hostfile, DeepSpeed's launcher starts them all."""
+    """Machines a stage trains on, `gpus_per_node` ranks each, over a shared KILN_DATA_DIR. Above 1,
+    something must start every node: on Kubernetes (KILN_EXECUTOR=k8s) kiln runs the stage as an
+    indexed Job of `nodes` pods meeting at a c10d rendezvous (training/pretrain/cluster.py);
+    elsewhere a `hostfile` lets DeepSpeed's launcher start them over ssh."""
     hostfile: str | None = None
     """A DeepSpeed hostfile ("host slots=N" per line); the `deepspeed` launcher reaches the nodes over ssh."""
     master_addr: str = "127.0.0.1"
-    """Rendezvous host of a multi-node stage (the first node)."""
+    """Rendezvous host of a multi-node stage (the first node); on Kubernetes, the Job's first pod."""
     master_port: int = 29500
+    gradient_compression: bool = False
+    """ZeRO++ (DeepSpeed): gradients reduced as int4 over an all-to-all (qgZ) and weights gathered as
+    int8 (qwZ), with a secondary copy of the weights in each node (hpZ), so the traffic between nodes
+    falls about 4x. Needs ZeRO stage 3 and GPUs over NCCL (DeepSpeed's CUDA quantizer kernels);
+    checked when the stage is configured (`training.pretrain.launch.check_launch`). DeepSpeed
+    removed 1-bit and 0/1 Adam, the other compressions the source documents name."""
     checkpoint_every: int = 50
     """Optimizer steps between DeepSpeed checkpoints; the last step of a stage always saves."""
     keep_checkpoints: int = 2
@@ -395,6 +405,22 @@ class TrainingConfig:
     seed: int = 0
     init_from: str | None = None
     """A Hugging Face model directory stage 1 starts from (continued pretraining); None: random init."""
+
+    def __post_init__(self) -> None:
+        """What is wrong whatever machine the stage lands on; what depends on the machine and the
+        executor (a GPU, NCCL, a launcher for the other nodes) is `check_launch`'s."""
+        if self.nodes < 1 or self.cpu_ranks < 1 or (self.gpus_per_node is not None and self.gpus_per_node < 1):
+            raise ValueError(f"nodes ({self.nodes}), cpu_ranks ({self.cpu_ranks}) and gpus_per_node "
+                             f"({self.gpus_per_node}) must be at least 1 (gpus_per_node None: every GPU the node shows)")
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise ValueError(f"zero_stage is 0, 1, 2 or 3, not {self.zero_stage}")
+        if self.offload_optimizer and self.zero_stage == 0:
+            raise ValueError("offload_optimizer needs zero_stage 1 or higher (stage 0 has no optimizer partition to offload)")
+        if self.offload_params and self.zero_stage != 3:
+            raise ValueError(f"offload_params needs zero_stage=3, the stage that partitions the weights (it is {self.zero_stage})")
+        if self.gradient_compression and self.zero_stage != 3:
+            raise ValueError(f"gradient_compression is ZeRO++, which partitions the weights: set zero_stage=3 "
+                             f"(it is {self.zero_stage}), or gradient_compression=False")
 
 
 @dataclass(frozen=True)
@@ -502,6 +528,30 @@ class OperationConfig:
 
 
 @dataclass(frozen=True)
+class KubernetesConfig:
+    """The pods of a multi-node stage under KILN_EXECUTOR=k8s (`training.pretrain.cluster`): what they
+    mount and read, as deploy/kubernetes/kiln.yaml names it."""
+
+    image: str | None = None
+    """The trainer image; None: the image of the step pod that starts them (DAGSTER_CURRENT_IMAGE)."""
+    namespace: str | None = None
+    """None: the step pod's own namespace."""
+    data_claim: str = "kiln-data"
+    """The ReadWriteMany volume claim holding KILN_DATA_DIR: every node reads the stage's records and
+    writes its checkpoint shards there."""
+    data_mount: str = "/data"
+    """Where the claim is mounted, in the step pod as in the nodes' pods (KILN_DATA_DIR lies under it)."""
+    env_config_map: str | None = "kiln-env"
+    """A ConfigMap of environment variables every node gets (NCCL settings, say); None: none."""
+    service_account: str = "kiln"
+    gpu_resource: str = "nvidia.com/gpu"
+    """The extended resource a node's pod requests `gpus_per_node` of (the NVIDIA device plugin's)."""
+    shared_memory: str = "16Gi"
+    """Size of the memory-backed /dev/shm of each node's pod: NCCL and the data loader's workers use
+    shared memory, and a container's default is 64 MiB."""
+
+
+@dataclass(frozen=True)
 class KilnConfig:
     """Everything one preset decides, stage by stage."""
 
@@ -517,3 +567,5 @@ class KilnConfig:
     gguf: GgufConfig = field(default_factory=GgufConfig)
     """The release's GGUF files for llama.cpp and Ollama, and their logits check."""
     operation: OperationConfig = field(default_factory=OperationConfig)
+    kubernetes: KubernetesConfig = field(default_factory=KubernetesConfig)
+    """The pods of multi-node stages on Kubernetes."""

@@ -7,7 +7,7 @@ import time
 
 import dagster as dg
 
-from assets.metadata import GPU_POOL
+from assets.gpus import GPU_POOL
 from pipelines.recovery import reap_on_load
 
 reap_on_load()

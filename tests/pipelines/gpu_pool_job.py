@@ -8,7 +8,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from assets.metadata import GPU_POOL
+from assets.gpus import GPU_POOL
 
 
 def _asset(name: str, pool: str | None) -> dg.AssetsDefinition:

@@ -17,7 +17,7 @@ from dagster._core.events import DagsterEvent, DagsterEventType, EngineEventData
 from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
 from dagster._core.utils import make_new_run_id
 
-from assets.metadata import GPU_POOL
+from assets.gpus import EXTRA_SLOT, GPU_POOL, gpu_slots
 from pipelines import recovery
 from pipelines.recovery import dead_run_sensor, reap_dead_runs, reap_on_load
 
@@ -366,3 +366,43 @@ def test_a_killed_materialize_does_not_wedge_the_next_one(tmp_path, kill):
         (latest,) = instance.get_runs(limit=1)
         assert latest.run_id != dead and latest.status == DagsterRunStatus.SUCCESS
         assert _pool(instance) == (set(), set())
+
+
+def test_a_steps_extra_gpu_slots_stay_while_it_runs_and_go_with_it(instance, processes):
+    """A stage on 3 GPUs holds 3 slots (assets/gpus.py); its orphan keeps them all until it exits."""
+    instance.event_log_storage.set_concurrency_slots(GPU_POOL, 3)
+    worker = _run(instance, _dead_pid())
+    stage = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+                              "print(1, flush=True); time.sleep(60)"], stdout=subprocess.PIPE)
+    processes.append(stage)
+    stage.stdout.readline()
+    _event(instance, worker, DagsterEventType.STEP_START, stage.pid, step="pretrain_stage_1")
+    held = {"pretrain_stage_1", f"pretrain_stage_1{EXTRA_SLOT}2", f"pretrain_stage_1{EXTRA_SLOT}3"}
+    assert all(_claim(instance, worker, step) for step in sorted(held))
+
+    assert reap_dead_runs(instance, orphan_wait_seconds=0.5) == [worker]
+    assert _pool(instance)[0] == {(worker, step) for step in held}  # still training on all three GPUs
+    stage.kill()
+    stage.wait()
+    assert reap_dead_runs(instance) == []
+    assert _pool(instance) == (set(), set())
+
+
+@pytest.mark.parametrize(("limit", "gpus"), [(4, 3), (2, 3)])
+def test_a_step_on_several_gpus_holds_one_pool_slot_per_gpu(instance, limit, gpus):
+    instance.event_log_storage.set_concurrency_slots(GPU_POOL, limit)
+    seen = {}
+
+    @dg.asset(pool=GPU_POOL)
+    def stage(context) -> None:
+        with gpu_slots(context, gpus, poll_seconds=0.05):
+            seen["held"] = _pool(instance)[0]
+
+    result = dg.materialize([stage], instance=instance, raise_on_error=False)
+    if limit >= gpus:
+        assert result.success and {step for _, step in seen["held"]} == {"stage", f"stage{EXTRA_SLOT}2", f"stage{EXTRA_SLOT}3"}
+    else:
+        [failure] = [e for e in result.all_events if e.is_step_failure]
+        message = failure.step_failure_data.error.message
+        assert f"uses {gpus} GPUs but the `gpu` pool has {limit} slot(s)" in message and "concurrency set gpu" in message
+    assert _pool(instance) == (set(), set())  # every slot back

@@ -1,6 +1,7 @@
 """The stage plan and the generated DeepSpeed JSON: one typed config, every option checked."""
 
 import math
+from dataclasses import replace
 
 import pytest
 
@@ -46,122 +47,31 @@ def test_steps_per_stage_and_the_chained_step_offsets(overrides, steps):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"global_batch": (24,), "micro_batch": 8}, "not a multiple"),
+        ({"zero_stage": 4}, "zero_stage is 0, 1, 2 or 3, not 4"),
+        ({"zero_stage": 0, "offload_optimizer": True}, "offload_optimizer needs zero_stage 1 or higher"),
+        ({"zero_stage": 2, "offload_params": True}, "offload_params needs zero_stage=3"),
+        ({"zero_stage": 1, "gradient_compression": True}, "gradient_compression is ZeRO.., .*set zero_stage=3 .it is 1."),
+        ({"nodes": 0}, "must be at least 1"),
+        ({"gpus_per_node": 0}, "must be at least 1"),
+        ({"cpu_ranks": 0}, "must be at least 1"),
     ],
 )
-def test_plan_rejects_inconsistent_batches(overrides, message):
+def test_invalid_training_settings_are_rejected_when_configured(overrides, message):
     with pytest.raises(ValueError, match=message):
-        _plan(TrainingConfig(**overrides))
+        TrainingConfig(micro_batch=8, **overrides)
 
 
-def test_plan_rejects_a_stage_shorter_than_one_sequence():
-    with pytest.raises(ValueError, match="do not fill one sequence"):
-        _plan(TrainingConfig(micro_batch=8), stages=((1, 10),))
+def test_gradient_compression_turns_on_zeropp_with_the_node_as_the_secondary_partition():
+    cfg = TrainingConfig(micro_batch=8, zero_stage=3, gradient_compression=True)
+    zero = deepspeed_config(cfg, _plan(cfg)[0], 100, "bf16", cuda=True, node_ranks=4)["zero_optimization"]
+    assert zero == {"stage": 3, "zero_quantized_gradients": True, "zero_quantized_weights": True, "zero_hpz_partition_size": 4}
+    plain = deepspeed_config(replace(cfg, gradient_compression=False), _plan(cfg)[0], 100, "bf16", cuda=True, node_ranks=4)
+    assert plain["zero_optimization"] == {"stage": 3}
+    # DeepSpeed's own schema accepts the block (its pydantic model of zero_optimization).
+    from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
 
-
-def test_frozen_layers_follow_the_schedule():
-    plans = _plan(TrainingConfig(micro_batch=8, frozen_layers=((), (0,), (0, 1))))
-    assert [p.frozen_layers for p in plans] == [(), (0,), (0, 1)]
-
-
-@pytest.mark.parametrize(
-    ("overrides", "cuda", "expected_zero", "expected_optimizer"),
-    [
-        ({"zero_stage": 0}, False, {"stage": 0}, {"torch_adam": True}),
-        ({"zero_stage": 1}, True, {"stage": 1}, {"torch_adam": True, "fused": True}),
-        ({"zero_stage": 2, "offload_optimizer": True}, False,
-         {"stage": 2, "offload_optimizer": {"device": "cpu", "pin_memory": False}}, {}),
-        ({"zero_stage": 3, "offload_optimizer": True, "offload_params": True}, True,
-         {"stage": 3, "offload_optimizer": {"device": "cpu", "pin_memory": True},
-          "offload_param": {"device": "cpu", "pin_memory": True}}, {}),
-    ],
-)
-def test_zero_stages_and_offload(overrides, cuda, expected_zero, expected_optimizer):
-    cfg = TrainingConfig(micro_batch=8, **overrides)
-    plan = _plan(cfg)[1]
-    ds = deepspeed_config(cfg, plan, total_steps=200, precision="bf16" if cuda else "fp32", cuda=cuda)
-    assert ds["zero_optimization"] == expected_zero
-    params = ds["optimizer"]["params"]
-    assert ds["optimizer"]["type"] == "AdamW"
-    assert {k: params[k] for k in ("torch_adam", "fused") if k in params} == expected_optimizer
-    assert params["lr"] == pytest.approx(plan.learning_rate) and params["weight_decay"] == cfg.weight_decay
-    assert params["betas"] == [0.9, 0.95]
-    assert ds["train_batch_size"] == plan.global_batch == plan.micro_batch * 2 * ds["gradient_accumulation_steps"]
-    assert ds["fp16"]["enabled"] is False
-
-
-@pytest.mark.parametrize(
-    ("overrides", "precision", "autocast", "ds_bf16", "trainer_clips_"),
-    [
-        # One GPU: torch.autocast over fp32 weights, the trainer clips with torch's foreach kernels.
-        ({"zero_stage": 0}, "bf16", True, False, True),
-        ({"zero_stage": 0}, "fp32", False, False, True),
-        # DeepSpeed's bf16 and fp16 optimizers, and ZeRO's partitioned gradients, clip themselves.
-        ({"zero_stage": 0, "autocast": False}, "bf16", False, True, False),
-        ({"zero_stage": 0}, "fp16", False, False, False),
-        ({"zero_stage": 1}, "bf16", True, False, False),
-        ({"zero_stage": 2}, "fp32", False, False, False),
-    ],
-)
-def test_mixed_precision_and_who_clips(overrides, precision, autocast, ds_bf16, trainer_clips_):
-    cfg = TrainingConfig(micro_batch=8, grad_clip=0.5, **overrides)
-    ds = deepspeed_config(cfg, _plan(cfg)[0], 100, precision, cuda=precision != "fp32")
-    assert ds["torch_autocast"]["enabled"] is autocast and ds["bf16"]["enabled"] is ds_bf16
-    assert ds["fp16"]["enabled"] is (precision == "fp16")
-    assert trainer_clips(cfg, precision) is trainer_clips_
-    # Never both, never neither: DeepSpeed clips exactly when the trainer does not.
-    assert ds["gradient_clipping"] == (0.0 if trainer_clips_ else 0.5)
-
-
-def test_one_schedule_warms_up_peaks_and_decays_to_the_floor_over_all_stages():
-    """Each stage's scheduler section, as DeepSpeed builds it and train.py steps it (the rate of global
-    step g is the scheduler's at iteration g), gives each global step of the curriculum a share of its
-    stage's peak rate: rising over the first 5% of all steps, reaching the peak, then never rising
-    again down to `min_lr_ratio` at the last step of the last stage."""
-    import torch
-    from deepspeed.runtime import lr_schedules
-
-    cfg = TrainingConfig(micro_batch=8, min_lr_ratio=0.1)
-    plans = _plan(cfg, stages=((1, 64 * 800), (2, 64 * 3200), (3, 64 * 8000)))
-    total = sum(p.steps for p in plans)
-    ratios = []
-    for plan in plans:
-        ds = deepspeed_config(cfg, plan, total_steps=total, precision="fp32", cuda=False)
-        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=ds["optimizer"]["params"]["lr"])
-        scheduler = getattr(lr_schedules, ds["scheduler"]["type"])(optimizer, **ds["scheduler"]["params"])
-        for step in range(plan.first_step + 1, plan.first_step + plan.steps + 1):
-            scheduler.step(step)
-            ratios.append(scheduler.get_lr()[0] / plan.learning_rate)
-    assert len(ratios) == total > 100
-    top = max(range(total), key=ratios.__getitem__)
-    assert top + 1 == round(0.05 * total)  # the warmup ends after 5% of all steps
-    # A linear rise in equal steps from 1/warmup at step 1 (not from zero: step 1 learns), then the peak.
-    rises = [b - a for a, b in zip(ratios[:top], ratios[1 : top + 1])]
-    assert ratios[0] == pytest.approx(1 / (top + 1)) and rises[:-1] == pytest.approx([ratios[0]] * (top - 1))
-    assert min(rises) > 0 and ratios[top] == pytest.approx(1.0, abs=1e-3) and ratios[top] <= 1.0
-    # The decay crosses the stage boundaries without a jump back up.
-    assert all(a >= b for a, b in zip(ratios[top:], ratios[top + 1 :]))
-    assert ratios[-1] == pytest.approx(cfg.min_lr_ratio) and min(ratios[top:]) == ratios[-1]
-
-
-def test_fp16_uses_dynamic_loss_scaling():
-    cfg = TrainingConfig(micro_batch=8, precision="fp16")
-    ds = deepspeed_config(cfg, _plan(cfg)[0], 100, resolve_precision(cfg, cuda=True), cuda=True)
-    assert ds["fp16"]["enabled"] is True and ds["fp16"]["loss_scale"] == 0 and ds["bf16"]["enabled"] is False
-
-
-@pytest.mark.parametrize(
-    ("overrides", "message"),
-    [
-        ({"zero_stage": 4}, "ZeRO stage must be 0-3"),
-        ({"zero_stage": 0, "offload_optimizer": True}, "optimizer offload needs ZeRO"),
-        ({"zero_stage": 2, "offload_params": True}, "parameter offload needs ZeRO stage 3"),
-    ],
-)
-def test_invalid_zero_options_are_rejected(overrides, message):
-    cfg = TrainingConfig(micro_batch=8, **overrides)
-    with pytest.raises(ValueError, match=message):
-        deepspeed_config(cfg, _plan(cfg)[0], 100, "fp32", cuda=False)
+    parsed = DeepSpeedZeroConfig(**zero)
+    assert parsed.zero_quantized_gradients and parsed.zero_quantized_weights and parsed.zero_hpz_partition_size == 4
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 from dataclasses import replace
@@ -27,7 +28,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from training.config import ModelConfig, TokenizerConfig, TrainingConfig
 from training.presets import PRESETS
 from training.pretrain.deepspeed_config import StagePlan
-from training.pretrain.launch import launch_command, launch_env
+from training.pretrain.launch import check_launch, launch_command, launch_env
 from training.pretrain.model import build_model, count_parameters, llama_config
 from training.pretrain.plan import StageSpec, completed, pack_records, read_summary, stage_specs
 from training.curriculum.tokenizer import train_tokenizer
@@ -74,9 +75,17 @@ def _launch(spec: StageSpec, gpu: bool = False, **popen) -> subprocess.Popen:
     gpus = torch.cuda.device_count() if gpu else 0
     env = {**os.environ, **launch_env(spec.ranks, gpus=gpus), **({} if gpu else {"CUDA_VISIBLE_DEVICES": ""})}
     return subprocess.Popen(
-        launch_command(Path(spec.checkpoints) / "spec.json", replace(spec.training, ranks=spec.ranks), gpus), env=env,
+        launch_command(Path(spec.checkpoints) / "spec.json", _on_one_node(spec.training, spec.ranks, gpus), gpus), env=env,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen,
     )
+
+
+def _on_one_node(training: TrainingConfig, ranks: int, gpus: int) -> TrainingConfig:
+    return replace(training, gpus_per_node=ranks) if gpus else replace(training, cpu_ranks=ranks)
+
+
+def _losses(spec: StageSpec) -> list[float]:
+    return [json.loads(line)["loss"] for line in (Path(spec.out) / "metrics.jsonl").read_text().splitlines()]
 
 
 def _train(spec: StageSpec, gpu: bool = False) -> dict:
@@ -191,6 +200,52 @@ def test_a_two_rank_stage_trains_and_writes_a_loadable_model(chained, corpus):
     model = AutoModelForCausalLM.from_pretrained(Path(specs[0].out) / "model")
     assert sum(p.numel() for p in model.parameters()) == first["parameters"]
     assert completed(specs[0]) == first
+
+
+def test_two_nodes_meeting_at_a_c10d_rendezvous_train_as_one_node_of_two_ranks(chained, corpus, tmp_path):
+    """The command every node of a multi-node stage runs (torchrun, `--nnodes 2`, a c10d rendezvous),
+    started twice on this machine: two agents of one CPU rank each, over gloo, train stage 1 to the
+    losses of one agent with two ranks (`chained`)."""
+    specs, (one_node, _) = chained
+    [spec, _] = _specs(corpus, tmp_path)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = replace(spec.training, nodes=2, cpu_ranks=1, master_addr="127.0.0.1", master_port=port)
+    command = launch_command(Path(spec.checkpoints) / "spec.json", cfg, gpus=0, run_id="two-nodes")
+    assert "--nnodes=2" in command and "--rdzv_backend=c10d" in command and "--nproc_per_node=1" in command
+    env = {**os.environ, **launch_env(1, gpus=0), "CUDA_VISIBLE_DEVICES": ""}
+    agents = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outputs = [agent.communicate(timeout=600)[0] for agent in agents]
+    assert [agent.returncode for agent in agents] == [0, 0], "\n".join(out[-3000:] for out in outputs)
+    two_nodes = read_summary(spec.out)
+    assert two_nodes["ranks"] == 2 and two_nodes["steps"] == one_node["steps"] == 6
+    assert _losses(spec) == pytest.approx(_losses(specs[0]), rel=1e-5)
+    assert two_nodes["final_loss"] == pytest.approx(one_node["final_loss"], rel=1e-5)
+
+
+def test_a_hostfile_starts_the_ranks_through_deepspeeds_launcher(chained, corpus, tmp_path):
+    """The hostfile path (DeepSpeed's launcher, which reaches other hosts over ssh/pdsh), on a hostfile
+    of this machine alone: the launcher starts both ranks itself, and they train as torchrun's do.
+    The launcher first checks each host answers `ssh <host> hostname`; this machine runs no ssh
+    server, so an `ssh` on PATH runs the command here, as passwordless ssh to localhost would."""
+    specs, (one_node, _) = chained
+    [spec, _] = _specs(corpus, tmp_path / "data")
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("localhost slots=2\n")
+    cfg = replace(spec.training, cpu_ranks=2, hostfile=str(hostfile))
+    check_launch(cfg, gpus=0, kubernetes=False)
+    command = launch_command(Path(spec.checkpoints) / "spec.json", cfg, gpus=0)
+    assert command[1:3] == ["-m", "deepspeed.launcher.runner"]
+    ssh = tmp_path / "bin" / "ssh"
+    ssh.parent.mkdir()
+    ssh.write_text('#!/bin/sh\nwhile [ "$1" = -o ]; do shift 2; done\nshift\nexec "$@"\n')
+    ssh.chmod(0o755)
+    env = {**os.environ, **launch_env(2, gpus=0), "CUDA_VISIBLE_DEVICES": "", "PATH": f"{ssh.parent}:{os.environ['PATH']}"}
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert read_summary(spec.out)["ranks"] == 2
+    assert _losses(spec) == pytest.approx(_losses(specs[0]), rel=1e-5)
 
 
 def test_stages_chain_their_checkpoints_and_schedule(chained):

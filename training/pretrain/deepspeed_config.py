@@ -93,14 +93,11 @@ def trainer_clips(cfg: TrainingConfig, precision: str) -> bool:
     return cfg.zero_stage == 0 and (precision == "fp32" or (precision == "bf16" and cfg.autocast))
 
 
-def deepspeed_config(cfg: TrainingConfig, plan: StagePlan, total_steps: int, precision: str, cuda: bool) -> dict:
-    """The DeepSpeed JSON of one stage."""
-    if cfg.zero_stage not in (0, 1, 2, 3):
-        raise ValueError(f"ZeRO stage must be 0-3, not {cfg.zero_stage}")
-    if cfg.offload_optimizer and cfg.zero_stage == 0:
-        raise ValueError("optimizer offload needs ZeRO stage 1 or higher")
-    if cfg.offload_params and cfg.zero_stage != 3:
-        raise ValueError("parameter offload needs ZeRO stage 3")
+def deepspeed_config(
+    cfg: TrainingConfig, plan: StagePlan, total_steps: int, precision: str, cuda: bool, node_ranks: int = 1
+) -> dict:
+    """The DeepSpeed JSON of one stage; `node_ranks`: the ranks on this node (torchrun's LOCAL_WORLD_SIZE),
+    the group ZeRO++ keeps a secondary copy of the weights in."""
     optimizer = {"lr": plan.learning_rate, "betas": list(cfg.betas), "eps": 1e-8, "weight_decay": cfg.weight_decay}
     if not cfg.offload_optimizer:
         # torch's AdamW (fused on a GPU) instead of DeepSpeed's JIT-built FusedAdam, which fails to
@@ -112,6 +109,8 @@ def deepspeed_config(cfg: TrainingConfig, plan: StagePlan, total_steps: int, pre
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": cuda}
     if cfg.offload_params:
         zero["offload_param"] = {"device": "cpu", "pin_memory": cuda}
+    if cfg.gradient_compression:
+        zero |= {"zero_quantized_gradients": True, "zero_quantized_weights": True, "zero_hpz_partition_size": node_ranks}
     return {
         "train_batch_size": plan.global_batch,
         "train_micro_batch_size_per_gpu": plan.micro_batch,

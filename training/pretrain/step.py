@@ -102,7 +102,7 @@ def build_engine(model: torch.nn.Module, cfg: TrainingConfig, plan: StagePlan, t
     module = CausalLMLoss(model, cfg.label_smoothing, cfg.loss_chunk_tokens)
     engine, *_ = deepspeed.initialize(
         model=module, model_parameters=param_groups(module, cfg.weight_decay),
-        config=deepspeed_config(cfg, plan, total_steps, precision, cuda),
+        config=deepspeed_config(cfg, plan, total_steps, precision, cuda, int(os.environ.get("LOCAL_WORLD_SIZE", 1))),
     )
     if torch.distributed.get_world_size() == 1 and trainer_clips(cfg, precision):
         # ZeRO-0 on one rank: the all-reduce would copy every gradient into a flat buffer, divide it

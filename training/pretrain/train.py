@@ -292,6 +292,7 @@ def train_stage(spec: StageSpec, log: Log = print) -> dict:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--spec", required=True, type=Path, help="a stage spec (spec.json beside the stage's checkpoints)")
+    parser.add_argument("--local_rank", "--local-rank", type=int, help="passed by DeepSpeed's launcher; LOCAL_RANK says the same")
     args = parser.parse_args(argv)
     _die_with_parent()
     spec = StageSpec.from_json(args.spec.read_text())

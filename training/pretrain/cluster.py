@@ -1,0 +1,85 @@
+"""A multi-node stage on Kubernetes: an indexed Job of `nodes` pods and the headless Service that
+names them, for the c10d rendezvous (the pattern of Kubernetes' own indexed-Job documentation).
+
+Every pod runs the same torchrun command (`training.pretrain.launch.launch_command`) with the first
+pod, `<name>-0.<name>`, as the rendezvous endpoint: the Service gives each pod of the Job a DNS name
+from its hostname and the Job's subdomain, also before the pod is ready, so the agents can meet while
+they start. Each pod requests `gpus_per_node` GPUs, mounts the data volume where the step pod has it,
+and gets a memory-backed /dev/shm. Plain dicts, validated against the Kubernetes schema by the tests;
+`assets/kubernetes.py` creates them and follows the pods."""
+
+from __future__ import annotations
+
+import re
+
+from training.config import KubernetesConfig, TrainingConfig
+
+JOB_LABEL = "kiln.dev/stage-job"
+"""The label every pod of a stage's Job carries (the Service selects them by it)."""
+CONTAINER = "trainer"
+
+
+def job_name(stage: int, run_id: str) -> str:
+    """A DNS-1035 label, unique per run and stage, short enough (at most 63 characters) for the pods'
+    hostnames `<name>-<index>`."""
+    return f"kiln-stage-{stage}-{re.sub(r'[^a-z0-9]', '', run_id.lower())[:12]}"
+
+
+def rendezvous_host(name: str) -> str:
+    """The first pod's DNS name inside the namespace: the c10d rendezvous endpoint's host."""
+    return f"{name}-0.{name}"
+
+
+def stage_objects(
+    name: str, command: list[str], env: dict[str, str], training: TrainingConfig, k8s: KubernetesConfig,
+    image: str, namespace: str, labels: dict[str, str] | None = None,
+) -> list[dict]:
+    """[headless Service, indexed Job] of a stage of `training.nodes` nodes with `training.gpus_per_node`
+    GPUs each (1 when unset: a pod must ask for a number)."""
+    gpus = str(training.gpus_per_node or 1)
+    meta = {"name": name, "namespace": namespace, "labels": {**(labels or {}), JOB_LABEL: name}}
+    port = {"name": "rendezvous", "port": training.master_port, "targetPort": training.master_port}
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": meta,
+        "spec": {"clusterIP": "None", "selector": {JOB_LABEL: name}, "publishNotReadyAddresses": True, "ports": [port]},
+    }
+    container = {
+        "name": CONTAINER,
+        "image": image,
+        "command": command,
+        "env": [{"name": k, "value": v} for k, v in sorted(env.items())],
+        "envFrom": [{"configMapRef": {"name": k8s.env_config_map}}] if k8s.env_config_map else [],
+        "ports": [{"name": "rendezvous", "containerPort": training.master_port}],
+        "resources": {"requests": {k8s.gpu_resource: gpus}, "limits": {k8s.gpu_resource: gpus}},
+        "volumeMounts": [{"name": "data", "mountPath": k8s.data_mount}, {"name": "shm", "mountPath": "/dev/shm"}],
+    }
+    job = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": meta,
+        "spec": {
+            "completionMode": "Indexed",
+            "completions": training.nodes,
+            "parallelism": training.nodes,
+            # One failed node fails the stage: the others cannot go on without it, and the retried
+            # run resumes every node from the last checkpoint.
+            "backoffLimit": 0,
+            "ttlSecondsAfterFinished": 24 * 3600,  # left behind only if the step pod itself died
+            "template": {
+                "metadata": {"labels": {JOB_LABEL: name}},
+                "spec": {
+                    "subdomain": name,
+                    "restartPolicy": "Never",
+                    "serviceAccountName": k8s.service_account,
+                    "containers": [container],
+                    "volumes": [
+                        {"name": "data", "persistentVolumeClaim": {"claimName": k8s.data_claim}},
+                        {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": k8s.shared_memory}},
+                    ],
+                },
+            },
+        },
+    }
+    return [service, job]
