@@ -119,3 +119,19 @@ def test_a_one_node_stage_requests_its_gpus_and_holds_that_many_pool_slots(tmp_p
     limits = lambda key: json.loads(defs.resolve_assets_def(key).op.tags["dagster-k8s/config"])["container_config"]["resources"]["limits"]  # noqa: E731
     assert limits("pretrain_stage_1") == {"nvidia.com/gpu": requested}
     assert limits("cleaned_batch") == {"nvidia.com/gpu": "1"}
+
+
+def test_the_step_pods_account_may_create_and_delete_what_a_multi_node_stage_needs(docs):
+    """The calls assets/kubernetes.py makes, against the Role bound to the pods' service account."""
+    [role] = [d for d in docs if d["kind"] == "Role"]
+    [binding] = [d for d in docs if d["kind"] == "RoleBinding"]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    allowed = {(group, resource, verb) for rule in role["rules"] for group in rule["apiGroups"]
+               for resource in rule["resources"] for verb in rule["verbs"]}
+    needed = {("batch", "jobs", "create"), ("batch", "jobs", "delete"), ("batch", "jobs/status", "get"),
+              ("", "services", "create"), ("", "services", "delete"), ("", "pods", "list"), ("", "pods/log", "get")}
+    assert needed <= allowed, needed - allowed
+    from training.config import KubernetesConfig
+
+    assert KubernetesConfig().service_account in {s["name"] for s in binding["subjects"]}
+    assert KubernetesConfig().data_claim in {d["metadata"]["name"] for d in docs if d["kind"] == "PersistentVolumeClaim"}
