@@ -13,6 +13,7 @@ from assets.curriculum import curriculum
 from assets.gpus import gpu_slots, gpu_step
 from assets.kubernetes import run_stage_job
 from assets.metadata import md_table
+from assets.steps import key_metadata
 from assets.tokenizer import tokenizer
 from assets.resources import Kiln
 from training.fsutil import write_json
@@ -33,7 +34,7 @@ def specs(kiln: Kiln, gpus: int | None = None) -> list[StageSpec]:
     return stage_specs(kiln.layout.root, plan, cfg.model, cfg.training, world_size(cfg.training, gpus))
 
 
-def stage_metadata(summary: dict, out: Path, cached: bool) -> dict:
+def stage_metadata(summary: dict, out: Path, key: str, was_reused: bool) -> dict:
     png = out / LOSS_PNG
     metrics = read_metrics(out / METRICS_JSONL)
     # Twelve evenly spaced steps, the first and last included.
@@ -61,7 +62,7 @@ def stage_metadata(summary: dict, out: Path, cached: bool) -> dict:
         "frozen_layers": str(summary["frozen_layers"]),
         "parameters": summary["parameters"],
         "device": f"{summary['device']} x {summary['ranks']} ({summary['precision']}, ZeRO {summary['zero_stage']})",
-        "cached": cached,
+        **key_metadata(key, was_reused),
         "path": dg.MetadataValue.path(out),
     }
 
@@ -88,8 +89,8 @@ def pretrain_stage(stage: int, training: TrainingConfig, kubernetes: bool = Fals
         check_launch(cfg, gpus, kubernetes)
         spec = specs(kiln, gpus)[stage - 1]
         if summary := completed(spec):
-            context.log.info(f"stage {stage} already trained with these inputs and config; nothing to do")
-            return dg.MaterializeResult(metadata=stage_metadata(summary, Path(spec.out), cached=True))
+            context.log.info(f"reused pretrain_stage_{stage} {spec.fingerprint[:12]}: trained with these inputs and config")
+            return dg.MaterializeResult(metadata=stage_metadata(summary, Path(spec.out), spec.fingerprint, was_reused=True))
         spec_path = Path(spec.checkpoints) / SPEC_JSON
         spec_path.parent.mkdir(parents=True, exist_ok=True)
         write_json(spec_path, json.loads(spec.to_json()))
@@ -101,7 +102,7 @@ def pretrain_stage(stage: int, training: TrainingConfig, kubernetes: bool = Fals
             context.log.info(f"launching stage {stage}: {' '.join(command)}")
             with gpu_slots(context, ranks_per_node(cfg, gpus) if gpus else 1):
                 pipes.run(command=command, context=context, env=env)
-        return dg.MaterializeResult(metadata=stage_metadata(read_summary(spec.out), Path(spec.out), cached=False))
+        return dg.MaterializeResult(metadata=stage_metadata(read_summary(spec.out), Path(spec.out), spec.fingerprint, was_reused=False))
 
     return _stage
 

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, get_args
+
+Precision = Literal["auto", "bf16", "fp16", "fp32"]
 
 
 @dataclass(frozen=True)
@@ -152,7 +155,8 @@ class LanguageConfig:
             raise ValueError(f"language.prefix_bytes must be at least 16, not {self.prefix_bytes}")
 
 
-PERSONAL_DATA_ACTIONS = ("redact", "reject", "keep")
+PersonalDataAction = Literal["redact", "reject", "keep"]
+PERSONAL_DATA_ACTIONS = get_args(PersonalDataAction)
 
 
 @dataclass(frozen=True)
@@ -162,20 +166,20 @@ class PersonalDataConfig:
     is rejected as `personal_data`) or "keep". Part of every modality's cache key. With every type
     on it costs about 11 us per 1 KB record on one core; all "keep" skips the filter."""
 
-    email: str = "redact"
+    email: PersonalDataAction = "redact"
     """A model that memorises addresses can repeat them; the placeholder keeps the sentence's shape."""
-    phone: str = "redact"
+    phone: PersonalDataAction = "redact"
     """Only numbers written as phone numbers are found (+country code, (415) 555-0132, 030 1234567):
     a bare run of digits is a number, not a phone, and stays."""
-    ip: str = "redact"
+    ip: PersonalDataAction = "redact"
     """IPv4 and IPv6 addresses that can name a host, in prose and code alike (a dotted quad is an
     address even where it reads like a version, unless a cue says version: v1.2.3.4, ==1.2.3.4).
     Loopback, 0.0.0.0, multicast, netmasks and the documentation ranges (192.0.2.0/24, 2001:db8::/32)
     stay: they name no one."""
-    card: str = "redact"
+    card: PersonalDataAction = "redact"
     """Card numbers of a known network's prefix and length that pass the Luhn check; other digit
     runs stay."""
-    secret: str = "redact"
+    secret: PersonalDataAction = "redact"
     """Access keys (AWS AKIA/ASIA, GitHub ghp_/github_pat_, Slack xox?-), private-key PEM blocks and
     the values of api_key/secret/password/token assignments: a leaked credential stays valid."""
     min_secret_chars: int = 12
@@ -357,7 +361,7 @@ class TrainingConfig:
     does not fit in GPU memory."""
     offload_params: bool = False
     """Parameters on the CPU between uses (stage 3 only)."""
-    precision: str = "auto"
+    precision: Precision = "auto"
     """"bf16", "fp16" (dynamic loss scaling) or "fp32"; "auto": bf16 on a GPU, fp32 on the CPU."""
     autocast: bool = True
     """bf16 as `torch.autocast` over fp32 weights (DeepSpeed's `torch_autocast`): the numerics of a
@@ -412,6 +416,8 @@ class TrainingConfig:
         if self.nodes < 1 or self.cpu_ranks < 1 or (self.gpus_per_node is not None and self.gpus_per_node < 1):
             raise ValueError(f"nodes ({self.nodes}), cpu_ranks ({self.cpu_ranks}) and gpus_per_node "
                              f"({self.gpus_per_node}) must be at least 1 (gpus_per_node None: every GPU the node shows)")
+        if self.precision not in get_args(Precision):
+            raise ValueError(f"precision must be one of {get_args(Precision)}, not {self.precision!r}")
         if self.zero_stage not in (0, 1, 2, 3):
             raise ValueError(f"zero_stage is 0, 1, 2 or 3, not {self.zero_stage}")
         if self.offload_optimizer and self.zero_stage == 0:

@@ -79,7 +79,7 @@ def test_stages_train_through_pipes_and_report_their_numbers(lifecycle):
     data, result, _, instance = lifecycle
     assert result.success, [e.message for e in result.all_events if e.is_failure]
     first, second = _meta(result, "pretrain_stage_1"), _meta(result, "pretrain_stage_2")
-    assert first["steps"] == 12 and first["resumed_from_step"] == 0 and first["cached"] is False
+    assert first["steps"] == 12 and first["resumed_from_step"] == 0 and "reused" not in first and len(first["key"]) == 64
     assert first["initialised_from"] == "random initialization"
     assert second["initialised_from"].endswith("checkpoints/stage_01/step_000012")
     assert second["global_steps"].startswith("13-")
@@ -95,9 +95,14 @@ def test_stages_train_through_pipes_and_report_their_numbers(lifecycle):
 
 
 def test_a_finished_stage_is_not_trained_again(lifecycle):
-    _, _, materialize, _ = lifecycle
+    """The cache rule every step follows: the stage's record (_step.json, written last by the trainer)
+    under the spec's fingerprint."""
+    data, first_result, materialize, _ = lifecycle
+    first = _meta(first_result, "pretrain_stage_1")
     meta = _meta(materialize("pretrain_stage_1"), "pretrain_stage_1")
-    assert meta["cached"] is True and meta["steps"] == 12
+    assert meta["reused"] == meta["key"] == first["key"] and meta["steps"] == 12
+    record = json.loads((data / "pretrain_stage_1" / "_step.json").read_text())
+    assert record["key"] == first["key"] and "model/model.safetensors" in record["files"]
 
 
 def test_evaluation_quantization_and_release(lifecycle):

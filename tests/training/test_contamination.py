@@ -161,10 +161,10 @@ def test_the_blocking_asset_check_fails_on_a_tampered_stage(tmp_path):
 
 
 def test_the_tokenizer_trains_on_the_staged_pool():
-    from assets.tokenizer import _training_texts
+    from training.curriculum.tokenizer import training_texts
 
     train = [("text", "a", f"{FILLER} {' '.join(W[:13])}"), ("text", "b", f"{FILLER} {' '.join(W[:12])}")]
-    texts, left_out = _training_texts(train, [("text", "h", " ".join(W[:14]))], 13)
+    texts, left_out = training_texts(train, [("text", "h", " ".join(W[:14]))], 13)
     assert texts == [train[1][2]] and left_out == 1
 
 

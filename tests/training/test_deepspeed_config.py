@@ -54,6 +54,7 @@ def test_steps_per_stage_and_the_chained_step_offsets(overrides, steps):
         ({"nodes": 0}, "must be at least 1"),
         ({"gpus_per_node": 0}, "must be at least 1"),
         ({"cpu_ranks": 0}, "must be at least 1"),
+        ({"precision": "bf32"}, r"precision must be one of \('auto', 'bf16', 'fp16', 'fp32'\), not 'bf32'"),
     ],
 )
 def test_invalid_training_settings_are_rejected_when_configured(overrides, message):

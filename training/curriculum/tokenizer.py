@@ -10,11 +10,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import pyarrow.dataset as ds
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
 from training.cache import record
 from training.config import TokenizerConfig
+from training.curriculum.contamination import find_overlaps
+from training.curriculum.difficulty import is_heldout
 from training.fsutil import atomic_path
 
 PAD, UNK, BOS, EOS = "<|pad|>", "<|unk|>", "<|begin_of_text|>", "<|end_of_text|>"
@@ -75,3 +78,33 @@ def round_trip_failures(tokenizer: PreTrainedTokenizerFast, texts: Iterable[tupl
         ids = tokenizer(text, add_special_tokens=True)["input_ids"]
         if tokenizer.decode(ids, skip_special_tokens=True) != text:
             yield record_id
+
+
+Records = list[tuple[str, str, str]]
+"""(modality, id, text) of cleaned records."""
+
+PROBES = [
+    ("probe/chinese", "分词器决定了模型看到的基本单位。字节级的方法可以覆盖任何语言。"),
+    ("probe/code", "fn main() {\n\tlet v: Vec<i32> = vec![1, 2];\n    println!(\"{:?}\", v);\n}\n"),
+    ("probe/mixed", "  leading spaces, tabs\t, émoji 🎉, and a trailing newline\n"),
+]
+"""Always round-tripped besides the held-out records, so the check covers Chinese and code even when
+the held-out share happens to contain neither."""
+
+
+def split_corpus(corpus_dir: Path, heldout_share: float) -> tuple[Records, Records]:
+    """(training, held-out) records of the cleaned corpus, by the difficulty step's held-out rule."""
+    rows = ds.dataset(corpus_dir, format="parquet").to_table(columns=["id", "modality", "text"]).to_pylist()
+    sides: tuple[Records, Records] = ([], [])
+    for r in rows:
+        sides[1 if is_heldout(r["modality"], r["id"], heldout_share) else 0].append((r["modality"], r["id"], r["text"]))
+    return sides
+
+
+def training_texts(train: Records, heldout: Records, ngram: int) -> tuple[list[str], int]:
+    """The training texts less those the curriculum moves to contaminated.parquet (the curriculum runs
+    after the tokenizer, so the same rule is applied here): (texts, records left out)."""
+    texts = [t for _, _, t in train]
+    overlapping = {o.train for o in find_overlaps(texts, [t for _, _, t in heldout], ngram)}
+    return [t for i, t in enumerate(texts) if i not in overlapping], len(overlapping)
+

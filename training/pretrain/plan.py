@@ -3,12 +3,13 @@ starts from.
 
 A `StageSpec` is everything the trainer (`python -m training.pretrain.train --spec spec.json`) needs; it is
 written as JSON beside the stage's checkpoints, so a stage can be rerun by hand exactly as the
-pipeline ran it. Its fingerprint hashes the configs, the plan and the contents of the stage's records
-and tokenizer, chained with the previous stage's fingerprint: checkpoints left by a different spec
-are never resumed, and a finished stage whose fingerprint still matches is not trained again.
+pipeline ran it. Its fingerprint is the stage's cache key (`training.cache`): the configs, the plan
+and the contents of the stage's records and tokenizer, chained with the previous stage's fingerprint.
+Checkpoints left by a different spec are never resumed, and a finished stage whose record
+(`_step.json` in its output, written by the trainer) holds this fingerprint is not trained again.
 
     $KILN_DATA_DIR/checkpoints/stage_NN/   spec.json, FINGERPRINT, packed.npy, step_NNNNNN/ (DeepSpeed), latest
-    $KILN_DATA_DIR/pretrain_stage_N/       model/ (Hugging Face, safetensors), stage.json, metrics.jsonl, loss.png
+    $KILN_DATA_DIR/pretrain_stage_N/       model/ (Hugging Face, safetensors), stage.json, metrics.jsonl, loss.png, _step.json
 """
 
 from __future__ import annotations
@@ -24,8 +25,15 @@ from transformers import PreTrainedTokenizerBase
 
 from training.config import ModelConfig, TrainingConfig
 from training.pretrain.deepspeed_config import StagePlan, plan_stages
-from training.fsutil import atomic_path, fingerprint, sha256_file
+from training.cache import key_of, reused
+from training.fsutil import atomic_path, sha256_file
 from training.layout import STAGE_JSON, TOKENIZER_JSON, Layout, stage_file
+
+
+STEP = "pretrain_stage"
+VERSION = 1
+"""The stages' logic version in their fingerprints (`training.cache`): bump it when the trainer's code
+changes what a stage writes."""
 
 
 @with_config(ConfigDict(extra="forbid", strict=True))  # read by `from_json`, and for the nested configs too
@@ -83,7 +91,7 @@ def stage_specs(
         # The curriculum records each file's hash as it writes it: every stage asset computes every
         # spec of the chain, and hashing all stage files each time would read the corpus nine times.
         content = entry.get("sha256") or sha256_file(records)
-        key = fingerprint(model, training, plan, total, ranks, content, tokenizer_hash, prev and prev.fingerprint)
+        key = key_of(STEP, VERSION, model, training, plan, total, ranks, content, tokenizer_hash, prev and prev.fingerprint)
         specs.append(
             StageSpec(
                 stage=plan.stage, plan=plan, total_steps=total, records=str(records), tokenizer=str(layout.tokenizer),
@@ -103,9 +111,9 @@ def read_summary(out: str | Path) -> dict | None:
 
 
 def completed(spec: StageSpec) -> dict | None:
-    """The stage's summary if it already finished with exactly this spec."""
-    summary = read_summary(spec.out)
-    return summary if summary and summary.get("fingerprint") == spec.fingerprint else None
+    """The stage's summary if it already finished with exactly this spec: the cache rule
+    (`training.cache`), keyed by the spec's fingerprint, recorded by the trainer as it exports."""
+    return reused(Path(spec.out), spec.fingerprint)
 
 
 def pack_records(records: str | Path, tokenizer: PreTrainedTokenizerBase, seq_len: int, chunk: int = 1024) -> np.ndarray:

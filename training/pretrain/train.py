@@ -39,12 +39,13 @@ from pathlib import Path
 
 import torch
 
+from training.cache import record
 from training.fsutil import atomic_path
 from training.layout import LOSS_PNG, METRICS_JSONL, STAGE_JSON, STAGE_MODEL
 from training.pretrain.checkpoints import CheckpointDir, Log
 from training.pretrain.deepspeed_config import resolve_precision, trainer_clips
 from training.pretrain.model import build_model, count_parameters, flops_per_token, llama_config, peak_flops
-from training.pretrain.plan import StageSpec, read_summary
+from training.pretrain.plan import STEP, VERSION, StageSpec, read_summary
 from training.pretrain.report import append_metrics, plot_loss, read_metrics, truncate_metrics
 from training.pretrain.step import build_engine, forward_backward, micro_batches, prefetch
 
@@ -224,6 +225,7 @@ def _export(engine, spec: StageSpec, rank: int, summary: dict, metrics: list[dic
             if metrics:
                 plot_loss(metrics, tmp / LOSS_PNG, f"stage {spec.stage} (level {spec.plan.level}): loss by step")
             (tmp / STAGE_JSON).write_text(json.dumps(summary, indent=2) + "\n")
+            record(tmp, STEP, VERSION, spec.fingerprint, summary)  # last: the stage is done
     log(f"stage {spec.stage}: wrote {spec.out}")
 
 

@@ -121,6 +121,19 @@ def _jsonl(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
 
 
+def _task(folder: Path, task: str, rows: list[dict], fields: dict) -> None:
+    """A task's data (`<task>.jsonl`) and its YAML, which loads that file through the folder's loader."""
+    _jsonl(folder / f"{task}.jsonl", rows)
+    _yaml(folder / f"{task}.yaml", {
+        "task": task,
+        "dataset_path": "json",
+        "custom_dataset": f"!function {MODULE}.load",
+        "dataset_kwargs": {"data_file": f"{task}.jsonl"},
+        "test_split": "test",
+        **fields,
+    })
+
+
 def _yaml(path: Path, fields: dict) -> None:
     # JSON is YAML; the one non-JSON value is the `!function` tag, written as a plain scalar.
     lines = []
@@ -185,13 +198,7 @@ def write_tasks(
             if not re.fullmatch(r"[a-z0-9_]+", modality):
                 raise ValueError(f"modality {modality!r} cannot name a task")
             task = f"kiln_{modality}_ppl"
-            _jsonl(tmp / f"{task}.jsonl", rows)
-            _yaml(tmp / f"{task}.yaml", {
-                "task": task,
-                "dataset_path": "json",
-                "custom_dataset": f"!function {MODULE}.load",
-                "dataset_kwargs": {"data_file": f"{task}.jsonl"},
-                "test_split": "test",
+            _task(tmp, task, rows, {
                 "output_type": "loglikelihood_rolling",
                 "doc_to_text": "",
                 "doc_to_target": "{{text}}" + EOS,
@@ -202,13 +209,7 @@ def write_tasks(
             counts[task] = len(rows)
         items = cloze_items(records, span_words, cloze_choices, cloze_words, seed)
         if items:
-            _jsonl(tmp / f"{CLOZE}.jsonl", items)
-            _yaml(tmp / f"{CLOZE}.yaml", {
-                "task": CLOZE,
-                "dataset_path": "json",
-                "custom_dataset": f"!function {MODULE}.load",
-                "dataset_kwargs": {"data_file": f"{CLOZE}.jsonl"},
-                "test_split": "test",
+            _task(tmp, CLOZE, items, {
                 "output_type": "multiple_choice",
                 "doc_to_text": BOS + "{{beginning}}",
                 "doc_to_choice": "choices",
