@@ -13,10 +13,12 @@ from typing import Any
 
 import dagster as dg
 
-from training.pretrain.cluster import CONTAINER, JOB_LABEL
+from training.pretrain.cluster import CONTAINER, JOB_LABEL, STATE_LABEL
 
 INDEX = "batch.kubernetes.io/job-completion-index"
 LOG_TAIL_LINES = 40
+STALE_WAIT_SECONDS = 600
+"""How long a new Job waits for the pods of a stale one (left by a run whose step died) to go."""
 
 
 def apis() -> tuple[Any, Any]:
@@ -56,6 +58,7 @@ def run_stage_job(
             lambda pod: reader.async_consume_pod_logs(context=context, core_api=core, pod_name=pod, namespace=namespace)
         )
         try:
+            _clear_stale(context, core, batch, namespace, job["metadata"]["labels"][STATE_LABEL], name, poll_seconds)
             core.create_namespaced_service(namespace, service)
             batch.create_namespaced_job(namespace, job)
             context.log.info(f"started Job {namespace}/{name}: {job['spec']['completions']} node(s); "
@@ -64,6 +67,24 @@ def run_stage_job(
         finally:
             _delete(context, lambda: batch.delete_namespaced_job(name, namespace, propagation_policy="Background"))
             _delete(context, lambda: core.delete_namespaced_service(name, namespace))
+
+
+def _clear_stale(context, core, batch, namespace: str, state: str, name: str, poll_seconds: float) -> None:
+    """Deletes the Jobs (and Services) of an earlier run on the same checkpoints, and waits for their
+    pods to go: a run whose step pod died leaves its Job training, and two Jobs writing one checkpoint
+    folder would corrupt it. A stage runs once at a time, so such a Job has no live step."""
+    selector = f"{STATE_LABEL}={state}"
+    for old in batch.list_namespaced_job(namespace, label_selector=selector).items:
+        if old.metadata.name != name:
+            context.log.warning(f"deleting Job {namespace}/{old.metadata.name}, left on these checkpoints by an earlier run")
+            _delete(context, lambda n=old.metadata.name: batch.delete_namespaced_job(n, namespace, propagation_policy="Foreground"))
+            _delete(context, lambda n=old.metadata.name: core.delete_namespaced_service(n, namespace))
+    deadline = time.monotonic() + STALE_WAIT_SECONDS
+    while pods := core.list_namespaced_pod(namespace, label_selector=selector).items:
+        if time.monotonic() > deadline:
+            raise dg.Failure(f"the pods of an earlier Job on these checkpoints are still there after {STALE_WAIT_SECONDS} s: "
+                             + ", ".join(p.metadata.name for p in pods))
+        time.sleep(poll_seconds)
 
 
 def _wait(context, core, batch, follow, name: str, namespace: str, nodes: int, poll_seconds: float) -> None:

@@ -122,8 +122,11 @@ def _run_job(context: dg.AssetExecutionContext, kiln: Kiln, stage: int, spec_pat
     name = job_name(stage, context.run_id)
     command = launch_command(spec_path, cfg, gpus, run_id=name, master_addr=rendezvous_host(name))
     labels = {"dagster/run-id": context.run_id}
-    run_stage_job(context, lambda pipes_env: stage_objects(name, command, env | pipes_env, cfg, k8s, image, namespace, labels),
-                  namespace)
+    run_stage_job(
+        context,
+        lambda pipes_env: stage_objects(name, command, env | pipes_env, cfg, k8s, image, namespace, str(spec_path.parent), labels),
+        namespace,
+    )
 
 
 def base_model_asset(stages: int) -> dg.AssetsDefinition:

@@ -85,7 +85,7 @@ def test_a_stage_of_2_nodes_x_4_gpus_is_a_valid_indexed_job_meeting_at_one_rende
     name = job_name(3, "0b5e9c1a-77f2-4d0e-9a51-3f1d2c4b5a69")
     spec = Path("/data/pretrain_stage_3/checkpoints/spec.json")
     command = launch_command(spec, cfg, gpus=4, run_id=name, master_addr=rendezvous_host(name))
-    service, job = stage_objects(name, command, {"DAGSTER_PIPES_CONTEXT": "x"}, cfg, KubernetesConfig(), "kiln:1", "ml")
+    service, job = stage_objects(name, command, {"DAGSTER_PIPES_CONTEXT": "x"}, cfg, KubernetesConfig(), "kiln:1", "ml", str(spec.parent))
     for obj in (service, job):
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
     pod = job["spec"]["template"]["spec"]
@@ -96,7 +96,7 @@ def test_a_stage_of_2_nodes_x_4_gpus_is_a_valid_indexed_job_meeting_at_one_rende
     # One rendezvous: every pod runs the same command, naming the first pod through the headless Service.
     assert f"--rdzv_endpoint={name}-0.{name}:29400" in container["command"] and f"--rdzv_id={name}" in command
     assert pod["subdomain"] == service["metadata"]["name"] == name and service["spec"]["clusterIP"] == "None"
-    assert service["spec"]["selector"] == job["spec"]["template"]["metadata"]["labels"] == {JOB_LABEL: name}
+    assert service["spec"]["selector"] == {JOB_LABEL: name} and job["spec"]["template"]["metadata"]["labels"][JOB_LABEL] == name
     assert service["spec"]["publishNotReadyAddresses"] and service["spec"]["ports"][0]["port"] == 29400
     assert len(f"{name}-10") <= 63  # a pod's hostname is a DNS label
     # Every node sees the data where the step does, and shares memory for NCCL.

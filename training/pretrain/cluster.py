@@ -10,13 +10,21 @@ and gets a memory-backed /dev/shm. Plain dicts, validated against the Kubernetes
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 from training.config import KubernetesConfig, TrainingConfig
 
 JOB_LABEL = "kiln.dev/stage-job"
 """The label every pod of a stage's Job carries (the Service selects them by it)."""
+STATE_LABEL = "kiln.dev/stage-state"
+"""The label of every object of a stage's Job naming the checkpoint folder its pods write (a hash of its
+path): a Job left by an earlier run whose step died is found by it and deleted before a new one starts."""
 CONTAINER = "trainer"
+
+
+def state_label(checkpoints: str) -> str:
+    return hashlib.sha256(checkpoints.encode()).hexdigest()[:16]
 
 
 def job_name(stage: int, run_id: str) -> str:
@@ -32,12 +40,13 @@ def rendezvous_host(name: str) -> str:
 
 def stage_objects(
     name: str, command: list[str], env: dict[str, str], training: TrainingConfig, k8s: KubernetesConfig,
-    image: str, namespace: str, labels: dict[str, str] | None = None,
+    image: str, namespace: str, checkpoints: str, labels: dict[str, str] | None = None,
 ) -> list[dict]:
     """[headless Service, indexed Job] of a stage of `training.nodes` nodes with `training.gpus_per_node`
-    GPUs each (1 when unset: a pod must ask for a number)."""
+    GPUs each (1 when unset: a pod must ask for a number), writing the checkpoint folder `checkpoints`."""
     gpus = str(training.gpus_per_node or 1)
-    meta = {"name": name, "namespace": namespace, "labels": {**(labels or {}), JOB_LABEL: name}}
+    own = {JOB_LABEL: name, STATE_LABEL: state_label(checkpoints)}
+    meta = {"name": name, "namespace": namespace, "labels": {**(labels or {}), **own}}
     port = {"name": "rendezvous", "port": training.master_port, "targetPort": training.master_port}
     service = {
         "apiVersion": "v1",
@@ -68,7 +77,7 @@ def stage_objects(
             "backoffLimit": 0,
             "ttlSecondsAfterFinished": 24 * 3600,  # left behind only if the step pod itself died
             "template": {
-                "metadata": {"labels": {JOB_LABEL: name}},
+                "metadata": {"labels": own},
                 "spec": {
                     "subdomain": name,
                     "restartPolicy": "Never",
