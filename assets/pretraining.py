@@ -94,13 +94,15 @@ def pretrain_stage(stage: int, training: TrainingConfig, kubernetes: bool = Fals
         spec_path = Path(spec.checkpoints) / SPEC_JSON
         spec_path.parent.mkdir(parents=True, exist_ok=True)
         write_json(spec_path, json.loads(spec.to_json()))
-        env = launch_env(ranks_per_node(cfg, gpus), gpus)
-        if job_of_pods:
-            _run_job(context, kiln, stage, spec_path, gpus, env)
-        else:
-            command = launch_command(spec_path, cfg, gpus, run_id=spec.fingerprint[:16])
-            context.log.info(f"launching stage {stage}: {' '.join(command)}")
-            with gpu_slots(context, ranks_per_node(cfg, gpus) if gpus else 1):
+        per_node = ranks_per_node(cfg, gpus)
+        env = launch_env(per_node, gpus)
+        # The `gpu` pool counts GPUs: every GPU of every node the stage trains on.
+        with gpu_slots(context, cfg.nodes * per_node if gpus else 1):
+            if job_of_pods:
+                _run_job(context, kiln, stage, spec_path, gpus, env)
+            else:
+                command = launch_command(spec_path, cfg, gpus, run_id=spec.fingerprint[:16])
+                context.log.info(f"launching stage {stage}: {' '.join(command)}")
                 pipes.run(command=command, context=context, env=env)
         return dg.MaterializeResult(metadata=stage_metadata(read_summary(spec.out), Path(spec.out), spec.fingerprint, was_reused=False))
 
