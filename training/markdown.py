@@ -8,7 +8,12 @@ from collections.abc import Iterable, Sequence
 
 def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
     """A GitHub-flavoured Markdown table, one line per row, with no padding: a cell is `str(cell)`, None
-    an empty cell. Cells are not escaped (a `|` in one splits it)."""
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join("" if c is None else str(c) for c in row) + " |" for row in rows]
+    an empty cell; a `|` in a cell is escaped and a line break becomes a space, so text from the data
+    (a rejection's detail, a file name) never splits a cell or ends the table."""
+    lines = ["| " + " | ".join(map(_cell, headers)) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def _cell(value: object) -> str:
+    return "" if value is None else " ".join(str(value).replace("|", "\\|").splitlines())
