@@ -111,3 +111,26 @@ def test_bf16_runs_as_torch_autocast_over_fp32_weights(one_rank, zero_stage):
     assert np.isfinite(norm) and norm > 0
     assert all(p.dtype == torch.float32 for p in bf16.module.parameters())
     assert not torch.equal(before, bf16.module.lm.lm_head.weight)
+
+
+@pytest.mark.slow
+def test_a_baton_left_by_a_process_killed_while_it_built_an_op_does_not_hang_the_next_stage(tmp_path):
+    """torch builds DeepSpeed's shared-memory op under an empty `lock` file that every later process
+    waits on; a rank killed there left one, and every later stage on the machine hung before its first
+    step. A stage's ranks now load the op under a lock the kernel frees with its holder, and remove
+    such a baton. (A fresh extensions folder: the op is built here, about a minute on 2 cores.)"""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "deepspeed_shm_comm").mkdir()
+    (tmp_path / "deepspeed_shm_comm" / "lock").touch()  # as a kill -9 inside torch's build leaves it
+    code = ("from training.pretrain.step import load_deepspeed_ops\n"
+            "load_deepspeed_ops(['ShareMemCommBuilder'])\n"
+            "from deepspeed.ops.op_builder.builder import OpBuilder\n"
+            "assert 'deepspeed_shm_comm' in OpBuilder._loaded_ops\n")
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "TORCH_EXTENSIONS_DIR": str(tmp_path)}
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "removing" in run.stderr and not (tmp_path / "deepspeed_shm_comm" / "lock").exists()
+    assert (tmp_path / "deepspeed_shm_comm" / "deepspeed_shm_comm.so").is_file()

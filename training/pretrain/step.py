@@ -19,8 +19,9 @@ import logging
 import os
 import socket
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -75,6 +76,47 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
+def load_deepspeed_ops(names: Sequence[str]) -> None:
+    """Builds (the first time) and loads DeepSpeed's just-in-time C++ ops in this process, before
+    DeepSpeed asks for them (it then finds them loaded).
+
+    torch builds such an op under a "baton", an empty `lock` file in its build folder that every
+    later process waits on until it is gone. A process killed while it holds one (kill -9 of a stage,
+    an OOM, a lost pod) leaves it there, and every later stage on that machine waits forever before its
+    first step. Here the ops load under an flock of the extensions folder, which the kernel releases
+    when its holder dies: whoever holds it knows that no other kiln process is inside a baton, so a
+    baton found then was left by a killed process and is removed."""
+    import fcntl
+
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+    from torch.utils.cpp_extension import get_default_build_root
+
+    builders = [b for b in map(get_accelerator().create_op_builder, names)
+                if b is not None and deepspeed.ops.__compatible_ops__.get(b.NAME, False)]
+    if not builders:
+        return
+    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / "kiln.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for baton in [*root.glob("*/lock"), *root.glob("*/*/lock")]:  # <root>[/pyXY_cpu]/<op>/lock
+            logging.getLogger(__name__).warning("removing %s, left by a process killed while it built an op", baton)
+            baton.unlink(missing_ok=True)
+        for builder in builders:
+            builder.load()
+
+
+def deepspeed_ops(cfg: TrainingConfig, cuda: bool) -> list[str]:
+    """The just-in-time ops DeepSpeed will load for a stage: shared-memory collectives on CPU ranks,
+    the CPU Adam under optimizer offload, the quantizer of ZeRO++."""
+    return (
+        ([] if cuda else ["ShareMemCommBuilder"])
+        + (["CPUAdamBuilder"] if cfg.offload_optimizer else [])
+        + (["QuantizerBuilder"] if cfg.gradient_compression and cuda else [])
+    )
+
+
 def init_one_rank(cuda: bool) -> None:
     """torch.distributed for one rank in this process, as torchrun would describe it to DeepSpeed
     (benchmarks and tests; stages run under torchrun)."""
@@ -91,6 +133,7 @@ def init_one_rank(cuda: bool) -> None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             os.environ["MASTER_PORT"] = str(s.getsockname()[1])
+    load_deepspeed_ops(deepspeed_ops(TrainingConfig(), cuda))
     deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
 
 

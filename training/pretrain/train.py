@@ -47,7 +47,7 @@ from training.pretrain.deepspeed_config import resolve_precision, trainer_clips
 from training.pretrain.model import build_model, count_parameters, flops_per_token, llama_config, peak_flops
 from training.pretrain.plan import STEP, VERSION, StageSpec, read_summary
 from training.pretrain.report import append_metrics, plot_loss, read_metrics, truncate_metrics
-from training.pretrain.step import build_engine, forward_backward, micro_batches, prefetch
+from training.pretrain.step import build_engine, deepspeed_ops, forward_backward, load_deepspeed_ops, micro_batches, prefetch
 
 
 class NonFiniteLoss(RuntimeError):
@@ -234,6 +234,7 @@ def _init_distributed(spec: StageSpec) -> tuple[int, int, torch.device]:
     import deepspeed
 
     cuda = torch.cuda.is_available()
+    load_deepspeed_ops(deepspeed_ops(spec.training, cuda))
     deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     if world != spec.ranks:
