@@ -48,7 +48,7 @@ def gpu_slots(context: dg.AssetExecutionContext, gpus: int, poll_seconds: float 
             f"this step uses {gpus} GPUs but the `{GPU_POOL}` pool has {limit} slot(s), so it could never start: "
             f"`dagster instance concurrency set {GPU_POOL} <the machine's GPU count>`, or lower gpus_per_node"
         )
-    run_id, step = context.run_id, context.op_execution_context.get_step_execution_context().step.key
+    run_id, step = context.run.run_id, context.op_execution_context.get_step_execution_context().step.key
     keys = [f"{step}{EXTRA_SLOT}{i}" for i in range(2, gpus + 1)]
     try:
         waiting = [k for k in keys if not storage.claim_concurrency_slot(GPU_POOL, run_id, k).is_claimed]

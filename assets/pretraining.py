@@ -121,9 +121,9 @@ def _run_job(context: dg.AssetExecutionContext, kiln: Kiln, stage: int, spec_pat
     if not image:
         raise dg.Failure("no image for the nodes' pods: set kubernetes.image, or DAGSTER_CURRENT_IMAGE in the step's pod")
     namespace = k8s.namespace or detect_current_namespace(None) or "default"
-    name = job_name(stage, context.run_id)
+    name = job_name(stage, context.run.run_id)
     command = launch_command(spec_path, cfg, gpus, run_id=name, master_addr=rendezvous_host(name))
-    labels = {"dagster/run-id": context.run_id}
+    labels = {"dagster/run-id": context.run.run_id}
     run_stage_job(
         context,
         lambda pipes_env: stage_objects(name, command, env | pipes_env, cfg, k8s, image, namespace, str(spec_path.parent), labels),

@@ -203,13 +203,13 @@ def test_finished_runs_holding_slots_free_them_unless_their_worker_lives(instanc
 @pytest.mark.slow
 def test_orphaned_step_processes_are_interrupted_before_their_slot_is_freed(instance, processes):
     worker = _run(instance, _dead_pid())
-    orphan = subprocess.Popen(["sleep", "60"])  # dies of SIGINT
-    ignore_sigint = (
-        "import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); print(1, flush=True); time.sleep(60)"
-    )
-    stubborn = subprocess.Popen([sys.executable, "-c", ignore_sigint], stdout=subprocess.PIPE)
+    # SIGINT's action set explicitly in both: a suite started in the background inherits it ignored.
+    sigint = "import signal, time; signal.signal(signal.SIGINT, signal.{}); print(1, flush=True); time.sleep(60)"
+    orphan = subprocess.Popen([sys.executable, "-c", sigint.format("SIG_DFL")], stdout=subprocess.PIPE)  # dies of SIGINT
+    stubborn = subprocess.Popen([sys.executable, "-c", sigint.format("SIG_IGN")], stdout=subprocess.PIPE)
     processes += [orphan, stubborn]
-    stubborn.stdout.readline()  # its SIGINT handler is set
+    orphan.stdout.readline()  # their SIGINT actions are set
+    stubborn.stdout.readline()
     _event(instance, worker, DagsterEventType.STEP_START, orphan.pid, step="gpu_a")
     _event(instance, worker, DagsterEventType.STEP_START, stubborn.pid, step="gpu_b")
     assert _claim(instance, worker, "gpu_a")
