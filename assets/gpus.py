@@ -9,6 +9,8 @@ from contextlib import contextmanager
 
 import dagster as dg
 
+from training.pretrain.cluster import GPU_RESOURCE
+
 GPU_POOL = "gpu"
 """Concurrency pool of every step with GPU work, one slot per GPU. dagster.yaml's default pool limit
 (1) fits one GPU; on a machine with N GPUs: `dagster instance concurrency set gpu N`."""
@@ -22,7 +24,7 @@ def gpu_step(gpus: int = 1) -> dict:
     """Keyword arguments of `@dg.asset` for a step that uses `gpus` GPUs when there are any (0: a step
     that starts GPU work elsewhere, such as the pods of a multi-node stage): in the `gpu` pool, and
     under the k8s_job_executor a pod that requests that many GPUs."""
-    resources = {"requests": {"nvidia.com/gpu": str(gpus)}, "limits": {"nvidia.com/gpu": str(gpus)}} if gpus else {}
+    resources = {"requests": {GPU_RESOURCE: str(gpus)}, "limits": {GPU_RESOURCE: str(gpus)}} if gpus else {}
     return {
         "pool": GPU_POOL,
         "op_tags": {"dagster-k8s/config": {"container_config": {"resources": resources}}},

@@ -7,13 +7,17 @@ and Service are deleted however the step ends."""
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
 
-from training.pretrain.cluster import CONTAINER, JOB_LABEL, STATE_LABEL
+from assets.resources import Kiln
+from training.pretrain.cluster import CONTAINER, JOB_LABEL, STATE_LABEL, job_name, rendezvous_host, stage_objects
+from training.pretrain.launch import launch_command
 
 INDEX = "batch.kubernetes.io/job-completion-index"
 LOG_TAIL_LINES = 40
@@ -140,3 +144,25 @@ def _delete(context, delete: Callable[[], object]) -> None:
     except Exception as exc:
         if getattr(exc, "status", None) != 404:  # never created, or already gone: nothing to clean up
             context.log.warning(f"could not delete a stage object: {exc}")
+
+
+def run_stage_on_pods(context: dg.AssetExecutionContext, kiln: Kiln, stage: int, spec_path: Path, gpus: int, env: dict) -> None:
+    """The stage as an indexed Job of `nodes` pods (training/pretrain/cluster.py), followed to its end."""
+    from dagster_k8s.utils import detect_current_namespace
+
+    cfg, k8s = kiln.config.training, kiln.config.kubernetes
+    if not spec_path.resolve().is_relative_to(k8s.data_mount):
+        raise dg.Failure(f"KILN_DATA_DIR ({kiln.layout.root}) is not under kubernetes.data_mount ({k8s.data_mount}), "
+                         "where the nodes' pods mount the data volume: mount it there, or set data_mount")
+    image = k8s.image or os.environ.get("DAGSTER_CURRENT_IMAGE")
+    if not image:
+        raise dg.Failure("no image for the nodes' pods: set kubernetes.image, or DAGSTER_CURRENT_IMAGE in the step's pod")
+    namespace = k8s.namespace or detect_current_namespace(None) or "default"
+    name = job_name(stage, context.run.run_id)
+    command = launch_command(spec_path, cfg, gpus, run_id=name, master_addr=rendezvous_host(name))
+    labels = {"dagster/run-id": context.run.run_id}
+    run_stage_job(
+        context,
+        lambda pipes_env: stage_objects(name, command, env | pipes_env, cfg, k8s, image, namespace, str(spec_path.parent), labels),
+        namespace,
+    )

@@ -3,7 +3,6 @@ through Dagster Pipes, then `base_model`, the final weights with the tokenizer i
 
 import base64
 import json
-import os
 from pathlib import Path
 
 import dagster as dg
@@ -11,7 +10,7 @@ import torch
 
 from assets.curriculum import curriculum
 from assets.gpus import gpu_slots, gpu_step
-from assets.kubernetes import run_stage_job
+from assets.kubernetes import run_stage_on_pods
 from assets.metadata import md_table
 from assets.steps import key_metadata
 from assets.tokenizer import tokenizer
@@ -19,7 +18,6 @@ from assets.resources import Kiln
 from training.fsutil import write_json
 from training.layout import BASE_MODEL, CURRICULUM_JSON, LOSS_PNG, METRICS_JSONL, SPEC_JSON, STAGE_MODEL, pretrain_stage_name
 from training.config import TrainingConfig
-from training.pretrain.cluster import job_name, rendezvous_host, stage_objects
 from training.pretrain.launch import check_launch, launch_command, launch_env, planned_gpus, ranks_per_node, world_size
 from training.release.package import assemble_model
 from training.pretrain.report import read_metrics
@@ -85,7 +83,7 @@ def pretrain_stage(stage: int, training: TrainingConfig, kubernetes: bool = Fals
     )
     def _stage(context: dg.AssetExecutionContext, kiln: Kiln, pipes: dg.PipesSubprocessClient) -> dg.MaterializeResult:
         cfg = kiln.config.training
-        gpus = planned_gpus(cfg, job_of_pods, torch.cuda.device_count())
+        gpus = planned_gpus(cfg, kubernetes, torch.cuda.device_count())
         check_launch(cfg, gpus, kubernetes)
         spec = specs(kiln, gpus)[stage - 1]
         if summary := completed(spec):
@@ -99,7 +97,7 @@ def pretrain_stage(stage: int, training: TrainingConfig, kubernetes: bool = Fals
         # The `gpu` pool counts GPUs: every GPU of every node the stage trains on.
         with gpu_slots(context, cfg.nodes * per_node if gpus else 1):
             if job_of_pods:
-                _run_job(context, kiln, stage, spec_path, gpus, env)
+                run_stage_on_pods(context, kiln, stage, spec_path, gpus, env)
             else:
                 command = launch_command(spec_path, cfg, gpus, run_id=spec.fingerprint[:16])
                 context.log.info(f"launching stage {stage}: {' '.join(command)}")
@@ -107,28 +105,6 @@ def pretrain_stage(stage: int, training: TrainingConfig, kubernetes: bool = Fals
         return dg.MaterializeResult(metadata=stage_metadata(read_summary(spec.out), Path(spec.out), spec.fingerprint, was_reused=False))
 
     return _stage
-
-
-def _run_job(context: dg.AssetExecutionContext, kiln: Kiln, stage: int, spec_path: Path, gpus: int, env: dict) -> None:
-    """The stage as an indexed Job of `nodes` pods (training/pretrain/cluster.py), followed to its end."""
-    from dagster_k8s.utils import detect_current_namespace
-
-    cfg, k8s = kiln.config.training, kiln.config.kubernetes
-    if not spec_path.resolve().is_relative_to(k8s.data_mount):
-        raise dg.Failure(f"KILN_DATA_DIR ({kiln.layout.root}) is not under kubernetes.data_mount ({k8s.data_mount}), "
-                         "where the nodes' pods mount the data volume: mount it there, or set data_mount")
-    image = k8s.image or os.environ.get("DAGSTER_CURRENT_IMAGE")
-    if not image:
-        raise dg.Failure("no image for the nodes' pods: set kubernetes.image, or DAGSTER_CURRENT_IMAGE in the step's pod")
-    namespace = k8s.namespace or detect_current_namespace(None) or "default"
-    name = job_name(stage, context.run.run_id)
-    command = launch_command(spec_path, cfg, gpus, run_id=name, master_addr=rendezvous_host(name))
-    labels = {"dagster/run-id": context.run.run_id}
-    run_stage_job(
-        context,
-        lambda pipes_env: stage_objects(name, command, env | pipes_env, cfg, k8s, image, namespace, str(spec_path.parent), labels),
-        namespace,
-    )
 
 
 def base_model_asset(stages: int) -> dg.AssetsDefinition:

@@ -550,8 +550,6 @@ class KubernetesConfig:
     env_config_map: str | None = "kiln-env"
     """A ConfigMap of environment variables every node gets (NCCL settings, say); None: none."""
     service_account: str = "kiln"
-    gpu_resource: str = "nvidia.com/gpu"
-    """The extended resource a node's pod requests `gpus_per_node` of (the NVIDIA device plugin's)."""
     shared_memory: str = "16Gi"
     """Size of the memory-backed /dev/shm of each node's pod: NCCL and the data loader's workers use
     shared memory, and a container's default is 64 MiB."""

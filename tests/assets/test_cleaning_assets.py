@@ -1,7 +1,6 @@
 """The cleaning assets on the embedded default landing zone, with the real (kiln-trained) CLIP."""
 
 import json
-from pathlib import Path
 
 import dagster as dg
 import pyarrow.dataset as ds

@@ -21,6 +21,9 @@ STATE_LABEL = "kiln.dev/stage-state"
 """The label of every object of a stage's Job naming the checkpoint folder its pods write (a hash of its
 path): a Job left by an earlier run whose step died is found by it and deleted before a new one starts."""
 CONTAINER = "trainer"
+GPU_RESOURCE = "nvidia.com/gpu"
+"""The extended resource GPU pods request (the NVIDIA device plugin's): the nodes' pods here, every GPU
+step's pod through its `dagster-k8s/config` tag (assets/gpus.py)."""
 
 
 def state_label(checkpoints: str) -> str:
@@ -61,7 +64,7 @@ def stage_objects(
         "env": [{"name": k, "value": v} for k, v in sorted(env.items())],
         "envFrom": [{"configMapRef": {"name": k8s.env_config_map}}] if k8s.env_config_map else [],
         "ports": [{"name": "rendezvous", "containerPort": training.master_port}],
-        "resources": {"requests": {k8s.gpu_resource: gpus}, "limits": {k8s.gpu_resource: gpus}},
+        "resources": {"requests": {GPU_RESOURCE: gpus}, "limits": {GPU_RESOURCE: gpus}},
         "volumeMounts": [{"name": "data", "mountPath": k8s.data_mount}, {"name": "shm", "mountPath": "/dev/shm"}],
     }
     job = {
