@@ -8,7 +8,6 @@ import contextlib
 from types import SimpleNamespace as NS
 
 import dagster as dg
-import pytest
 
 from assets.kubernetes import INDEX, run_stage_job
 from training.config import KubernetesConfig, TrainingConfig
