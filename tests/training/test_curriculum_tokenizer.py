@@ -48,8 +48,8 @@ def test_pendulum_stages_sample_levels_up_to_k(scored, tmp_path):
 
 def test_custom_schedule_and_determinism(scored, tmp_path):
     a = _build(scored, tmp_path / "a", CurriculumConfig(schedule=(2, 5), seed=7))
-    b = _build(scored, tmp_path / "b", CurriculumConfig(schedule=(2, 5), seed=7))
-    c = _build(scored, tmp_path / "c", CurriculumConfig(schedule=(2, 5), seed=8))
+    _build(scored, tmp_path / "b", CurriculumConfig(schedule=(2, 5), seed=7))
+    _build(scored, tmp_path / "c", CurriculumConfig(schedule=(2, 5), seed=8))
     assert [s["level"] for s in a["stages"]] == [2, 5]
     order = lambda d, i: pq.read_table(tmp_path / d / stage_file(i))["id"].to_pylist()  # noqa: E731
     assert order("a", 1) == order("b", 1) and order("a", 2) == order("b", 2)
