@@ -6,7 +6,7 @@ from dataclasses import replace
 import pytest
 
 from training.config import TrainingConfig
-from training.pretrain.deepspeed_config import deepspeed_config, per_stage, plan_stages, resolve_precision, trainer_clips
+from training.pretrain.deepspeed_config import deepspeed_config, per_stage, plan_stages, resolve_precision
 
 
 def _plan(cfg: TrainingConfig, stages=((1, 64 * 100), (2, 64 * 400), (3, 64 * 1000)), seq=64, world=2):
