@@ -245,16 +245,35 @@ def test_estimates_follow_the_true_jaccard():
     ],
 )
 def test_words_hash_the_same_in_any_record(text, words):
-    """A record's words are those of the table; each hashes as it does alone, in an ASCII record or not."""
+    """A record's words are those of the table; each hashes as it does alone, in an ASCII record or
+    not (one-word shingles are the words' hashes, in order)."""
 
-    def word_hashes(texts, ascii_):
-        lengths = np.fromiter(map(len, texts), np.int64, len(texts)) + 1
-        with np.errstate(over="ignore"):
-            return near_dup._word_hashes(texts, lengths, ascii_)[0]
+    def word_hashes(texts):
+        hashes, offsets = near_dup.shingle_hashes(texts, 1)
+        return hashes[offsets[-2] :].tolist()  # the last record's
 
-    alone = [word_hashes([w], w.isascii())[0] for w in words]
-    assert word_hashes([text], text.isascii()).tolist() == alone
-    assert word_hashes(["ü", text], False)[1:].tolist() == alone  # beside a non-ASCII record
+    alone = [word_hashes([w])[0] for w in words]
+    assert word_hashes([text]) == alone
+    assert word_hashes(["ü", text]) == alone  # after a non-ASCII record
+    assert near_dup.signatures(["ü", text], NearDupConfig()).tolist()[1] == near_dup.signatures([text], NearDupConfig()).tolist()[0]
+
+
+@pytest.mark.parametrize(
+    "a, b",
+    [
+        ("abcdefgXijklmnopq", "abcdefgYijklmnopq"),  # 17 characters: three 8-byte blocks, differing in the first
+        ("abcdefghijklmnopqrstuvwX", "abcdefghijklmnopqrstuvwY"),  # in the last block
+        ("übergrößenträgerX", "übergrößenträgerY"),  # code points: nine 2-character blocks
+        ("prêtes", "pvêtes"),  # three 2-character blocks, differing in the first
+        ("ab", "ab "),  # spacing is not part of a word
+    ],
+)
+def test_long_words_hash_by_every_character(a, b):
+    """A word longer than two blocks is a polynomial of all its blocks: a change anywhere changes it
+    (its base once lost precision through a float: ASCII words differing in their 8th byte collided,
+    and non-ASCII words of five characters or more in their second)."""
+    ha, hb = near_dup.shingle_hashes([a], 1)[0], near_dup.shingle_hashes([b], 1)[0]
+    assert (ha == hb).all() == (a.strip() == b.strip())
 
 
 def test_a_failed_batch_leaves_no_signature_file(tmp_path):
@@ -287,5 +306,5 @@ def test_signatures_are_the_same_in_every_process():
         ).stdout.strip()
         for seed in ("1", "2")
     }
-    assert digests == {"1e5dd47aac633efcc1a86ff0e288c319f7a74d3d297e09e8a2d8c205af29185f"}
-    assert near_dup.SIGNATURE_VERSION == 1
+    assert digests == {"37801e0cc589f58cbf91e0bfa40ca578927b5aefb1fffc20ddf6f120309080de"}
+    assert near_dup.SIGNATURE_VERSION == 2
