@@ -6,10 +6,11 @@ from transformers import AutoTokenizer
 
 from assets.difficulty import difficulty_scores
 from assets.metadata import md_table
-from assets.tokenizer import tokenizer
 from assets.resources import Kiln
 from assets.steps import key_metadata, lookup
+from assets.tokenizer import tokenizer
 from training.curriculum.schedule import STEP, VERSION, build_curriculum, verify_stages
+from training.generate import encode_records
 from training.layout import SCORES
 
 
@@ -30,7 +31,7 @@ def curriculum(context: dg.AssetExecutionContext, kiln: Kiln) -> dg.MaterializeR
         tok = AutoTokenizer.from_pretrained(layout.tokenizer)
 
         def count_tokens(texts: list[str]) -> int:
-            return sum(len(ids) for ids in tok(texts, add_special_tokens=True)["input_ids"]) if texts else 0
+            return sum(len(ids) for ids in encode_records(tok, texts)) if texts else 0
 
         summary = build_curriculum(
             layout.difficulty_scores / SCORES, layout.cleaned_corpus, out, kiln.config.curriculum, count_tokens, key,

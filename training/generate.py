@@ -10,8 +10,15 @@ def device_for(model: torch.nn.Module) -> torch.device:
 
 
 def encode_prompt(tokenizer, text: str) -> list[int]:
-    """<|begin_of_text|> text, without the end token add_special_tokens would append."""
+    """<|begin_of_text|> text: a record's beginning, as training saw it."""
     return [tokenizer.bos_token_id] + tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def encode_records(tokenizer, texts: list[str]) -> list[list[int]]:
+    """<|begin_of_text|> text <|end_of_text|> of each text: records as training sees them. The
+    special tokens are written here, not by the tokenizer, which adds none of its own (see
+    training.curriculum.tokenizer.fit_tokenizer); so any tokenizer of kiln's, older ones too, encodes alike."""
+    return [[tokenizer.bos_token_id, *ids, tokenizer.eos_token_id] for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
 
 def greedy_continuations(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int) -> list[str]:

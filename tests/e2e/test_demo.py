@@ -51,6 +51,20 @@ def test_make_demo_materializes_every_asset(tmp_path):
     harness = json.loads((data / "releases" / version / "evaluation.json").read_text())["candidate"]["harness"]
     assert 0 < harness["results"]["kiln"]["bits_per_byte"] < 8 and 0 <= harness["results"]["kiln_cloze"]["acc"] <= 1
     assert f"--include_path {version}/eval_tasks" in (data / "releases" / version / "README.md").read_text()
+    # Anyone reruns a task with the harness's own command, offline, and gets what the evaluation got.
+    release = data / "releases" / version
+    cli_env = env | {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    cli = subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "lm_eval"), "--model", "hf", "--model_args", f"pretrained={release}",
+         "--include_path", str(release / "eval_tasks"), "--tasks", "kiln_text_ppl", "--device", "cpu",
+         "--output_path", str(tmp_path / "lm_eval")],
+        cwd=tmp_path, env=cli_env, capture_output=True, text=True, timeout=900,
+    )
+    assert cli.returncode == 0, cli.stderr[-3000:]
+    [results] = (tmp_path / "lm_eval").rglob("results_*.json")
+    rerun = json.loads(results.read_text())["results"]["kiln_text_ppl"]["bits_per_byte,none"]
+    assert rerun == pytest.approx(harness["results"]["kiln_text_ppl"]["bits_per_byte"], rel=1e-4)
+    assert verify(release) == []  # the loader's __pycache__ left in eval_tasks/ is not a change to the release
     # The GGUF files llama.cpp was checked on ship in gguf/, with the Ollama Modelfile and the check's numbers.
     gguf = json.loads((data / "releases" / version / "gguf" / "gguf.json").read_text())
     assert {"kiln-f32.gguf", "kiln-q8_0.gguf", "Modelfile"} <= {p.name for p in (data / "releases" / version / "gguf").iterdir()}

@@ -10,6 +10,7 @@ from training.curriculum.schedule import build_curriculum
 from training.layout import stage_file
 from training.fsutil import sha256_file
 from training.curriculum.tokenizer import round_trip_failures, train_tokenizer
+from training.generate import encode_records
 
 
 @pytest.fixture
@@ -81,5 +82,7 @@ def test_tokenizer_round_trip_and_loading(tmp_path):
     assert tok.bos_token and tok.eos_token and tok.pad_token and tok.unk_token
     held = [("zh", "分词器决定了模型看到的基本单位。"), ("code", "fn main() {\n\tprintln!(\"hi\");\n}\n"), ("emoji", " 🎉 x\n")]
     assert list(round_trip_failures(tok, held)) == []
-    ids = tok("hello")["input_ids"]
-    assert ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id
+    # The tokenizer adds no special tokens itself; kiln writes them around each record.
+    assert tok("hello")["input_ids"] == tok("hello", add_special_tokens=False)["input_ids"]
+    [ids] = encode_records(tok, ["hello"])
+    assert ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id and ids[1:-1] == tok("hello")["input_ids"]

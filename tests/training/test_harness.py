@@ -44,6 +44,21 @@ def model(tmp_path_factory) -> Path:
     return root / "base"
 
 
+@pytest.fixture(scope="module")
+def adding_model(model, tmp_path_factory) -> Path:
+    """The same model with a tokenizer that adds <|begin_of_text|> and <|end_of_text|> itself, as
+    kiln's did before tokenizer VERSION 2 and many tokenizers do."""
+    from tokenizers import Tokenizer, processors
+
+    root = tmp_path_factory.mktemp("adding_model") / "base"
+    shutil.copytree(model, root)
+    tok = Tokenizer.from_file(str(root / "tokenizer.json"))
+    ids = [(t, tok.token_to_id(t)) for t in ("<|begin_of_text|>", EOS)]
+    tok.post_processor = processors.TemplateProcessing(single=f"{ids[0][0]} $A {EOS}", special_tokens=ids)
+    tok.save(str(root / "tokenizer.json"))
+    return root
+
+
 def _heldout(path: Path, records: list[dict]) -> Path:
     pq.write_table(pa.Table.from_pylist(records, schema=pa.schema(
         [("id", pa.string()), ("modality", pa.string()), ("level", pa.int64()), ("text", pa.string())])), path)
@@ -83,7 +98,7 @@ def test_the_folder_holds_one_ppl_task_per_modality_a_cloze_and_the_group(tmp_pa
     ppl = (tasks / "kiln_text_ppl.yaml").read_text()
     assert "output_type: \"loglikelihood_rolling\"" in ppl and f"custom_dataset: !function {MODULE}.load" in ppl
     assert json.dumps("{{text}}" + EOS) in ppl and "/" not in ppl.split("dataset_kwargs:")[1].splitlines()[0]  # no path
-    assert "add_bos_token=False" in (tasks / "README.md").read_text()
+    assert "--model_args pretrained=<model folder> --include_path" in (tasks / "README.md").read_text()
     by_id = {r["id"]: r["text"] for r in records}
     for item in _jsonl(tasks / "kiln_cloze.jsonl"):
         beginning, continuation = split_record(by_id[item["id"]], 10)
@@ -126,17 +141,20 @@ def test_bad_input_is_a_clear_error(tmp_path, model):
         EvaluationConfig(harness=False, harness_tasks=("mine",))
 
 
-def test_the_loader_refuses_a_run_that_would_score_special_tokens_twice(short_tasks):
+def test_the_loader_refuses_only_a_run_that_would_score_special_tokens_twice(short_tasks, model, adding_model):
     tasks, _ = short_tasks
     spec = importlib.util.spec_from_file_location("kiln_tasks_under_test", tasks / f"{MODULE}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    with pytest.raises(ValueError, match="add_bos_token=False"):
-        module.load("kiln_text_ppl.jsonl", pretrained="x")
-    assert len(module.load("kiln_text_ppl.jsonl", add_bos_token=False, pretrained="x")["test"]) == 8
+    assert AutoTokenizer.from_pretrained(model)("kiln")["input_ids"] == AutoTokenizer.from_pretrained(model)("kiln", add_special_tokens=False)["input_ids"]
+    with pytest.raises(ValueError, match=f"tokenizer of {adding_model} adds its own: .*add_bos_token=False"):
+        module.load("kiln_text_ppl.jsonl", pretrained=str(adding_model))
+    for kwargs in ({"pretrained": str(model)}, {"pretrained": str(model), "add_bos_token": True},
+                   {"pretrained": str(adding_model), "add_bos_token": False}):
+        assert len(module.load("kiln_text_ppl.jsonl", **kwargs)["test"]) == 8
 
 
-def test_a_run_without_add_bos_token_false_stops_instead_of_scoring_wrongly(short_tasks, model, monkeypatch):
+def test_a_run_that_would_score_special_tokens_twice_stops(short_tasks, adding_model, monkeypatch):
     import lm_eval
     from lm_eval.tasks import TaskManager
 
@@ -145,9 +163,9 @@ def test_a_run_without_add_bos_token_false_stops_instead_of_scoring_wrongly(shor
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     # As the CLI does: the model arguments become the tasks' metadata, which the loader reads.
     with pytest.raises(ValueError, match="add_bos_token=False"):
-        lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={model}", tasks=["kiln_text_ppl"], device="cpu",
+        lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={adding_model}", tasks=["kiln_text_ppl"], device="cpu",
                                 task_manager=TaskManager(include_path=str(tasks), include_defaults=False,
-                                                         metadata={"pretrained": str(model)}))
+                                                         metadata={"pretrained": str(adding_model)}))
 
 
 @pytest.mark.slow
@@ -204,13 +222,14 @@ def test_a_torchrun_environment_around_kiln_does_not_reach_the_harness(short_tas
 
 @pytest.mark.slow
 def test_the_copied_folder_runs_with_the_cli_from_another_directory_offline(short_tasks, model, tmp_path):
+    """The plain command (no add_bos_token) scores exactly what kiln's own run (add_bos_token=False) does."""
     tasks, _ = short_tasks
     shipped = tmp_path / "release" / "eval_tasks"
     shutil.copytree(tasks, shipped)
     (tmp_path / "elsewhere").mkdir()
-    env = os.environ | {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     cmd = [str(Path(sys.executable).with_name("lm_eval")), "--model", "hf", "--model_args",
-           f"pretrained={model},add_bos_token=False", "--include_path", str(shipped), "--tasks", "kiln_text_ppl",
+           f"pretrained={model}", "--include_path", str(shipped), "--tasks", "kiln_text_ppl",
            "--device", "cpu", "--batch_size", "4", "--output_path", str(tmp_path / "out")]
     run = subprocess.run(cmd, cwd=tmp_path / "elsewhere", env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]

@@ -26,6 +26,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from training.config import ModelConfig, TokenizerConfig, TrainingConfig
+from training.generate import encode_records
 from training.presets import PRESETS
 from training.pretrain.deepspeed_config import StagePlan
 from training.pretrain.launch import check_launch, launch_command, launch_env
@@ -52,7 +53,7 @@ def corpus(tmp_path_factory) -> tuple[Path, dict]:
     for stage, chunk in ((1, texts[:60]), (2, texts[60:180])):
         path = root / "curriculum" / f"stage_{stage:02d}.parquet"
         pq.write_table(pa.table({"text": chunk}), path)
-        tokens = sum(len(ids) for ids in tok(chunk, add_special_tokens=True)["input_ids"])
+        tokens = sum(len(ids) for ids in encode_records(tok, chunk))
         stages.append({"stage": stage, "level": stage, "tokens": tokens})
     return root, {"stages": stages}
 

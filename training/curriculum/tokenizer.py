@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pyarrow.dataset as ds
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from training.cache import record
@@ -19,11 +19,12 @@ from training.config import TokenizerConfig
 from training.curriculum.contamination import find_overlaps
 from training.curriculum.difficulty import is_heldout
 from training.fsutil import atomic_path
+from training.generate import encode_records
 
 PAD, UNK, BOS, EOS = "<|pad|>", "<|unk|>", "<|begin_of_text|>", "<|end_of_text|>"
 
 
-STEP, VERSION = "tokenizer", 1
+STEP, VERSION = "tokenizer", 2  # 2: no special tokens added by the tokenizer itself
 """The tokenizer's step name and logic version in its cache key (training/cache.py): bump VERSION
 when this module changes what it writes."""
 
@@ -40,9 +41,10 @@ def fit_tokenizer(texts: Iterable[str], cfg: TokenizerConfig) -> PreTrainedToken
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer)
-    tok.post_processor = processors.TemplateProcessing(
-        single=f"{BOS} $A {EOS}", special_tokens=[(BOS, tok.token_to_id(BOS)), (EOS, tok.token_to_id(EOS))]
-    )
+    # No post-processor: encoding a text adds no special tokens, as with GPT-2's tokenizer. kiln writes
+    # <|begin_of_text|> and <|end_of_text|> around each record itself (training.generate.encode_records),
+    # and tools that add their own (lm-evaluation-harness's rolling log-likelihood puts a
+    # <|begin_of_text|> in front) then score exactly the tokens training saw, with no token doubled.
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token=UNK, clean_up_tokenization_spaces=False
     )
@@ -75,7 +77,7 @@ def bytes_per_token(tokenizer: PreTrainedTokenizerFast, texts: Iterable[tuple[st
 def round_trip_failures(tokenizer: PreTrainedTokenizerFast, texts: Iterable[tuple[str, str]]) -> Iterator[str]:
     """Ids of (id, text) pairs that do not decode back to exactly themselves."""
     for record_id, text in texts:
-        ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+        ids = encode_records(tokenizer, [text])[0]
         if tokenizer.decode(ids, skip_special_tokens=True) != text:
             yield record_id
 

@@ -23,12 +23,12 @@ import pyarrow.parquet as pq
 from pydantic import ConfigDict, TypeAdapter, with_config
 from transformers import PreTrainedTokenizerBase
 
-from training.config import ModelConfig, TrainingConfig
-from training.pretrain.deepspeed_config import StagePlan, plan_stages
 from training.cache import key_of, reused
+from training.config import ModelConfig, TrainingConfig
 from training.fsutil import atomic_path, sha256_file
+from training.generate import encode_records
 from training.layout import STAGE_JSON, TOKENIZER_JSON, Layout, stage_file
-
+from training.pretrain.deepspeed_config import StagePlan, plan_stages
 
 STEP = "pretrain_stage"
 VERSION = 1
@@ -121,7 +121,7 @@ def pack_records(records: str | Path, tokenizer: PreTrainedTokenizerBase, seq_le
     order and cut into rows of `seq_len` tokens; the incomplete last row is dropped."""
     texts = pq.read_table(records, columns=["text"])["text"].to_pylist()
     parts = [
-        np.fromiter((t for ids in tokenizer(texts[i : i + chunk], add_special_tokens=True)["input_ids"] for t in ids), np.int32)
+        np.fromiter((t for ids in encode_records(tokenizer, texts[i : i + chunk]) for t in ids), np.int32)
         for i in range(0, len(texts), chunk)
     ]
     stream = np.concatenate(parts) if parts else np.zeros(0, np.int32)

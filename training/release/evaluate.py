@@ -29,7 +29,7 @@ from training.curriculum.difficulty import split_record
 from training.data.filters.code import parser_for
 from training.data.filters.text import WORD
 from training.data.readers import CODE_LANGUAGES
-from training.generate import device_for, greedy_continuations
+from training.generate import device_for, encode_records, greedy_continuations
 
 
 def record_nll(model, tokenizer, texts: list[str], batch_size: int) -> tuple[list[float], list[int], float]:
@@ -38,7 +38,7 @@ def record_nll(model, tokenizer, texts: list[str], batch_size: int) -> tuple[lis
     window = model.config.max_position_embeddings
     # Every window of every record, remembering which record it belongs to.
     windows: list[tuple[int, list[int]]] = []
-    for r, ids in enumerate(tokenizer(texts, add_special_tokens=True)["input_ids"]):
+    for r, ids in enumerate(encode_records(tokenizer, texts)):
         windows += [(r, ids[s : s + window]) for s in range(0, len(ids), window) if len(ids[s : s + window]) > 1]
     windows.sort(key=lambda w: len(w[1]))  # similar lengths per batch: little padding
     nll, count = [0.0] * len(texts), [0] * len(texts)

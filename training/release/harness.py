@@ -3,8 +3,8 @@
 `write_tasks` turns curriculum/heldout.parquet into a self-contained task folder (YAMLs, JSONL data and a
 small loader module beside them), which the release ships as `eval_tasks/` so that anyone can rerun::
 
-    HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONDONTWRITEBYTECODE=1 lm_eval --model hf \\
-        --model_args pretrained=<release>,add_bos_token=False --include_path <release>/eval_tasks --tasks kiln
+    HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 lm_eval --model hf \\
+        --model_args pretrained=<release> --include_path <release>/eval_tasks --tasks kiln
 
 Tasks:
 - `kiln_<modality>_ppl` (one per modality present): rolling log-likelihood of each record; word perplexity,
@@ -15,11 +15,11 @@ Tasks:
 - `kiln`: the group of all of them; its bits_per_byte is the record-weighted mean over the ppl tasks.
 
 How records are scored (the special tokens): kiln trains on records as `<|begin_of_text|> text
-<|end_of_text|>`. The harness, by default, lets the tokenizer add its special tokens, and kiln's tokenizer
-adds both; then the rolling scorer, which puts its own `<|begin_of_text|>` in front as context, would also
-score a `<|begin_of_text|>` after `<|begin_of_text|>`, a pair kiln never trains on. So the tasks spell the
-tokens out themselves and need `add_bos_token=False` (no special tokens added by the tokenizer), which their
-loader checks: a ppl record is `text<|end_of_text|>` scored after the harness's `<|begin_of_text|>`, the very
+<|end_of_text|>`. The harness, by default, lets the tokenizer add its special tokens; the rolling scorer
+puts its own `<|begin_of_text|>` in front as context, and would also score a tokenizer's `<|begin_of_text|>`
+after it, a pair kiln never trains on. So the tasks spell the tokens out themselves, and kiln's tokenizer
+adds none (tokenizer VERSION 2; for a model whose tokenizer does, `add_bos_token=False`, which the loader
+asks for): a ppl record is `text<|end_of_text|>` scored after the harness's `<|begin_of_text|>`, the very
 tokens kiln's own perplexity predicts, and bytes and words are counted on the text alone. A cloze context is
 `<|begin_of_text|>beginning`, the choice is scored after it. For a record within the model's context the
 harness's bits per byte equals `training.release.evaluate`'s; longer records differ a little, since the harness
@@ -60,7 +60,9 @@ MODEL_ARGS = "add_bos_token=False"
 
 # The loader the YAMLs name with `!function`: lm-eval imports it from the YAMLs' folder, so the data is
 # found beside it wherever the folder is copied, and the harness's model arguments reach it as keyword
-# arguments (lm-eval merges them into the task metadata), which lets it refuse a scoring it would get wrong.
+# arguments (lm-eval merges them into the task metadata), which lets it refuse a scoring it would get wrong:
+# a model whose tokenizer adds special tokens of its own (kiln's before tokenizer VERSION 2, most others)
+# run without add_bos_token=False.
 _LOADER = f'''"""Data loader and per-record scoring of kiln's lm-evaluation-harness tasks: the JSONL files beside
 this file, wherever the folder lies."""
 
@@ -73,14 +75,21 @@ import datasets
 HERE = Path(__file__).resolve().parent
 
 
-def load(data_file, add_bos_token=None, **_):
-    if add_bos_token is not False:
+def load(data_file, add_bos_token=None, pretrained=None, **_):
+    if add_bos_token is not False and isinstance(pretrained, str) and _adds_special_tokens(pretrained):
         raise ValueError(
-            "kiln tasks write the special tokens {BOS} and {EOS} themselves: run them with "
-            "--model_args pretrained=<model>,{MODEL_ARGS} (got add_bos_token=" + repr(add_bos_token) + ")"
+            "kiln tasks write the special tokens {BOS} and {EOS} themselves, and the tokenizer of " + pretrained
+            + " adds its own: run them with --model_args pretrained=<model>,{MODEL_ARGS}"
         )
     lines = (HERE / data_file).read_text(encoding="utf-8").splitlines()
     return datasets.DatasetDict({{"test": datasets.Dataset.from_list([json.loads(x) for x in lines if x.strip()])}})
+
+
+def _adds_special_tokens(pretrained):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(pretrained)
+    return tokenizer("kiln")["input_ids"] != tokenizer("kiln", add_special_tokens=False)["input_ids"]
 
 
 def rolling_results(doc, results):
@@ -100,14 +109,13 @@ _README = """# kiln evaluation tasks (lm-evaluation-harness)
 Built by kiln from its held-out split (records no training stage saw). Run offline from any directory:
 
 ```sh
-HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONDONTWRITEBYTECODE=1 lm_eval --model hf \\
-    --model_args pretrained=<model folder>,{model_args} \\
-    --include_path <this folder> --tasks {group} --device cpu
+HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 lm_eval --model hf \\
+    --model_args pretrained=<model folder> --include_path <this folder> --tasks {group} --device cpu
 ```
 
-`add_bos_token=False` is required: the tasks write kiln's special tokens ({bos}, {eos}) themselves, so
-each record is scored as kiln trained on it. `PYTHONDONTWRITEBYTECODE=1` keeps Python from writing a
-`__pycache__/` into this folder (inside a release, a file its manifest does not list).
+The tasks write kiln's special tokens ({bos}, {eos}) themselves, so each record is scored as kiln
+trained on it. kiln's tokenizer adds none of its own; for a model whose tokenizer does, add
+`,{model_args}` to `--model_args` (the tasks refuse to run without it).
 
 | task | what | records |
 |---|---|---|

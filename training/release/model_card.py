@@ -68,8 +68,7 @@ lm-eval {candidate['lm_eval_version']}{limit}. `kiln` is the group: its bits per
 Rerun offline from the folder holding the release:
 
 ```sh
-HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONDONTWRITEBYTECODE=1 lm_eval --model hf \\
-    --model_args pretrained={version},add_bos_token=False \\
+HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 lm_eval --model hf --model_args pretrained={version} \\
     --include_path {version}/eval_tasks --tasks kiln --device cpu
 ```"""
 
@@ -162,9 +161,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 tokenizer = AutoTokenizer.from_pretrained("{version}")
 model = AutoModelForCausalLM.from_pretrained("{version}")
-ids = tokenizer("def main():", return_tensors="pt", add_special_tokens=False)
-print(tokenizer.decode(model.generate(**ids, max_new_tokens=32)[0]))
+ids = tokenizer("<|begin_of_text|>def main():", return_tensors="pt")  # a record's start, as in training
+print(tokenizer.decode(model.generate(**ids, max_new_tokens=32)[0], skip_special_tokens=True))
 ```
+
+The tokenizer adds no special tokens of its own: write `<|begin_of_text|>` before a prompt, as above.
 
 `int8/` holds the int8 weight-only variant (torchao; the output head stays in full precision). It loads
 the same way from `"{version}/int8"` and needs `torchao` installed. On the held-out records its

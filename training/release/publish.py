@@ -155,7 +155,8 @@ def file_manifest(root: Path) -> dict[str, dict]:
     return {
         p.relative_to(root).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
         for p in sorted(root.rglob("*"))
-        if p.is_file() and p.name != RELEASE_MANIFEST
+        # __pycache__: Python's bytecode of eval_tasks/' loader, written when someone runs the tasks in place.
+        if p.is_file() and p.name != RELEASE_MANIFEST and "__pycache__" not in p.relative_to(root).parts
     }
 
 
