@@ -308,3 +308,13 @@ def test_signatures_are_the_same_in_every_process():
     }
     assert digests == {"37801e0cc589f58cbf91e0bfa40ca578927b5aefb1fffc20ddf6f120309080de"}
     assert near_dup.SIGNATURE_VERSION == 2
+
+
+def test_signatures_do_not_depend_on_how_records_are_grouped_into_passes(monkeypatch):
+    """Records are hashed in passes of about _SPAN_CHARS characters (memory stays bounded whatever
+    their size); a record's signature is the same whichever pass it falls in, ASCII or not."""
+    texts = [document(i) for i in range(6)] + ["Café au lait, s’il vous plaît — 数据清洗", "", "x"] + [document(9) * 3]
+    whole = near_dup.signatures(texts, NearDupConfig())
+    monkeypatch.setattr(near_dup, "_SPAN_CHARS", 40)  # about one record a pass
+    assert (near_dup.signatures(texts, NearDupConfig()) == whole).all()
+    assert (near_dup.signatures(texts[::-1], NearDupConfig()) == whole[::-1]).all()

@@ -60,6 +60,7 @@ matches (a shingle whose value is all ones counts as none: one in 2^32)."""
 _M = np.uint64(0x9E3779B97F4A7C15)  # 2^64/φ, odd: the polynomials' base
 _UNSPACED = re.compile("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")  # as the text filter's word count
 _SPACE = 32  # the unit of a character that is no word character
+_SPAN_CHARS = 1 << 23  # characters hashed in one pass: its units take at most 32 MB
 _ALONE = np.uint32(1 << 31)  # set on the unit of a Han or kana character: a word of its own
 
 
@@ -215,9 +216,21 @@ def signatures(texts: Sequence[str], cfg: NearDupConfig) -> np.ndarray:
     out = np.empty((len(texts), cfg.permutations), np.uint32)
     ascii_ = np.fromiter((t.isascii() for t in texts), bool, len(texts))
     for group in (np.flatnonzero(ascii_), np.flatnonzero(~ascii_)):
-        if len(group):
-            out[group] = _signatures_of([texts[i] for i in group], cfg.shingle_words, cfg.seed, cfg.permutations, False)[0]
+        for span in _spans(group, np.fromiter((len(texts[i]) for i in group), np.int64, len(group))):
+            out[span] = _signatures_of([texts[i] for i in span], cfg.shingle_words, cfg.seed, cfg.permutations, False)[0]
     return out
+
+
+def _spans(group: np.ndarray, lengths: np.ndarray) -> Iterator[np.ndarray]:
+    """The group's records in runs of about `_SPAN_CHARS` characters (one record at least), so the
+    units of one pass stay bounded whatever the records' size."""
+    ends = np.cumsum(lengths)
+    lo = 0
+    while lo < len(group):
+        base = ends[lo - 1] if lo else 0
+        hi = max(lo + 1, int(np.searchsorted(ends, base + _SPAN_CHARS, side="right")))
+        yield group[lo:hi]
+        lo = hi
 
 
 def estimate(a: np.ndarray, b: np.ndarray) -> np.ndarray:
