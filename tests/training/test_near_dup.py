@@ -318,3 +318,14 @@ def test_signatures_do_not_depend_on_how_records_are_grouped_into_passes(monkeyp
     monkeypatch.setattr(near_dup, "_SPAN_CHARS", 40)  # about one record a pass
     assert (near_dup.signatures(texts, NearDupConfig()) == whole).all()
     assert (near_dup.signatures(texts[::-1], NearDupConfig()) == whole[::-1]).all()
+
+
+def test_a_kernel_compiles_where_no_cache_can_be_written(monkeypatch):
+    """A read-only install without a writable home: numba has no cache location, and the kernels
+    compile in the process instead of failing the import."""
+    from numba.core.caching import CacheImpl
+
+    assert type(near_dup._scan._cache).__name__ == "FunctionCache"  # where a cache can be written, one is
+    monkeypatch.setattr(CacheImpl, "_locator_classes", [])
+    add = near_dup._compiled(lambda x: x + 1)
+    assert add(41) == 42 and type(add._cache).__name__ == "NullCache"

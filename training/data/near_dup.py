@@ -36,7 +36,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -113,7 +113,17 @@ def _units(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     return units, ends
 
 
-@numba.njit(cache=True, nogil=True)
+def _compiled(f: Callable) -> Callable:
+    """`f` compiled by numba, cached beside this module (or in the user's cache folder) for later
+    processes; where neither can be written (a read-only install, no writable home), compiled
+    afresh in each process instead of failing the import."""
+    try:
+        return numba.njit(cache=True, nogil=True)(f)
+    except RuntimeError:  # numba: "cannot cache function ...: no locator available"
+        return numba.njit(nogil=True)(f)
+
+
+@_compiled
 def _word(units: np.ndarray, i: int, j: int, narrow: bool) -> np.uint64:
     """The hash of the word units[i:j]: its 64-bit blocks (8 ASCII characters as bytes, or 2 code
     points as 32-bit values, little-endian) as b0 * M + b1 for a word of up to two blocks (b1 = 0
@@ -130,7 +140,7 @@ def _word(units: np.ndarray, i: int, j: int, narrow: bool) -> np.uint64:
     return h * _M if blocks == 1 else h
 
 
-@numba.njit(cache=True, nogil=True)
+@_compiled
 def _mix1(x: np.uint64) -> np.uint64:
     """`_mix` of one value."""
     x ^= x >> np.uint64(30)
@@ -140,7 +150,7 @@ def _mix1(x: np.uint64) -> np.uint64:
     return x ^ (x >> np.uint64(31))
 
 
-@numba.njit(cache=True, nogil=True)
+@_compiled
 def _add(h: np.uint64, r: int, sig: np.ndarray, shingles: np.ndarray, out: int) -> int:
     """Shingle h of record r into its one-permutation signature: its low 32 bits pick the bin, its
     high 32 bits are the value, a bin keeps the smallest; and out to `shingles` when it has room."""
@@ -151,7 +161,7 @@ def _add(h: np.uint64, r: int, sig: np.ndarray, shingles: np.ndarray, out: int) 
     return out + 1
 
 
-@numba.njit(cache=True, nogil=True)
+@_compiled
 def _scan(units: np.ndarray, ends: np.ndarray, k: int, salt: np.uint64, sig: np.ndarray, shingles: np.ndarray, counts: np.ndarray) -> int:
     """Every shingle of every record, in one pass over the units: a word's hash is mixed with the
     salt; a shingle is the polynomial in M of k consecutive words' hashes, or of all of a record's
