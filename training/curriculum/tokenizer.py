@@ -109,4 +109,3 @@ def training_texts(train: Records, heldout: Records, ngram: int) -> tuple[list[s
     texts = [t for _, _, t in train]
     overlapping = {o.train for o in find_overlaps(texts, [t for _, _, t in heldout], ngram)}
     return [t for i, t in enumerate(texts) if i not in overlapping], len(overlapping)
-

@@ -64,16 +64,6 @@ _SPAN_CHARS = 1 << 23  # characters hashed in one pass: its units take at most 3
 _ALONE = np.uint32(1 << 31)  # set on the unit of a Han or kana character: a word of its own
 
 
-def _mix(x: np.ndarray) -> np.ndarray:
-    """splitmix64's finalizer, in place: every input bit moves every output bit."""
-    x ^= x >> np.uint64(30)
-    x *= np.uint64(0xBF58476D1CE4E5B9)
-    x ^= x >> np.uint64(27)
-    x *= np.uint64(0x94D049BB133111EB)
-    x ^= x >> np.uint64(31)
-    return x
-
-
 @functools.cache
 def _ascii_table() -> bytes:
     """`bytes.translate` table of ASCII to units (`_unit`)."""
@@ -141,13 +131,15 @@ def _word(units: np.ndarray, i: int, j: int, narrow: bool) -> np.uint64:
 
 
 @_compiled
-def _mix1(x: np.uint64) -> np.uint64:
-    """`_mix` of one value."""
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finalizer, of a value or in place of an array: every input bit moves every
+    output bit."""
     x ^= x >> np.uint64(30)
     x *= np.uint64(0xBF58476D1CE4E5B9)
     x ^= x >> np.uint64(27)
     x *= np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
+    x ^= x >> np.uint64(31)
+    return x
 
 
 @_compiled
@@ -183,7 +175,7 @@ def _scan(units: np.ndarray, ends: np.ndarray, k: int, salt: np.uint64, sig: np.
                 while j < end and units[j] != _SPACE and not units[j] & _ALONE:
                     narrow &= units[j] < 128
                     j += 1
-            m = _mix1(_word(units, i, j, narrow) + salt)
+            m = _mix(_word(units, i, j, narrow) + salt)
             i = j
             if words >= k:  # the shingle rolls on: the oldest word out, this one in
                 h -= ring[oldest] * top
