@@ -276,6 +276,22 @@ def test_long_words_hash_by_every_character(a, b):
     assert (ha == hb).all() == (a.strip() == b.strip())
 
 
+@pytest.mark.parametrize(
+    "a, b",
+    [
+        ("Die Straße ist groß und der Fluß fließt", "DIE STRASSE IST GROSS UND DER FLUSS FLIESST"),  # ß upper-cases to SS
+        ("ο σοφός λόγος του Σωκράτη", "Ο ΣΟΦΌΣ ΛΌΓΟΣ ΤΟΥ ΣΩΚΡΆΤΗ"),  # final ς and Σ
+        ("a ﬁne ﬂow of clay", "A FINE FLOW OF CLAY"),  # ligatures
+        ("Übergrößenträger in der Töpferei", "übergrößenträger IN DER TÖPFEREI"),
+    ],
+)
+def test_case_does_not_change_shingles_in_any_script(a, b):
+    """Upper case of a German, Greek or ligatured text has the shingles of the text: records are
+    case-folded, not lowercased character by character."""
+    assert near_dup.shingle_hashes([a], 2)[0].tolist() == near_dup.shingle_hashes([b], 2)[0].tolist()
+    assert (near_dup.signatures([a], NearDupConfig()) == near_dup.signatures([b], NearDupConfig())).all()
+
+
 def test_a_failed_batch_leaves_no_signature_file(tmp_path):
     nd = near_dup.NearDuplicates(NearDupConfig(), "text", tmp_path)
     records = [Record(str(i), "text", f"b1/text/a.jsonl:{i}", text=document(i)) for i in range(3)]
@@ -307,7 +323,7 @@ def test_signatures_are_the_same_in_every_process():
         for seed in ("1", "2")
     }
     assert digests == {"37801e0cc589f58cbf91e0bfa40ca578927b5aefb1fffc20ddf6f120309080de"}
-    assert near_dup.SIGNATURE_VERSION == 2
+    assert near_dup.SIGNATURE_VERSION == 3
 
 
 def test_signatures_do_not_depend_on_how_records_are_grouped_into_passes(monkeypatch):

@@ -5,12 +5,12 @@ own batch) when the estimated Jaccard similarity of their word-shingle sets reac
 `NearDupConfig.threshold`; the first occurrence is kept, later ones are rejected as `near_duplicate`
 with the first kept record's source and the estimate in the detail.
 
-- Shingles: a record is lowercased and cut into words (runs of letters, digits and `_`; a Han or kana
-  character is a word of its own, as the text filter counts words); every `shingle_words`
-  consecutive words are a shingle (a record with fewer words is one shingle). Punctuation, case and
-  spacing do not change a record's shingles. Each word is hashed by its 64-bit blocks (8 ASCII
-  characters, or 2 code points) and mixed; each shingle is a polynomial of its words' hashes, 64
-  bits, rolled on word by word.
+- Shingles: a record is case-folded (so ß and SS, ς and Σ are one) and cut into words (runs of
+  letters, digits and `_`; a Han or kana character is a word of its own, as the text filter counts
+  words); every `shingle_words` consecutive words are a shingle (a record with fewer words is one
+  shingle). Punctuation, case and spacing do not change a record's shingles. Each word is hashed
+  by its 64-bit blocks (8 ASCII characters, or 2 code points) and mixed; each shingle is a
+  polynomial of its words' hashes, 64 bits, rolled on word by word.
 - Signatures: one-permutation MinHash (`signatures`), `permutations` bins of 32-bit values: one
   hash per shingle, where k-permutation MinHash computes k. A chunk goes from text to signatures
   in one compiled pass (numba), with nothing in between but the chunk's units: 2-3 times faster
@@ -51,7 +51,7 @@ from training.data.records import Record, Reject
 from training.fsutil import atomic_path
 from training.layout import records_file, signatures_file
 
-SIGNATURE_VERSION = 2
+SIGNATURE_VERSION = 3
 """Bump when words, shingles or signatures are computed differently: the corpus is deduplicated again."""
 EMPTY = np.uint32(0xFFFFFFFF)
 """A bin no shingle of the record fell in; a record without words is EMPTY throughout and never
@@ -88,12 +88,17 @@ def _bmp_units() -> np.ndarray:
 
 def _units(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """The records as one array of units (`_unit`), and where each record ends in it: ASCII records
-    as bytes, through `bytes.translate`; others as code points (uint32), through a table; the few
-    above 2^16 (emoji, rare Han) one by one."""
-    ends = np.cumsum(np.fromiter(map(len, texts), np.int64, len(texts)))
+    as bytes, through `bytes.translate`; others case-folded, as code points (uint32) through a
+    table, the few above 2^16 (emoji, rare Han) one by one."""
     text = "".join(texts)
     if text.isascii():
+        ends = np.cumsum(np.fromiter(map(len, texts), np.int64, len(texts)))
         return np.frombuffer(text.encode("ascii").translate(_ascii_table()), np.uint8), ends
+    # Case-folded first: what lowercasing one character at a time misses (ß and SS, final ς and Σ, ﬁ
+    # and FI) then folds alike. ASCII folds as it lowercases, so ASCII records need none of it.
+    folded = [t.casefold() for t in texts]
+    ends = np.cumsum(np.fromiter(map(len, folded), np.int64, len(folded)))
+    text = "".join(folded)
     points = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), "<u4")  # a lone surrogate: a character
     units = _bmp_units()[points & 0xFFFF]
     astral = np.flatnonzero(points > 0xFFFF)
