@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import glob
 import hashlib
 import json
 import os
 import shutil
+import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,15 +48,46 @@ def tree_fingerprint(root: Path, files: list[Path]) -> str:
     return h.hexdigest()
 
 
+_HOST = socket.gethostname()
+
+
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}.tmp-{_HOST}-"
+
+
 def _temp_sibling(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    """`.<name>.tmp-<host>-<pid>-<random>`: the writer is named, so what it leaves when it dies is found."""
+    return path.with_name(f"{_temp_prefix(path)}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _remove_dead_temps(path: Path) -> None:
+    """Temporary siblings of `path` left by writers on this machine that died (kill -9, OOM) before
+    they could rename or remove them. A writer still running, or on another machine sharing the
+    folder, keeps its own."""
+    prefix = _temp_prefix(path)
+    for old in path.parent.glob(glob.escape(prefix) + "*"):
+        pid = old.name[len(prefix):].split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            remove(old)
 
 
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary sibling of `path` to write a file or folder into; rename it over `path` on
-    success, delete it on failure. Readers see the old version or the new one, never a mix."""
+    success, delete it on failure. Readers see the old version or the new one, never a mix. What a
+    dead writer of `path` left is removed first."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_dead_temps(path)
     tmp = _temp_sibling(path)
     try:
         yield tmp
