@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_VERBOSITY ?= error
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: demo test test-fast bench ui serve landing clean-data
+.PHONY: demo test test-fast bench ui serve landing clean-data lock
 
 # llama-cpp-python has no wheel on PyPI: pip compiles llama.cpp. Only the CPU library it loads (no tools,
 # tests, examples or multimodal library), for any x86-64 with AVX2 rather than -march=native, so that a
@@ -19,14 +19,43 @@ export TOKENIZERS_PARALLELISM ?= false
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
 	-DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_OPENSSL=OFF
 
-# torch first, pinned to the CPU build that lies on these machines: resolving a bare `torch` through the
-# project's dependencies would fetch a multi-GB CUDA build instead.
-$(BIN)/.installed: pyproject.toml
+# Every install goes through requirements.lock (-c): one version of each package `.[dev]` installs (the k8s
+# extra too, pip itself and setuptools included), so that two fresh clones a week apart get the same venv.
+# torch first, pinned to the CPU build that lies on these machines (/opt/wheels, which pip's configuration
+# names): resolving a bare `torch` through the project's dependencies would fetch a multi-GB CUDA build
+# instead. The lock pins torch==2.13.0 without a build label, so a CUDA 2.13.0 installed first on a GPU
+# machine satisfies it. A changed lock reinstalls (an existing venv keeps packages the lock dropped: rm -r .venv for an exact one).
+$(BIN)/.installed: pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/pip install -q torch==2.13.0 || $(BIN)/pip install -q torch
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -c requirements.lock pip
+	$(BIN)/pip install -q -c requirements.lock torch==2.13.0
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/pip install -q -c requirements.lock -e '.[dev]'
 	touch $@
+
+# Regenerates requirements.lock from pyproject.toml with uv (pinned below, in a throwaway venv), which is
+# the command this runs (the input on stdin pins torch to the CPU build and puts pip in the lock):
+#
+#     printf 'torch==2.13.0\npip\n' | uv pip compile pyproject.toml - --extra dev --python-version 3.11 \
+#         --python-platform x86_64-manylinux_2_28 --find-links /opt/wheels --custom-compile-command 'make lock' \
+#         -o requirements.lock
+#
+# --find-links /opt/wheels is what keeps CUDA out: uv does not read pip's configuration, and without the
+# local CPU wheel it resolves PyPI's torch 2.13.0, whose metadata pulls nvidia-* and triton; the lock is
+# refused unless it resolved torch==2.13.0+cpu and holds none of them; the +cpu label is then dropped from
+# the lock (any 2.13.0 build satisfies it). Pins already in the lock are kept
+# where pyproject.toml still allows them; `make lock LOCK_ARGS=--upgrade` moves everything to the newest
+# allowed, LOCK_ARGS="--upgrade-package NAME" one package. Commit the lock with the change that needs it.
+UV_VERSION := 0.13.9
+lock:
+	set -euo pipefail; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	$(PYTHON) -m venv "$$tmp/venv"; "$$tmp/venv/bin/pip" install -q uv==$(UV_VERSION); \
+	if [ -f requirements.lock ]; then sed 's/^torch==2.13.0$$/torch==2.13.0+cpu/' requirements.lock > "$$tmp/lock"; fi; \
+	printf 'torch==2.13.0\npip\n' | "$$tmp/venv/bin/uv" pip compile -q pyproject.toml - --extra dev \
+		--python-version 3.11 --python-platform x86_64-manylinux_2_28 --find-links /opt/wheels \
+		--custom-compile-command 'make lock' -o "$$tmp/lock" $(LOCK_ARGS); \
+	grep -qx 'torch==2.13.0+cpu' "$$tmp/lock" || { echo "lock: torch is not 2.13.0+cpu" >&2; exit 1; }; \
+	if grep -qiE '^(nvidia-|triton==)' "$$tmp/lock"; then echo "lock: CUDA packages in the lock" >&2; exit 1; fi; \
+	sed -i 's/^torch==2.13.0+cpu$$/torch==2.13.0/' "$$tmp/lock"; mv "$$tmp/lock" requirements.lock
 
 $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 	mkdir -p $(DAGSTER_HOME)
