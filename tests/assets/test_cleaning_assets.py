@@ -6,17 +6,14 @@ import dagster as dg
 import pyarrow.dataset as ds
 import pytest
 
+from tests.helpers import meta as _metadata
+
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def run(cleaned):
     return cleaned
-
-
-def _metadata(result: dg.ExecuteInProcessResult, key: str) -> dict:
-    [mat] = result.asset_materializations_for_node(key)
-    return {k: v.value for k, v in mat.metadata.items()}
 
 
 def test_every_batch_and_the_corpus_materialize_with_accounting_checks_passing(run):

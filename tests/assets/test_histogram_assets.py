@@ -8,14 +8,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from tests.helpers import meta as _meta
 from training.layout import HISTOGRAMS_PNG, LEVELS_PNG
 
 pytestmark = pytest.mark.slow
-
-
-def _meta(result, key):
-    [mat] = result.asset_materializations_for_node(key)
-    return {k: v.value for k, v in mat.metadata.items()}
 
 
 def _png(markdown: str) -> bytes:

@@ -14,7 +14,7 @@ from pipelines.automation import RETRAIN_TAG
 from tests.conftest import Pipeline
 from training.config import OperationConfig, RetrainingPolicy
 
-from tests.training.test_clean import PROSE as _PROSE, _png
+from tests.helpers import PROSE as _PROSE, _png, meta
 
 PROSE = _PROSE[:3]
 
@@ -40,11 +40,6 @@ def land(landing: Path, name: str, texts=(), code=None, pairs: int = 0, ready: b
     return b
 
 
-def _meta(result, key):
-    [mat] = result.asset_materializations_for_node(key)
-    return {k: v.value for k, v in mat.metadata.items()}
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "kind, content, kept, reasons",
@@ -58,13 +53,13 @@ def test_landing_zones_kiln_was_not_built_around_are_cleaned(tmp_path, kind, con
     land(tmp_path / "landing", "batch-0001", **content)
     pipeline = Pipeline(tmp_path / "data", tmp_path / "landing")
     results = pipeline.clean()
-    clip = _meta(results["clip_model"], "clip_model")
+    clip = meta(results["clip_model"], "clip_model")
     assert clip["version"] == "none" and "none" in clip["provenance"]  # too few pairs: no CLIP, no error
     [batch] = results["batches"].values()
     assert batch.success and all(c.passed for c in batch.get_asset_check_evaluations())
     rejected = ds.dataset(tmp_path / "data" / "rejected", format="parquet").to_table().to_pylist()
     assert {r["reason"]: sum(1 for x in rejected if x["reason"] == r["reason"]) for r in rejected} == reasons
-    assert _meta(results["cleaned_corpus"], "cleaned_corpus")["kept"] == kept
+    assert meta(results["cleaned_corpus"], "cleaned_corpus")["kept"] == kept
     assert all(c.passed for c in results["cleaned_corpus"].get_asset_check_evaluations())
 
 
@@ -120,7 +115,7 @@ def test_the_landing_sensor_adds_cleans_recleans_and_removes_batches(sensors):
     assert runs == [(None, ["cleaned_corpus"], "removed: batch-0001")]
     assert pipeline.instance.get_dynamic_partitions("landing_batches") == ["batch-0002"]
     assert not (pipeline.data / "cleaned_batch" / "batch-0001").exists() and not (pipeline.data / "rejected" / "batch-0001").exists()
-    assert _meta(pipeline.materialize("cleaned_corpus"), "cleaned_corpus")["removed_batches"] == ["batch-0001"]
+    assert meta(pipeline.materialize("cleaned_corpus"), "cleaned_corpus")["removed_batches"] == ["batch-0001"]
     assert not (pipeline.data / "cleaned_corpus" / "batch-0001").exists()
 
     # A restarted daemon (same cursor, new definitions) repeats nothing.
@@ -141,7 +136,7 @@ def test_kiln_trains_its_clip_once_enough_pairs_land_and_rescores_batches_with_p
     assert runs[1][:2] == (None, ["clip_model"]) and "first CLIP: 70 pairs" in runs[1][2]
 
     clip = pipeline.materialize("clip_model")
-    version = _meta(clip, "clip_model")["version"]
+    version = meta(clip, "clip_model")["version"]
     assert version.startswith("kiln-")
     runs, cursor = tick(pipeline, sensor_def, cursor)
     # The new CLIP re-scores the batches with pairs (text and code stay cached), and no other.

@@ -175,6 +175,22 @@ def test_a_started_run_without_a_pid_is_left_alone(instance):
     assert _status(instance, run_id) == DagsterRunStatus.STARTED
 
 
+def test_a_run_whose_worker_died_is_retried_and_one_whose_step_failed_is_not(instance):
+    """dagster.yaml's run retries resume a run that died (a lost machine, the OOM killer) from its
+    failed step, and leave a step's own failure (a NaN loss, a failed check) alone: a run the reaper
+    fails is the first kind."""
+    from dagster._core.events import JobFailureData, RunFailureReason
+    from dagster._core.storage.tags import WILL_RETRY_TAG
+
+    dead = _run(instance, _dead_pid())
+    assert reap_dead_runs(instance) == [dead]
+    failed = _run(instance, os.getpid())
+    step_failure = JobFailureData(error=None, failure_reason=RunFailureReason.STEP_FAILURE)
+    instance.report_run_failed(instance.get_run_by_id(failed), "a step failed: the loss is NaN", step_failure)
+    assert instance.get_run_by_id(dead).tags.get(WILL_RETRY_TAG) == "true"
+    assert instance.get_run_by_id(failed).tags.get(WILL_RETRY_TAG) == "false"
+
+
 def test_a_canceling_run_whose_worker_is_gone_is_canceled(instance):
     run_id = _run(instance, _dead_pid())
     assert _claim(instance, run_id, "gpu_step")

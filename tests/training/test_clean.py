@@ -1,71 +1,11 @@
 """The cleaning runner: accounting, incremental re-runs, cross-batch duplicates, atomic outputs."""
 
-import io
 import json
-from pathlib import Path
 
-import numpy as np
-import pyarrow.dataset as ds
 import pytest
-from PIL import Image
 
+from tests.helpers import PROSE, accounting, clean, rows, sources, write_batch
 from training.config import CleaningConfig, TextFilterConfig
-from training.data.clean import Clip, clean_landing, verify_accounting
-
-PROSE = [
-    "Kilns fire clay at high temperature until it turns hard and dense.",
-    "A curriculum orders training examples from easy to hard and back again.",
-    "Tokenizers split text into units that a language model can embed.",
-    "数据清洗是训练语言模型之前最费时的工作之一，需要耐心和细致。",
-]
-
-
-def _png(color) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (16, 16), color).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def write_batch(landing: Path, name: str, texts: list[str], ready: bool = True, code: dict | None = None) -> Path:
-    b = landing / name
-    (b / "text").mkdir(parents=True)
-    lines = [json.dumps({"text": t}) for t in texts] + ["{broken json"]
-    (b / "text" / "a.jsonl").write_text("\n".join(lines) + "\n")
-    for rel, src in (code or {"ok.py": "x = 1\n", "bad.py": "def f(:\n"}).items():
-        (b / "code" / rel).parent.mkdir(parents=True, exist_ok=True)
-        (b / "code" / rel).write_text(src)
-    (b / "images").mkdir()
-    (b / "images" / "red.png").write_bytes(_png((255, 0, 0)))
-    (b / "images" / "blue.png").write_bytes(_png((0, 0, 255)))
-    (b / "images" / "captions.jsonl").write_text(
-        json.dumps({"image": "red.png", "caption": "a red square"}) + "\n"
-        + json.dumps({"image": "blue.png", "caption": "a red square"}) + "\n"
-    )
-    if ready:
-        (b / "_SUCCESS").touch()
-    return b
-
-
-def redness(images, captions):
-    """A transparent test scorer: CLIPScore 2.5 when an image is red and the caption says red."""
-    return np.array([2.5 * (np.asarray(i)[..., 0].mean() > 128) * ("red" in c) for i, c in zip(images, captions)])
-
-
-def clean(landing: Path, out: Path, cfg: CleaningConfig = CleaningConfig(), scorer=lambda: redness, fp="test-scorer"):
-    clip = Clip(fp, "a test scorer", scorer) if scorer else None
-    return clean_landing(landing, out / "kept", out / "rejected", cfg, clip, batches_dir=out / "batches")
-
-
-def accounting(landing: Path, out: Path):
-    return verify_accounting(landing, out / "batches", out / "kept", out / "rejected", CleaningConfig())
-
-
-def rows(path: Path) -> list[dict]:
-    return ds.dataset(path, format="parquet").to_table().to_pylist() if path.exists() else []
-
-
-def sources(path: Path) -> dict[str, str | None]:
-    return {r["source"]: r.get("reason") for r in rows(path)}
 
 
 def test_every_record_is_kept_or_rejected_once(tmp_path):

@@ -99,7 +99,10 @@ def test_persistence_rates_self_similar_records_easier_than_shifting_ones(tmp_pa
     assert reused(tmp_path / "out", "k1") == stats and sum(stats["histogram"]["text"].values()) == 3
 
 
-def test_released_model_predictor_generates_continuations(tmp_path):
+def test_released_model_predictor_continues_each_beginning_as_it_would_alone(tmp_path):
+    """Beginnings of different lengths are generated in one left-padded batch: each gets the greedy
+    continuation it gets in a batch of its own."""
+    import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from training.config import TokenizerConfig
@@ -110,8 +113,11 @@ def test_released_model_predictor_generates_continuations(tmp_path):
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                       num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128,
                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
     LlamaForCausalLM(cfg).save_pretrained(tmp_path / "rel")
-    predictor = ReleasedModel(str(tmp_path / "rel"), max_new_tokens=5, batch_size=2)
-    out = predictor.predict(["kilns fire", "clay at high", "temperature"])
-    assert len(out) == 3 and all(isinstance(o, str) for o in out)
+    beginnings = ["kilns fire", "clay at high temperature kilns", "temperature"]
+    predictor = ReleasedModel(str(tmp_path / "rel"), max_new_tokens=5, batch_size=3)
+    out = predictor.predict(beginnings)
+    alone = ReleasedModel(str(tmp_path / "rel"), max_new_tokens=5, batch_size=1).predict(beginnings)
+    assert out == alone and len(out) == 3 and all(out)
     assert str(tmp_path / "rel") in predictor.name

@@ -183,8 +183,6 @@ def test_the_harness_scores_records_as_kiln_does(short_tasks, model):
         own = sum(nll) / sum(len(t.encode()) for t in texts) / math.log(2)  # kiln's bits per byte
         harness = got["results"][f"kiln_{modality}_ppl"]
         assert harness["bits_per_byte"] == pytest.approx(own, rel=1e-4)
-        assert harness["bits_per_byte"] == pytest.approx(math.log2(harness["byte_perplexity"]), rel=1e-5)
-        assert math.isfinite(harness["word_perplexity"]) and harness["word_perplexity"] > harness["byte_perplexity"]
     ppl = [got["results"][f"kiln_{m}_ppl"]["bits_per_byte"] for m in ("code", "text")]
     assert got["results"][GROUP]["bits_per_byte"] == pytest.approx((6 * ppl[0] + 8 * ppl[1]) / 14, rel=1e-5)
     assert 0 <= got["results"][CLOZE]["acc"] <= 1 and 0 <= got["results"][CLOZE]["acc_norm"] <= 1

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.training.test_clean import PROSE, accounting, clean, rows, sources, write_batch
+from tests.helpers import PROSE, accounting, clean, rows, sources, write_batch
 from training.config import CleaningConfig, TextFilterConfig
 from training.data.landing import ready_batch, ready_batches, unusable_batches
 

@@ -6,7 +6,7 @@ import json
 import pytest
 from py3langid.langid import MODEL_FILE, LanguageIdentifier
 
-from tests.training.test_clean import clean, rows, write_batch
+from tests.helpers import clean, rows, write_batch
 from training.config import CleaningConfig, LanguageConfig
 from training.data.filters.language import MACROLANGUAGE, UNDETERMINED, _prefix, language_model
 

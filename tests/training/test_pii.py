@@ -6,7 +6,7 @@ import json
 import pyarrow.dataset as ds
 import pytest
 
-from tests.training.test_clean import clean, rows, write_batch
+from tests.helpers import clean, rows, write_batch
 from training.config import CleaningConfig, PersonalDataConfig
 from training.data.clean import verify_batch
 from training.data.filters.code import parse_verdict
