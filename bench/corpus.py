@@ -15,6 +15,7 @@ Run by hand:  python -m bench.corpus <landing> [--text N] [--code N]   (one land
 from __future__ import annotations
 
 import argparse
+import functools
 import ast
 import json
 import random
@@ -31,9 +32,11 @@ COMMENT = {"python": "#", "c": "//", "cpp": "//", "go": "//", "rust": "//", "jav
 SPAM = ["buy now ", "click here to win ", "hahaha ", "free free free ", "lol ", "best price best price "]
 
 
-def sentences() -> list[str]:
+@functools.cache
+def sentences() -> tuple[str, ...]:
     """Every sentence of Python's documentation topics, the standard library's docstrings and the
-    Chinese prose, whitespace collapsed, at least 20 characters long."""
+    Chinese prose, whitespace collapsed, at least 20 characters long. Parsed once per process (seconds:
+    the whole standard library), however many batches are written."""
     from pydoc_data.topics import topics
 
     chunks = list(topics.values()) + list(CHINESE_PROSE)
@@ -45,10 +48,10 @@ def sentences() -> list[str]:
         chunks += [d for n in ast.walk(tree) if isinstance(n, (ast.Module, ast.FunctionDef, ast.ClassDef)) and (d := ast.get_docstring(n))]
     split = re.compile(r"(?<=[.!?。！？])\s*")
     out = [" ".join(s.split()) for c in chunks for s in split.split(c)]
-    return sorted({s for s in out if len(s) >= 20})
+    return tuple(sorted({s for s in out if len(s) >= 20}))
 
 
-def _text_line(rng: random.Random, pool: list[str], earlier: list[str], i: int) -> bytes:
+def _text_line(rng: random.Random, pool: tuple[str, ...], earlier: list[str], i: int) -> bytes:
     roll = rng.random()
     if roll < 0.03 and earlier:
         text = rng.choice(earlier)
@@ -93,7 +96,7 @@ def _write_batch(batch: Path, card: dict, fill) -> dict:
 
 def write_text_batch(batch: Path, records: int, seed: int = 0) -> dict:
     def fill(tmp: Path, rng: random.Random) -> None:
-        pool: list[str] = sentences()
+        pool = sentences()
         earlier: list[str] = []
         (tmp / "text").mkdir()
         for shard in range(0, records, SHARD_RECORDS):

@@ -2,7 +2,7 @@
 CLIPScores, decoding included), BERTScore difficulty, tokenizer training.
 
 CLIP runs at ViT-B/32 size (the `CLIPConfig` defaults) with random weights: speed does not depend
-on the weights, and no pretrained CLIP can be fetched offline. The quick scale uses the size of
+on the weights, and no pretrained CLIP can be fetched offline. The smoke scale uses the size of
 kiln's own small CLIP instead.
 """
 

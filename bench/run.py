@@ -1,7 +1,7 @@
 """`make bench`: every benchmark in one run, written to bench/results/<machine>.json and .md.
 
     python -m bench.run                      # the full scale: 1M text records, 50K code files
-    python -m bench.run --scale quick        # minutes: what the test suite runs, numbers not quotable
+    python -m bench.run --scale smoke        # seconds a section: proves the benchmarks run (the test suite), numbers not quotable
     python -m bench.run --only cleaning,clip   # rerun sections; the file keeps the others
 
 Each comparison is measured side by side in this one run; figures are medians of `--repeats` runs
@@ -56,7 +56,7 @@ class Scale:
 
 SCALES = {
     "full": Scale(1_000_000, 50_000, 20_000, 100_000, 5_000, 1_024, 128, 1_000, 50, 20, True),
-    "quick": Scale(3_000, 200, 500, 1_000, 100, 32, 32, 20, 1, 2, False, 100, near_dup_docs=200),
+    "smoke": Scale(300, 20, 100, 100, 20, 8, 8, 4, 0.1, 1, False, 20, near_dup_docs=20),
 }
 GPU_SCALE = {"clip_pairs": 8_192, "bert_records": 20_000}
 
@@ -178,7 +178,7 @@ def markdown(results: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", choices=sorted(SCALES), default="full")
-    parser.add_argument("--repeats", type=int, default=None, help="default: 3 at full scale (after a warm-up run), 1 at quick")
+    parser.add_argument("--repeats", type=int, default=None, help="default: 3 at full scale (after a warm-up run), 1 at smoke")
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
     parser.add_argument("--work", type=Path, default=ROOT / ".work", help="generated corpora and scratch (reused across runs)")
     parser.add_argument("--out", type=Path, default=ROOT / "results")

@@ -57,24 +57,46 @@ class Pipeline:
 
 @pytest.fixture(scope="session")
 def cleaned(default_landing, tmp_path_factory):
-    """The cleaning assets materialized once on the default landing zone with the real CLIP:
-    (data dir, expected defects, the first results (Pipeline.clean), the Pipeline)."""
+    """The suite's one lifecycle run, first part: the cleaning assets materialized once on the default
+    landing zone with the real CLIP, on the `smoke` preset: (data dir, expected defects, the first
+    results (Pipeline.clean), the Pipeline)."""
     landing, expected = default_landing
-    pipeline = Pipeline(tmp_path_factory.mktemp("data"), landing)
+    pipeline = Pipeline(tmp_path_factory.mktemp("data"), landing, preset="smoke")
     return pipeline.data, expected, pipeline.clean(), pipeline
 
 
 @pytest.fixture(scope="session")
 def downstream(cleaned):
-    """difficulty_scores, tokenizer and curriculum materialized once on the cleaned default:
-    (data dir, the result)."""
+    """The shared run, second part: difficulty_scores, tokenizer and curriculum: (data dir, the result)."""
     data, _, _, pipeline = cleaned
     return data, pipeline.materialize("difficulty_scores tokenizer curriculum")
+
+
+@pytest.fixture(scope="session")
+def lifecycle(cleaned, downstream):
+    """The shared run, to the end: both pretraining stages through Dagster Pipes, base_model, evaluation
+    with its gate, quantized_model, gguf_model and the release, on the same data dir and instance:
+    (data dir, the result, materialize(selection) -> result for later runs, the instance)."""
+    data, _, _, pipeline = cleaned
+
+    def materialize(keys: str):
+        return pipeline.materialize(keys, raise_on_error=False)
+
+    first = materialize("pretrain_stage_1 pretrain_stage_2 base_model evaluation quantized_model gguf_model release")
+    return data, first, materialize, pipeline.instance
+
+
+SHARED_RUN = {"cleaned", "downstream", "lifecycle"}
+SHARED_RUN_TIMEOUT_S = 1200
+"""The first test to use the shared run builds it within its own time: about 4 minutes on 2 idle cores."""
 
 
 def pytest_collection_modifyitems(config, items):
     import torch
 
+    for item in items:
+        if SHARED_RUN & set(getattr(item, "fixturenames", ())) and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(SHARED_RUN_TIMEOUT_S))
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs CUDA")

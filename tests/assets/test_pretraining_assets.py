@@ -1,11 +1,9 @@
-"""The lifecycle after the tokenizer on the embedded default, with a two-stage curriculum and a small
-model: curriculum, pretraining stages through Dagster Pipes, base_model, evaluation with its regression
-gate, quantized_model and release."""
+"""The lifecycle after the curriculum, read from the suite's shared run (tests/conftest.py `lifecycle`,
+the `smoke` preset: two stages, a small model): pretraining stages through Dagster Pipes, base_model,
+evaluation with its regression gate, quantized_model, gguf_model and release."""
 
 import json
 import math
-import shutil
-from dataclasses import replace
 from pathlib import Path
 
 import dagster as dg
@@ -13,48 +11,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from training import presets
 from pipelines.definitions import build_definitions
 from assets.resources import Kiln
-from training.config import CurriculumConfig, EvaluationConfig, ModelConfig
 import training.release.publish as rel
 from training.release.publish import verify
 
 pytestmark = pytest.mark.slow
-
-
-def quick():
-    """tiny with two stages, a smaller model and a few steps: the assets' wiring, not the learning."""
-    base = presets.tiny()
-    return replace(
-        base,
-        name="quick",
-        curriculum=CurriculumConfig(schedule=(2, 4)),
-        model=ModelConfig(hidden_size=64, layers=2, heads=4, kv_heads=2, intermediate_size=128, max_seq_len=128),
-        training=replace(base.training, max_steps_per_stage=12, learning_rate=1e-2),
-        evaluation=EvaluationConfig(max_records=40, max_new_tokens=16),
-    )
-
-
-@pytest.fixture(scope="module")
-def lifecycle(downstream, tmp_path_factory):
-    source, _ = downstream
-    data = tmp_path_factory.mktemp("lifecycle")
-    for name in ("cleaned_corpus", "difficulty_scores", "tokenizer"):
-        shutil.copytree(source / name, data / name)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(presets.PRESETS, "quick", quick)
-        defs = build_definitions(Kiln(data_dir=str(data), landing_dir=str(source / "landing"), preset="quick"))
-        instance = dg.DagsterInstance.ephemeral()
-
-        def materialize(keys: str) -> dg.ExecuteInProcessResult:
-            return dg.materialize(
-                [*defs.assets, *defs.asset_checks], selection=dg.AssetSelection.assets(*keys.split()),
-                resources=defs.resources, instance=instance, raise_on_error=False,
-            )
-
-        first = materialize("curriculum pretrain_stage_1 pretrain_stage_2 base_model evaluation quantized_model gguf_model release")
-        yield data, first, materialize, instance
 
 
 def _meta(result, key):
@@ -66,8 +28,8 @@ def _checks(result):
     return {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
 
 
-def test_one_asset_per_curriculum_stage_then_base_model(downstream):
-    defs = build_definitions(Kiln(data_dir=str(downstream[0]), landing_dir="/nonexistent"))
+def test_one_asset_per_curriculum_stage_then_base_model(tmp_path):
+    defs = build_definitions(Kiln(data_dir=str(tmp_path), landing_dir="/nonexistent"))
     graph = defs.resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
     assert {f"pretrain_stage_{i}" for i in range(1, 10)} | {"base_model", "evaluation", "quantized_model", "gguf_model", "release"} <= keys

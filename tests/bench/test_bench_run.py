@@ -1,5 +1,6 @@
-"""`make bench` at the quick scale: every data-stage benchmark runs and reports what it measured.
-Speeds are not asserted (they are measured in benchmarks, not tests); what the runs decide is."""
+"""`make bench` at the smoke scale: every data-stage benchmark runs, reports what it measured, and the
+comparisons inside it agree on what they decided. Speeds are not asserted (they are measured in
+benchmarks, not tests); the near-duplicate quality and the filters' verdicts are tested in tests/training/."""
 
 import json
 import subprocess
@@ -13,34 +14,34 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_quick_bench_measures_and_agrees(tmp_path):
+def test_the_smoke_bench_measures_every_section_and_its_comparisons_agree(tmp_path):
     sections = "cleaning,incremental,near_dup,tree_sitter,clip,bertscore,tokenizer"
     subprocess.run(
-        [sys.executable, "-m", "bench.run", "--scale", "quick", "--only", sections, "--work", str(tmp_path / "work"),
+        [sys.executable, "-m", "bench.run", "--scale", "smoke", "--only", sections, "--work", str(tmp_path / "work"),
          "--out", str(tmp_path / "out"), "--name", "ci"],
-        cwd=REPO, check=True, capture_output=True, text=True,
+        cwd=REPO, check=True, capture_output=True, text=True, timeout=600,
     )
     results = json.loads((tmp_path / "out" / "ci.json").read_text())
-    assert results["machine"]["cores"] >= 1 and (tmp_path / "out" / "ci.md").read_text().startswith("# kiln benchmarks")
+    report = (tmp_path / "out" / "ci.md").read_text()
+    assert results["machine"]["cores"] >= 1 and report.startswith("# kiln benchmarks")
+    for title in ("Text filters", "Whole text cleaning", "One new batch", "Near-duplicate", "Tree-sitter", "CLIP", "BERTScore", "Tokenizer"):
+        assert f"## {title}" in report, title
 
     filters = {r["filter"]: r for r in results["text_filters"]}
     assert set(filters) == {"not_empty", "min_words", "entropy", "dedup", "unique_id"}
-    assert all(r["records"] > 400 and r["chunked_mb_per_s"] > 0 and r["loop_mb_per_s"] > 0 for r in filters.values())
+    assert all(r["records"] > 0 and r["chunked_mb_per_s"] > 0 and r["loop_mb_per_s"] > 0 for r in filters.values())
 
     # kiln's chunked pipeline and the per-record loop decide every record the same way.
     kiln, loop, whole = results["text_cleaning"]
     assert (kiln["kept"], kiln["reasons"]) == (loop["kept"], loop["reasons"])
-    assert kiln["kept"] + kiln["rejected"] == 1_000 and whole["kept"] + whole["rejected"] == 3_000
-    assert {"entropy_low", "duplicate", "too_few_words", "text_empty", "json_malformed"} <= set(whole["reasons"])
+    assert kiln["kept"] + kiln["rejected"] == 100 and whole["kept"] + whole["rejected"] == 300
     assert whole["peak_rss_mb"] > 0
 
-    # Near-duplicates: the generated set's edits are found, its distinct documents on one topic kept;
-    # language and redaction reject nothing by default, near-duplicate detection only removes.
-    near = results["near_dup"]
-    assert near["quality"]["precision"] >= 0.99 and near["quality"]["recall"] >= 0.95
-    filters_only, exact, default = near["cost"]
-    assert [r["pipeline"] for r in near["cost"]] == ["kiln-filters", "kiln-exact", "kiln"]
+    # Near-duplicates: the three pipelines differ only by what near-duplicate detection removes.
+    filters_only, exact, default = results["near_dup"]["cost"]
+    assert [r["pipeline"] for r in results["near_dup"]["cost"]] == ["kiln-filters", "kiln-exact", "kiln"]
     assert filters_only["kept"] == exact["kept"] == default["kept"] + default["reasons"].get("near_duplicate", 0)
+    assert 0 <= results["near_dup"]["quality"]["precision"] <= 1
 
     # One batch landing among 20: only it is cleaned, and only it is deduplicated.
     incremental = results["incremental"]
@@ -49,9 +50,9 @@ def test_quick_bench_measures_and_agrees(tmp_path):
 
     assert [r["workers"] for r in results["tree_sitter"]][0] == 1
     code = results["code_cleaning"]
-    assert code["kept"] + code["rejected"] == 200 and code["reasons"].get("tree_sitter_error", 0) > 0
+    assert code["kept"] + code["rejected"] == 20
 
     clip = results["clip"]
-    assert len(clip) == 6 and all(r["pairs"] == 32 and r["pairs_per_s"] > 0 for r in clip)
-    assert results["bertscore"]["records"] == 20 and results["bertscore"]["records_per_s"] > 0
-    assert results["tokenizer"]["mb"] >= 1 and results["tokenizer"]["vocab_size"] == 65_536
+    assert len(clip) == 6 and all(r["pairs"] == 8 and r["pairs_per_s"] > 0 for r in clip)
+    assert results["bertscore"]["records"] == 4 and results["bertscore"]["records_per_s"] > 0
+    assert results["tokenizer"]["mb"] > 0 and results["tokenizer"]["vocab_size"] == 65_536

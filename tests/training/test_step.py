@@ -3,8 +3,13 @@ mixed precision, and who clips the gradients (the trainer under ZeRO-0, DeepSpee
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 import threading
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -113,24 +118,39 @@ def test_bf16_runs_as_torch_autocast_over_fp32_weights(one_rank, zero_stage):
     assert not torch.equal(before, bf16.module.lm.lm_head.weight)
 
 
+LOAD_SHM_OP = ("from training.pretrain.step import load_deepspeed_ops\n"
+               "load_deepspeed_ops(['ShareMemCommBuilder'])\n"
+               "from deepspeed.ops.op_builder.builder import OpBuilder\n"
+               "assert 'deepspeed_shm_comm' in OpBuilder._loaded_ops\n")
+
+
+def _load_shm_op(extensions: Path | None, timeout: float) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DS_ACCELERATOR": "cpu"} | ({"TORCH_EXTENSIONS_DIR": str(extensions)} if extensions else {})
+    return subprocess.run([sys.executable, "-c", LOAD_SHM_OP], env=env, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+@pytest.fixture(scope="session")
+def built_shm_op() -> Path:
+    """DeepSpeed's shared-memory op, built where every stage on this machine builds and finds it (torch's
+    default extensions folder): built here only if no stage has run yet (about a minute on 2 cores)."""
+    from torch.utils.cpp_extension import get_default_build_root
+
+    run = _load_shm_op(None, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    [folder] = Path(get_default_build_root()).glob("**/deepspeed_shm_comm/deepspeed_shm_comm.so")
+    return folder.parent
+
+
 @pytest.mark.slow
-def test_a_baton_left_by_a_process_killed_while_it_built_an_op_does_not_hang_the_next_stage(tmp_path):
+def test_a_baton_left_by_a_process_killed_while_it_built_an_op_does_not_hang_the_next_stage(built_shm_op, tmp_path):
     """torch builds DeepSpeed's shared-memory op under an empty `lock` file that every later process
     waits on; a rank killed there left one, and every later stage on the machine hung before its first
     step. A stage's ranks now load the op under a lock the kernel frees with its holder, and remove
-    such a baton. (A fresh extensions folder: the op is built here, about a minute on 2 cores.)"""
-    import os
-    import subprocess
-    import sys
-
-    (tmp_path / "deepspeed_shm_comm").mkdir()
-    (tmp_path / "deepspeed_shm_comm" / "lock").touch()  # as a kill -9 inside torch's build leaves it
-    code = ("from training.pretrain.step import load_deepspeed_ops\n"
-            "load_deepspeed_ops(['ShareMemCommBuilder'])\n"
-            "from deepspeed.ops.op_builder.builder import OpBuilder\n"
-            "assert 'deepspeed_shm_comm' in OpBuilder._loaded_ops\n")
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "TORCH_EXTENSIONS_DIR": str(tmp_path)}
-    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600, check=False)
+    such a baton. (A copy of the built op's folder, with the baton a kill -9 inside torch's build leaves.)"""
+    op = tmp_path / "deepspeed_shm_comm"
+    shutil.copytree(built_shm_op, op, symlinks=True)
+    (op / "lock").touch()
+    run = _load_shm_op(tmp_path, timeout=120)  # a hang behind the baton ends here
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "removing" in run.stderr and not (tmp_path / "deepspeed_shm_comm" / "lock").exists()
-    assert (tmp_path / "deepspeed_shm_comm" / "deepspeed_shm_comm.so").is_file()
+    assert "removing" in run.stderr and not (op / "lock").exists()
+    assert (op / "deepspeed_shm_comm.so").is_file()

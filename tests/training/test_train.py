@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -337,28 +338,33 @@ def test_nan_loss_stops_the_stage_and_keeps_the_last_good_checkpoint(corpus, tmp
     assert read_summary(spec.out) is None  # no half-trained output
 
 
-@pytest.mark.parametrize(
-    "overrides",
-    [
-        {"zero_stage": 0},
-        {"zero_stage": 2, "offload_optimizer": True},
-        {"zero_stage": 3},
-        {"zero_stage": 1, "activation_checkpointing": True},
-    ],
-    ids=["zero0", "zero2-offload", "zero3", "activation-checkpointing"],
-)
-def test_zero_stages_offload_and_checkpointing_train_the_same_model(overrides, chained, corpus, tmp_path):
-    """Data parallelism over 2 ranks is exact: every option reaches stage 1's loss of the ZeRO-1 run."""
+ZERO_VARIANTS = {
+    "zero0": {"zero_stage": 0},
+    "zero2-offload": {"zero_stage": 2, "offload_optimizer": True},
+    "zero3": {"zero_stage": 3},
+    "activation-checkpointing": {"zero_stage": 1, "activation_checkpointing": True},
+}
+
+
+def test_zero_stages_offload_and_checkpointing_train_the_same_model(chained, corpus, tmp_path):
+    """Data parallelism over 2 ranks is exact: every option reaches stage 1's loss of the ZeRO-1 run.
+    The variants train one after another in one launch of the 2 ranks (tests/training/stages_in_one_launch.py)."""
     specs, (first, _) = chained
-    training = replace(TRAINING, **overrides)
-    [spec, _] = _specs(corpus, tmp_path, training=training)
-    summary = _train(spec)
-    assert summary["zero_stage"] == training.zero_stage
-    assert summary["final_loss"] == pytest.approx(first["final_loss"], abs=1e-4)
-    # The written model holds every weight whole (ZeRO-3 gathers its shards), loadable by transformers.
-    model = AutoModelForCausalLM.from_pretrained(Path(spec.out) / "model")
-    assert sum(p.numel() for p in model.parameters()) == summary["parameters"] == first["parameters"]
-    assert {k: v.shape for k, v in _weights(spec).items()} == {k: v.shape for k, v in _weights(specs[0]).items()}
+    variants = {name: _specs(corpus, tmp_path / name, training=replace(TRAINING, **o))[0] for name, o in ZERO_VARIANTS.items()}
+    driver = Path(__file__).with_name("stages_in_one_launch.py")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", str(driver),
+               *(str(Path(spec.checkpoints) / "spec.json") for spec in variants.values())]
+    env = {**os.environ, **launch_env(2, gpus=0), "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(Path(__file__).parents[2])}
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    for name, spec in variants.items():
+        summary = read_summary(spec.out)
+        assert summary["zero_stage"] == spec.training.zero_stage, name
+        assert summary["final_loss"] == pytest.approx(first["final_loss"], abs=1e-4), name
+        # The written model holds every weight whole (ZeRO-3 gathers its shards), loadable by transformers.
+        model = AutoModelForCausalLM.from_pretrained(Path(spec.out) / "model")
+        assert sum(p.numel() for p in model.parameters()) == summary["parameters"] == first["parameters"], name
+        assert {k: v.shape for k, v in _weights(spec).items()} == {k: v.shape for k, v in _weights(specs[0]).items()}, name
 
 
 @pytest.mark.gpu
