@@ -1,0 +1,216 @@
+"""Difficulty scoring at scale (`training/curriculum/difficulty.py`, `training/curriculum/bertscore.py`):
+what BERTScore costs, and whether a batch's memory is set by the chunk.
+
+- pairs: 1,000 pairs of 24 + 24 words (consecutive windows of the benchmark corpus's sentence pool:
+  a beginning and its continuation, as persistence pairs them), MiniLM at layer 6, batches of 64
+  sentences, one child process each: the encoder alone (both sides embedded under `inference_mode`,
+  nothing matched: the floor), `bert_score.BERTScorer.score` (the reference implementation) and kiln's
+  `BertScore`. Pairs/s and the growth of the peak resident set over the loaded model (the peak is
+  reset after a warm-up on 32 pairs, so the model's loading peak does not count).
+- batches: `score_batch` of one generated batch of about 1 KB records (`bench.corpus.write_text_batch`,
+  its JSON lines written as a cleaned-records Parquet file as they are, defects included; cleaning is
+  not what is measured) at each size, in a child process: records/s and peak RSS, which must not grow
+  with the batch. Spans of 24 words, the tiny preset's.
+
+Run by hand:  python -m bench.difficulty <work dir> [--records 2000 20000] [--pairs 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PAIRS_WORDS = 24
+SPAN_WORDS = 24
+BATCH = 64
+"""Sentences per encoder pass, for all three (bert-score's default batch size, kiln's DifficultyConfig default)."""
+KINDS = ("encoder", "bert_score", "kiln")
+LABELS = {
+    "encoder": "encoder alone (both sides, inference_mode)",
+    "bert_score": "bert_score.BERTScorer.score",
+    "kiln": "kiln BertScore",
+}
+
+
+# --- inside a child ----------------------------------------------------------------------------------
+
+
+def _status_kb(field: str) -> int:
+    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith(field + ":"))
+    return int(line.split()[1])
+
+
+def _reset_peak() -> bool:
+    """Reset VmHWM (the peak resident set) to the current resident set; False where the kernel says no."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _pairs(n: int) -> tuple[list[str], list[str]]:
+    from bench.corpus import sentences
+
+    words = " ".join(sentences()).split()
+    step = 2 * PAIRS_WORDS
+    windows = [words[i : i + step] for i in range(0, len(words) - step, 7919)]  # spread across the pool
+    windows = (windows * (n // len(windows) + 1))[:n]
+    return [" ".join(w[:PAIRS_WORDS]) for w in windows], [" ".join(w[PAIRS_WORDS:]) for w in windows]
+
+
+def _scorer(kind: str):
+    """A function (candidates, references) -> anything, with its model loaded."""
+    import torch
+
+    from training.config import DifficultyConfig
+    from training.curriculum.bertscore import BertScore, default_encoder
+
+    if kind == "kiln":
+        return BertScore(DifficultyConfig(batch_size=BATCH))
+    if kind == "bert_score":
+        from bert_score import BERTScorer
+
+        scorer = BERTScorer(model_type=default_encoder(), num_layers=6, batch_size=BATCH, lang="en")
+        return lambda c, r: scorer.score(c, r, batch_size=BATCH)
+    from transformers import AutoModel, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(default_encoder())
+    model = AutoModel.from_pretrained(default_encoder()).eval()
+
+    def encode(c: list[str], r: list[str]) -> None:
+        sents = sorted(c + r, key=len, reverse=True)
+        with torch.inference_mode():
+            for i in range(0, len(sents), BATCH):
+                enc = tok(sents[i : i + BATCH], padding=True, truncation=True, return_tensors="pt")
+                model(**enc)
+
+    return encode
+
+
+def child_pairs(kind: str, n: int) -> dict:
+    cands, refs = _pairs(n)
+    score = _scorer(kind)
+    score(cands[:32], refs[:32])  # warm-up: lazy allocations, kernels chosen
+    base_kb = _status_kb("VmRSS")
+    reset = _reset_peak()
+    start, cpu = time.perf_counter(), time.process_time()
+    score(cands, refs)
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    peak_kb = _status_kb("VmHWM")
+    return {
+        "kind": kind, "pairs": n, "seconds": round(seconds, 2), "cpu_seconds": round(cpu, 2),
+        "pairs_per_s": round(n / seconds, 1), "rss_before_mb": round(base_kb / 1024, 1),
+        "peak_growth_mb": round((peak_kb - base_kb) / 1024, 1) if reset else None,
+        "peak_growth_kb_per_pair": round((peak_kb - base_kb) / n, 1) if reset else None,
+    }
+
+
+def child_batch(records_file: str, out_file: str) -> dict:
+    import resource
+
+    from training.config import DifficultyConfig
+    from training.curriculum.difficulty import Persistence, score_batch
+
+    cfg = DifficultyConfig(span_words=SPAN_WORDS, batch_size=BATCH)
+    start = time.perf_counter()
+    stats = score_batch([Path(records_file)], Path(out_file), cfg, Persistence())
+    return {
+        "records": stats["records"], "scored": stats["scored"], "seconds": round(time.perf_counter() - start, 1),
+        "records_per_s": stats["records_per_second"],
+        "peak_rss_mb": round(_status_kb("VmHWM") / 1024, 1),
+        # getrusage as the brief of this benchmark asked; it survives exec, so it can report the parent's peak.
+        "ru_maxrss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+
+
+# --- the parent -------------------------------------------------------------------------------------------
+
+
+def _child(*args: str) -> dict:
+    out = subprocess.run([sys.executable, "-m", "bench.difficulty", "child", *args], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def records_file(work: Path, n: int) -> Path:
+    """A generated batch of `n` text records as a cleaned-records Parquet file (id, modality, batch,
+    source, text), streamed from the JSON lines; malformed lines skipped, the rest kept as they are."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from bench.corpus import write_text_batch
+    from training.fsutil import atomic_path
+
+    batch = work / "landing" / f"batch-{n}"
+    write_text_batch(batch, n)
+    path = work / "records" / f"batch-{n}" / "text.parquet"
+    if path.is_file() and pq.read_metadata(path).num_rows:
+        return path
+    schema = pa.schema([("id", pa.string()), ("modality", pa.string()), ("batch", pa.string()), ("source", pa.string()), ("text", pa.large_string())])
+    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd") as w:
+        rows: list[dict] = []
+        for shard in sorted((batch / "text").glob("*.jsonl")):
+            for line_no, line in enumerate(shard.open("rb"), 1):
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue
+                rows.append({"id": rec["id"], "modality": "text", "batch": batch.name, "source": f"{batch.name}/text/{shard.name}:{line_no}", "text": rec["text"]})
+                if len(rows) == 4096:
+                    w.write_table(pa.Table.from_pylist(rows, schema))
+                    rows = []
+        if rows:
+            w.write_table(pa.Table.from_pylist(rows, schema))
+    return path
+
+
+def run(work: Path, records: list[int], pairs: int = 1000) -> dict:
+    work.mkdir(parents=True, exist_ok=True)
+    rows = [_child("pairs", kind, str(pairs)) for kind in KINDS]
+    batches = []
+    for n in records:
+        path = records_file(work, n)
+        row = _child("batch", str(path), str(work / "scores" / f"batch-{n}.parquet"))
+        batches.append({"generated": n, **row})
+    encoder = next(r for r in rows if r["kind"] == "encoder")["pairs_per_s"]
+    for r in rows:
+        r["of_encoder"] = round(r["pairs_per_s"] / encoder, 2)
+    return {"pairs": rows, "batches": batches}
+
+
+def markdown(row: dict) -> str:
+    out = [
+        f"BERTScore of {row['pairs'][0]['pairs']:,} pairs of {PAIRS_WORDS} + {PAIRS_WORDS} words, MiniLM layer 6, "
+        f"{BATCH} sentences a pass, one child process each:",
+        "",
+        "| implementation | pairs/s | of the encoder alone | CPU s | peak RSS growth MB | KB per pair |",
+        "|---|---|---|---|---|---|",
+    ]
+    out += [
+        f"| {LABELS[r['kind']]} | {r['pairs_per_s']} | {r['of_encoder']} | {r['cpu_seconds']} | {r['peak_growth_mb']} | {r['peak_growth_kb_per_pair']} |"
+        for r in row["pairs"]
+    ]
+    out += ["", f"`score_batch` of one generated batch (about 1 KB records, spans of {SPAN_WORDS} words, persistence):", "",
+            "| records | scored | seconds | records/s | peak RSS MB |", "|---|---|---|---|---|"]
+    out += [f"| {b['records']:,} | {b['scored']:,} | {b['seconds']} | {b['records_per_s']} | {b['peak_rss_mb']} |" for b in row["batches"]]
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "child":
+        kind, *args = sys.argv[2:]
+        result = child_pairs(args[0], int(args[1])) if kind == "pairs" else child_batch(*args)
+        print(json.dumps(result))
+        sys.exit(0)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("work", type=Path)
+    parser.add_argument("--records", type=int, nargs="+", default=[2000, 20000])
+    parser.add_argument("--pairs", type=int, default=1000)
+    args = parser.parse_args()
+    result = run(args.work, args.records, args.pairs)
+    print(json.dumps(result, indent=2))
+    print(markdown(result))
