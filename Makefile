@@ -65,14 +65,17 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 landing: $(BIN)/.installed
 	@if [ -z "$$KILN_LANDING_DIR" ]; then $(BIN)/python -m training.demo.landing $(KILN_DATA_DIR)/landing; fi
 
-# What the daemon does by itself (`make ui`), step by step: the CLIP, each ready batch as its own
-# partition run, then the corpus and the retraining to a release.
+# What the daemon does by itself (`make ui`), step by step: the CLIP, each ready batch cleaned in its
+# own partition run, the corpus, each batch's difficulty in its own run, then the retraining to a release.
 DAGSTER_RUN := $(BIN)/dagster asset materialize -m pipelines.definitions
 demo: $(BIN)/.installed $(DAGSTER_HOME)/dagster.yaml landing
 	$(DAGSTER_RUN) --select clip_model
 	set -e; batches=$$($(BIN)/python -m pipelines.batches); for batch in $$batches; do \
 		$(DAGSTER_RUN) --select cleaned_batch --partition "$$batch"; done
-	$(DAGSTER_RUN) --select 'cleaned_corpus*'
+	$(DAGSTER_RUN) --select cleaned_corpus
+	set -e; batches=$$($(BIN)/python -m pipelines.batches --difficulty); for batch in $$batches; do \
+		$(DAGSTER_RUN) --select difficulty_scores --partition "$$batch"; done
+	$(BIN)/dagster job execute -m pipelines.definitions -j retraining
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest

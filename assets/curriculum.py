@@ -1,17 +1,20 @@
 """The curriculum: the records of each pretraining stage, from the difficulty levels and the schedule;
 training records sharing an n-gram with the held-out split are moved out of every stage."""
 
+import json
+
 import dagster as dg
 from transformers import AutoTokenizer
 
 from assets.difficulty import difficulty_scores
-from assets.metadata import md_table
+from assets.metadata import md_image, md_table
 from assets.resources import Kiln
 from assets.steps import key_metadata, lookup
 from assets.tokenizer import tokenizer
+from training.curriculum.batches import current_scores
 from training.curriculum.schedule import STEP, VERSION, build_curriculum, verify_stages
 from training.generate import encode_records
-from training.layout import SCORES
+from training.layout import CURRICULUM_JSON
 
 
 @dg.asset(
@@ -20,12 +23,14 @@ from training.layout import SCORES
     kinds={"parquet"},
     description="Stage schedule over difficulty levels (default: the pendulum 1-2-3-4-5-4-3-2-1); each "
     "stage holds every training record up to its level, in a seeded order. Held-out records stay out, and "
-    "so do training records sharing curriculum.ngram (13) consecutive words with one (contaminated.parquet).",
+    "so do training records sharing curriculum.ngram (13) words with one (contaminated.parquet). Reads "
+    "every batch's difficulty once all are up to date under one predictor; until then it fails, naming them.",
 )
 def curriculum(context: dg.AssetExecutionContext, kiln: Kiln) -> dg.MaterializeResult:
     layout, out = kiln.layout, kiln.layout.curriculum
-    inputs = [layout.difficulty_scores / SCORES, layout.cleaned_corpus, layout.tokenizer]
-    key, summary = lookup(context, out, STEP, VERSION, kiln.config.curriculum, inputs)
+    scores, difficulty = current_scores(layout, kiln.config.difficulty)
+    levels = len(kiln.config.difficulty.level_edges) + 1
+    key, summary = lookup(context, out, STEP, VERSION, (kiln.config.curriculum, levels, difficulty), [*scores, layout.cleaned_corpus, layout.tokenizer])
     was_reused = summary is not None
     if summary is None:
         tok = AutoTokenizer.from_pretrained(layout.tokenizer)
@@ -34,9 +39,10 @@ def curriculum(context: dg.AssetExecutionContext, kiln: Kiln) -> dg.MaterializeR
             return sum(len(ids) for ids in encode_records(tok, texts)) if texts else 0
 
         summary = build_curriculum(
-            layout.difficulty_scores / SCORES, layout.cleaned_corpus, out, kiln.config.curriculum, count_tokens, key,
+            scores, layout.cleaned_corpus, out, kiln.config.curriculum, count_tokens, key, difficulty, levels,
         )
     decontamination = summary["decontamination"]
+    picture = out / summary["levels_png"] if summary["levels_png"] else None
     return dg.MaterializeResult(
         metadata={
             "stages": md_table(["stage", "level", "records", "tokens"], [(s["stage"], s["level"], s["records"], s["tokens"]) for s in summary["stages"]]),
@@ -45,10 +51,19 @@ def curriculum(context: dg.AssetExecutionContext, kiln: Kiln) -> dg.MaterializeR
             "heldout_records": summary["heldout_records"],
             "contaminated_records": decontamination["removed"],
             **{f"contaminated/{m}": k for m, k in decontamination["by_modality"].items()},
+            "levels_by_batch": md_image(picture, "difficulty level by batch", "no records"),
+            "levels_by_batch/counts": dg.MetadataValue.json(summary["levels_by_batch"]),
+            "difficulty_predictor": summary["difficulty"]["predictor"],
             "path": dg.MetadataValue.path(out),
             **key_metadata(key, was_reused),
         }
     )
+
+
+@dg.asset_check(asset=curriculum, description="At least 3 of the 5 difficulty levels hold training records.")
+def levels_populated(kiln: Kiln) -> dg.AssetCheckResult:
+    present = json.loads((kiln.layout.curriculum / CURRICULUM_JSON).read_text())["levels_present"]
+    return dg.AssetCheckResult(passed=len(present) >= 3, metadata={"levels": present})
 
 
 @dg.asset_check(

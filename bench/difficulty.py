@@ -10,9 +10,12 @@ what BERTScore costs, and whether a batch's memory is set by the chunk.
 - batches: `score_batch` of one generated batch of about 1 KB records (`bench.corpus.write_text_batch`,
   its JSON lines written as a cleaned-records Parquet file as they are, defects included; cleaning is
   not what is measured) at each size, in a child process: records/s and peak RSS, which must not grow
-  with the batch. Spans of 24 words, the tiny preset's.
+  with the batch. Spans of 24 words, the tiny preset's. Beside the smallest batch, the encoder alone on
+  that batch's own pairs (each record's beginning and continuation, as persistence pairs them): the
+  whole step (read, split, predict, BERTScore, write) against the floor, on the same pairs.
 
-Run by hand:  python -m bench.difficulty <work dir> [--records 2000 20000] [--pairs 1000]
+`make bench` runs it (section `difficulty`); by hand:
+    python -m bench.difficulty <work dir> [--records 2000 20000] [--pairs 1000]
 """
 
 from __future__ import annotations
@@ -110,6 +113,28 @@ def child_pairs(kind: str, n: int) -> dict:
     }
 
 
+def _batch_pairs(records_file: str) -> tuple[list[str], list[str]]:
+    """The (beginning, continuation) pairs `score_batch` scores in a batch: records with a continuation."""
+    import pyarrow.parquet as pq
+
+    from training.curriculum.difficulty import split_record
+
+    halves = [split_record(t or "", SPAN_WORDS) for t in pq.read_table(records_file, columns=["text"])["text"].to_pylist()]
+    kept = [(b, c) for b, c in halves if c.strip()]
+    return [b for b, _ in kept], [c for _, c in kept]
+
+
+def child_batch_encoder(records_file: str) -> dict:
+    """The encoder alone on a batch's own pairs (the model loaded and warmed up first)."""
+    beginnings, continuations = _batch_pairs(records_file)
+    encode = _scorer("encoder")
+    encode(beginnings[:32], continuations[:32])
+    start = time.perf_counter()
+    encode(beginnings, continuations)
+    seconds = time.perf_counter() - start
+    return {"pairs": len(beginnings), "seconds": round(seconds, 2), "pairs_per_s": round(len(beginnings) / seconds, 1)}
+
+
 def child_batch(records_file: str, out_file: str) -> dict:
     import resource
 
@@ -119,9 +144,10 @@ def child_batch(records_file: str, out_file: str) -> dict:
     cfg = DifficultyConfig(span_words=SPAN_WORDS, batch_size=BATCH)
     start = time.perf_counter()
     stats = score_batch([Path(records_file)], Path(out_file), cfg, Persistence())
+    seconds = time.perf_counter() - start
     return {
-        "records": stats["records"], "scored": stats["scored"], "seconds": round(time.perf_counter() - start, 1),
-        "records_per_s": stats["records_per_second"],
+        "records": stats["records"], "scored": stats["scored"], "seconds": round(seconds, 1),
+        "records_per_s": stats["records_per_second"], "pairs_per_s": round(stats["scored"] / seconds, 1),
         "peak_rss_mb": round(_status_kb("VmHWM") / 1024, 1),
         # getrusage as the brief of this benchmark asked; it survives exec, so it can report the parent's peak.
         "ru_maxrss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
@@ -172,14 +198,21 @@ def run(work: Path, records: list[int], pairs: int = 1000) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     rows = [_child("pairs", kind, str(pairs)) for kind in KINDS]
     batches = []
-    for n in records:
+    for n in sorted(records):
         path = records_file(work, n)
-        row = _child("batch", str(path), str(work / "scores" / f"batch-{n}.parquet"))
+        out = work / "scores" / f"batch-{n}.parquet"
+        out.unlink(missing_ok=True)  # scored from nothing: no earlier scores to reuse
+        row = _child("batch", str(path), str(out))
         batches.append({"generated": n, **row})
     encoder = next(r for r in rows if r["kind"] == "encoder")["pairs_per_s"]
     for r in rows:
         r["of_encoder"] = round(r["pairs_per_s"] / encoder, 2)
-    return {"pairs": rows, "batches": batches}
+    smallest = batches[0]
+    floor = _child("batch_encoder", str(records_file(work, smallest["generated"])))
+    same_pairs = {**floor, "records": smallest["records"], "step_pairs_per_s": smallest["pairs_per_s"],
+                  "of_encoder": round(smallest["pairs_per_s"] / floor["pairs_per_s"], 2)}
+    growth = round(batches[-1]["peak_rss_mb"] / smallest["peak_rss_mb"], 2)
+    return {"pairs": rows, "batches": batches, "same_pairs": same_pairs, "peak_rss_growth": growth}
 
 
 def markdown(row: dict) -> str:
@@ -197,13 +230,18 @@ def markdown(row: dict) -> str:
     out += ["", f"`score_batch` of one generated batch (about 1 KB records, spans of {SPAN_WORDS} words, persistence):", "",
             "| records | scored | seconds | records/s | peak RSS MB |", "|---|---|---|---|---|"]
     out += [f"| {b['records']:,} | {b['scored']:,} | {b['seconds']} | {b['records_per_s']} | {b['peak_rss_mb']} |" for b in row["batches"]]
+    same = row["same_pairs"]
+    out += ["", f"Peak RSS of the largest batch: {row['peak_rss_growth']}× that of the smallest. On the {same['records']:,}-record "
+            f"batch's own {same['pairs']:,} pairs: the whole step {same['step_pairs_per_s']} pairs/s, the encoder alone "
+            f"{same['pairs_per_s']} pairs/s ({same['of_encoder']}× of the encoder)."]
     return "\n".join(out)
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "child":
         kind, *args = sys.argv[2:]
-        result = child_pairs(args[0], int(args[1])) if kind == "pairs" else child_batch(*args)
+        children = {"pairs": lambda k, n: child_pairs(k, int(n)), "batch": child_batch, "batch_encoder": child_batch_encoder}
+        result = children[kind](*args)
         print(json.dumps(result))
         sys.exit(0)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

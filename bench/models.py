@@ -1,5 +1,5 @@
 """Model-side benchmarks of the data stages: CLIP scoring end to end (image files on disk to
-CLIPScores, decoding included), BERTScore difficulty, tokenizer training.
+CLIPScores, decoding included) and tokenizer training (difficulty: bench/difficulty.py).
 
 CLIP runs at ViT-B/32 size (the `CLIPConfig` defaults) with random weights: speed does not depend
 on the weights, and no pretrained CLIP can be fetched offline. The smoke scale uses the size of
@@ -17,10 +17,9 @@ import torch
 from bench.cleaning import median_seconds
 from training.clip.score import ClipScorer
 from training.clip.train import train_caption_tokenizer
-from training.config import ClipTrainConfig, DifficultyConfig, ImageFilterConfig, TextFilterConfig, TokenizerConfig
+from training.config import ClipTrainConfig, ImageFilterConfig, TextFilterConfig, TokenizerConfig
 from training.data.clean import chunks
 from training.demo.landing import scene_caption, draw_scene, encode_image, random_scene
-from training.curriculum.difficulty import BertScore, split_record
 from training.data.filters.image import ClipScore, ImageDecode
 from training.data.landing import READY_MARKER, ready_batches
 from training.data.readers import read_image_pairs, read_text
@@ -128,19 +127,6 @@ def _texts(text_landing: Path, limit_mb: float = float("inf"), limit_records: fl
             if size >= limit_mb * 1e6 or len(out) >= limit_records:
                 break
     return out
-
-
-def bertscore_row(text_landing: Path, records: int, repeats: int) -> dict:
-    """Records/s of the difficulty scoring's BERTScore (persistence predictions against the true
-    continuations, as before the first release), on this machine's device."""
-    cfg = DifficultyConfig()
-    halves = [split_record(t, cfg.span_words) for t in _texts(text_landing, limit_records=records)]
-    beginnings, continuations = [b for b, _ in halves], [c for _, c in halves]
-    bert = BertScore(cfg)
-    bert(beginnings[:8], continuations[:8])  # warm up
-    seconds, all_s = median_seconds(lambda: bert(beginnings, continuations), repeats)
-    return {"records": len(halves), "records_per_s": round(len(halves) / seconds, 1), "device": bert.device,
-            "encoder": "all-MiniLM-L6-v2", "span_words": cfg.span_words, "batch_size": cfg.batch_size, "seconds": [round(t, 3) for t in all_s]}
 
 
 def tokenizer_row(text_landing: Path, work: Path, mb: float, repeats: int) -> dict:

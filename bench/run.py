@@ -27,7 +27,7 @@ from bench.corpus import write_code_batch, write_text_batch
 from training.markdown import markdown_table
 
 ROOT = Path(__file__).resolve().parent
-SECTIONS = ("cleaning", "incremental", "near_dup", "tree_sitter", "clip", "bertscore", "tokenizer", "e2e", "training")
+SECTIONS = ("cleaning", "incremental", "near_dup", "tree_sitter", "clip", "difficulty", "tokenizer", "e2e", "training")
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,10 @@ class Scale:
     clip_pairs: int
     clip_model_pairs: int
     """Pairs scored with the model on a CPU (ViT-B/32 runs at tens of pairs/s there); a GPU scores all."""
-    bert_records: int
+    difficulty_records: tuple[int, ...]
+    """Records of the two generated batches `score_batch` scores (peak RSS must not grow with them)."""
+    bert_pairs: int
+    """Pairs of the BERTScore comparison (the encoder alone, bert-score, kiln)."""
     tokenizer_mb: float
     training_steps: int
     clip_vit_b32: bool
@@ -55,10 +58,10 @@ class Scale:
 
 
 SCALES = {
-    "full": Scale(1_000_000, 50_000, 20_000, 100_000, 5_000, 1_024, 128, 1_000, 50, 20, True),
-    "smoke": Scale(300, 20, 100, 100, 20, 8, 8, 4, 0.1, 1, False, 20, near_dup_docs=20),
+    "full": Scale(1_000_000, 50_000, 20_000, 100_000, 5_000, 1_024, 128, (2_000, 20_000), 1_000, 50, 20, True),
+    "smoke": Scale(300, 20, 100, 100, 20, 8, 8, (40, 80), 16, 0.1, 1, False, 20, near_dup_docs=20),
 }
-GPU_SCALE = {"clip_pairs": 8_192, "bert_records": 20_000}
+GPU_SCALE = {"clip_pairs": 8_192}
 
 
 def machine() -> dict:
@@ -79,7 +82,7 @@ def run(sections: list[str], scale: Scale, repeats: int, work: Path) -> dict:
     cuda = torch.cuda.is_available()
     results: dict = {"machine": machine(), "scale": scale.__dict__, "repeats": repeats}
     text, code = work / "text", work / "code"
-    if {"cleaning", "near_dup", "bertscore", "tokenizer"} & set(sections):
+    if {"cleaning", "near_dup", "tokenizer"} & set(sections):
         results["corpus"] = write_text_batch(text / "batch-0001", scale.text_records)
     if "cleaning" in sections:
         # The side-by-side corpus is the first shard of the full one (the same seed writes the same records).
@@ -115,8 +118,11 @@ def run(sections: list[str], scale: Scale, repeats: int, work: Path) -> dict:
         images = models.write_image_batch(work / "images" / "batch-0001", pairs)
         model = models.clip_model(work / ("clip-vit-b32" if scale.clip_vit_b32 else "clip-small"), scale.clip_vit_b32)
         results["clip"] = models.clip_table(images.parent, model, pairs, pairs if cuda else scale.clip_model_pairs, 1024 if cuda else 64, repeats, os.cpu_count() or 1)
-    if "bertscore" in sections:
-        results["bertscore"] = models.bertscore_row(text, GPU_SCALE["bert_records"] if cuda else scale.bert_records, repeats)
+    if "difficulty" in sections:
+        from bench import difficulty
+
+        row = difficulty.run(work / "difficulty", list(scale.difficulty_records), scale.bert_pairs)
+        results["difficulty"] = {**row, "markdown": difficulty.markdown(row)}
     if "tokenizer" in sections:
         results["tokenizer"] = models.tokenizer_row(text, work, scale.tokenizer_mb, repeats)
     if "e2e" in sections:
@@ -162,9 +168,8 @@ def markdown(results: dict) -> str:
     if "clip" in results:
         table("CLIP scoring end to end (ViT-B/32 size, JPEG files to CLIPScores)", ["path", "model", "pairs", "pairs/s", "device", "batch"],
               [[r["path"], "yes" if r["model"] else "no (decode + preprocess)", r["pairs"], r["pairs_per_s"], r["device"], r["batch_size"]] for r in results["clip"]])
-    if "bertscore" in results:
-        r = results["bertscore"]
-        table("BERTScore difficulty", ["records", "records/s", "device", "encoder", "span words"], [[r["records"], r["records_per_s"], r["device"], r["encoder"], r["span_words"]]])
+    if "difficulty" in results:
+        out.extend(["## Difficulty (BERTScore, persistence)", "", results["difficulty"]["markdown"], ""])
     if "tokenizer" in results:
         r = results["tokenizer"]
         table("Tokenizer training (byte-level BPE)", ["MB", "MB/s", "vocabulary", "threads"], [[r["mb"], r["mb_per_s"], r["vocab_size"], r["threads"]]])

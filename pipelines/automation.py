@@ -6,8 +6,11 @@
   re-scored by it).
 - `kiln_automation`: declarative automation; `cleaned_corpus` follows the cleaned batches, and a
   new base model is evaluated, quantized and released when its gates pass.
+- `difficulty_sensor`: each batch of the corpus whose difficulty is not up to date (new, its corpus
+  part changed, or another predictor: DifficultyConfig.predictor) is scored, one run per batch.
 - `retraining_policy` (sensor) and `weekly_retraining` (schedule): the `retraining` job, when enough
-  new kept data has landed (RetrainingPolicy) or on the cron; never more than one queued or running.
+  new kept data has landed (RetrainingPolicy) or on the cron, once every batch's difficulty is up
+  to date; never more than one queued or running.
 
 All of them run as soon as the daemon does (`make ui`); KILN_AUTOMATION=off starts them stopped.
 """
@@ -19,8 +22,10 @@ import json
 import dagster as dg
 
 from assets.cleaning import LANDING_BATCHES, clip_model, cleaned_batch, cleaned_corpus
+from assets.difficulty import difficulty_scores
 from assets.resources import Kiln
 from training.clip.build import clip_due, read_card
+from training.curriculum.batches import batch_states, predictor_choice
 from training.data.clean import remove_batch
 from training.data.landing import count_records, ready_batches, unusable_batches
 from training.fsutil import fingerprint
@@ -48,10 +53,12 @@ def retraining_job() -> dg.UnresolvedAssetJobDefinition:
     # One at a time per deployment (the run queue's kiln/lifecycle limit in dagster.yaml): runs share KILN_DATA_DIR.
     return dg.define_asset_job(
         RETRAINING,
-        selection=dg.AssetSelection.assets(cleaned_corpus).downstream(),
+        # The corpus and each batch's difficulty are kept up to date as batches land (one run per batch);
+        # a retraining starts from them.
+        selection=dg.AssetSelection.assets(cleaned_corpus).downstream(include_self=False) - dg.AssetSelection.assets(difficulty_scores),
         tags={"kiln/lifecycle": "true", RETRAIN_TAG: "true"},
-        description="From the cleaned corpus to a release: difficulty, tokenizer, curriculum, pretraining stages, "
-        "evaluation, quantization, release.",
+        description="From the cleaned corpus and its difficulty to a release: tokenizer, curriculum, pretraining "
+        "stages, evaluation, quantization, release.",
     )
 
 
@@ -60,6 +67,14 @@ def cleaning_job() -> dg.UnresolvedAssetJobDefinition:
     return dg.define_asset_job(
         "cleaning", selection=dg.AssetSelection.assets(cleaned_batch),
         description="Clean landing batches, one run per batch (pick partitions, or backfill).",
+    )
+
+
+def difficulty_job() -> dg.UnresolvedAssetJobDefinition:
+    """Score landing batches for difficulty (pick partitions, or backfill many: one run per batch)."""
+    return dg.define_asset_job(
+        "difficulty", selection=dg.AssetSelection.assets(difficulty_scores),
+        description="Score batches for difficulty, one run per batch (pick partitions, or backfill: a rescore).",
     )
 
 
@@ -106,7 +121,7 @@ def landing_sensor(kiln: Kiln, status: dg.DefaultSensorStatus) -> dg.SensorDefin
             )
         gone = sorted((known | set(batches)) - set(ready))
         for name in gone:  # left the landing zone (or lost _SUCCESS): its outputs go with its partition
-            remove_batch(name, kiln.layout.cleaned_batch, kiln.layout.rejected)
+            remove_batch(name, kiln.layout.cleaned_batch, kiln.layout.rejected, kiln.layout.difficulty_scores)
             batches.pop(name, None)
         if gone:
             requests.append(
@@ -141,6 +156,46 @@ def _retraining_active(instance: dg.DagsterInstance) -> bool:
     return bool(instance.get_run_ids(dg.RunsFilter(tags={RETRAIN_TAG: "true"}, statuses=ACTIVE), limit=1))
 
 
+def _waiting_for_difficulty(kiln: Kiln) -> str | None:
+    """Why a retraining must wait: batches whose difficulty is not up to date (the curriculum would refuse them)."""
+    choice = predictor_choice(kiln.layout, kiln.config.difficulty)
+    late = [s.batch for s in batch_states(kiln.layout, kiln.config.difficulty, choice) if s.due]
+    if not late:
+        return None
+    return f"waiting for the difficulty of {len(late)} batch(es) ({', '.join(late[:5])}{' ...' if len(late) > 5 else ''}; predictor {choice.id})"
+
+
+def difficulty_sensor(kiln: Kiln, status: dg.DefaultSensorStatus) -> dg.SensorDefinition:
+    @dg.sensor(
+        name="difficulty_sensor",
+        minimum_interval_seconds=kiln.config.operation.sensor_interval_seconds,
+        default_status=status,
+        target=dg.AssetSelection.assets(difficulty_scores),
+        description="Scores each batch of the cleaned corpus whose difficulty is not up to date, one run per batch: "
+        "a new batch, a batch whose corpus part changed, or every batch when the predictor changes (with "
+        "DifficultyConfig.predictor \"release\": a newer release, at most every rescore_every_days). A failed run "
+        "is not retried until its batch or the predictor changes again.",
+    )
+    def _sensor(context: dg.SensorEvaluationContext):
+        cfg = kiln.config.difficulty
+        choice = predictor_choice(kiln.layout, cfg, advance=True)
+        partitions = set(context.instance.get_dynamic_partitions(LANDING_BATCHES.name))
+        requests = [
+            dg.RunRequest(
+                run_key=f"{s.batch}:{s.key[:16]}",
+                partition_key=s.batch,
+                tags={"kiln/batch": s.batch, "kiln/reason": f"difficulty: {s.due}", "kiln/predictor": choice.id},
+            )
+            for s in batch_states(kiln.layout, cfg, choice)
+            if s.due and s.batch in partitions
+        ]
+        if not requests:
+            return dg.SkipReason(f"every batch's difficulty is up to date (predictor {choice.id})")
+        return dg.SensorResult(run_requests=requests)
+
+    return _sensor
+
+
 def retraining_sensor(kiln: Kiln, status: dg.DefaultSensorStatus) -> dg.SensorDefinition:
     policy = kiln.config.operation.retraining
 
@@ -150,11 +205,14 @@ def retraining_sensor(kiln: Kiln, status: dg.DefaultSensorStatus) -> dg.SensorDe
         minimum_interval_seconds=kiln.config.operation.sensor_interval_seconds,
         default_status=status,
         description="Starts the retraining job when enough new kept data has landed since the latest release "
-        "(RetrainingPolicy.min_new_kept_bytes); never while one is queued or running. The run's tags say why.",
+        "(RetrainingPolicy.min_new_kept_bytes), once every batch's difficulty is up to date; never while one is "
+        "queued or running. The run's tags say why.",
     )
     def _sensor(context: dg.SensorEvaluationContext):
         if _retraining_active(context.instance):
             return dg.SkipReason("a retraining is queued or running; never more than one")
+        if waiting := _waiting_for_difficulty(kiln):
+            return dg.SkipReason(waiting)
         new = new_since_release(kiln.layout.cleaned_corpus, kiln.layout.releases)
         reason = retrain_reason(policy, new)
         if reason is None:
@@ -175,11 +233,13 @@ def weekly_retraining(kiln: Kiln, status: dg.DefaultSensorStatus) -> dg.Schedule
         execution_timezone=policy.timezone,
         default_status=dg.DefaultScheduleStatus[status.name] if policy.cron else dg.DefaultScheduleStatus.STOPPED,
         description="Retrains on everything landed so far, whether or not new data arrived; skipped while a "
-        "retraining is queued or running.",
+        "retraining is queued or running or a batch's difficulty is not up to date.",
     )
     def _schedule(context: dg.ScheduleEvaluationContext):
         if _retraining_active(context.instance):
             return dg.SkipReason("a retraining is queued or running; never more than one")
+        if waiting := _waiting_for_difficulty(kiln):
+            return dg.SkipReason(waiting)
         return dg.RunRequest(tags={"kiln/reason": f"schedule {policy.cron} ({policy.timezone})", "kiln/trigger": "schedule"})
 
     return _schedule

@@ -1,18 +1,27 @@
-"""Landing batches as partitions from the command line, for runs without the daemon (`make demo`, CI):
-registers every ready batch as a partition of `cleaned_batch`, deletes the partitions (and outputs) of
-batches that left the landing zone, and prints the ready batches, one per line. Under the daemon,
-`landing_sensor` does the same on its own.
+"""Landing batches as partitions from the command line, for runs without the daemon (`make demo`, CI).
+
+`python -m pipelines.batches` registers every ready batch as a partition (of `cleaned_batch` and
+`difficulty_scores`), deletes the partitions (and outputs) of batches that left the landing zone, and
+prints the ready batches, one per line; under the daemon, `landing_sensor` does the same on its own.
+`python -m pipelines.batches --difficulty` prints the batches of the cleaned corpus whose difficulty is
+not up to date (starting a new rescoring round first when the predictor policy says so), as
+`difficulty_sensor` requests them.
 
     python -m pipelines.batches | xargs -I{} dagster asset materialize -m pipelines.definitions \\
         --select cleaned_batch --partition {}
+    python -m pipelines.batches --difficulty | xargs -I{} dagster asset materialize -m pipelines.definitions \\
+        --select difficulty_scores --partition {}
 """
 
 from __future__ import annotations
+
+import sys
 
 import dagster as dg
 
 from assets.cleaning import LANDING_BATCHES
 from assets.resources import Kiln
+from training.curriculum.batches import batch_states, predictor_choice
 from training.data.clean import remove_batch
 from training.data.landing import ready_batches
 
@@ -27,11 +36,22 @@ def sync_partitions(instance: dg.DagsterInstance, kiln: Kiln) -> tuple[list[str]
         instance.add_dynamic_partitions(LANDING_BATCHES.name, added)
     for name in deleted:
         instance.delete_dynamic_partition(LANDING_BATCHES.name, name)
-        remove_batch(name, kiln.layout.cleaned_batch, kiln.layout.rejected)
+        remove_batch(name, kiln.layout.cleaned_batch, kiln.layout.rejected, kiln.layout.difficulty_scores)
     return ready, added, deleted
 
 
+def difficulty_due(kiln: Kiln) -> list[str]:
+    """The batches of the cleaned corpus whose difficulty is to be scored, after advancing the predictor's round."""
+    cfg = kiln.config.difficulty
+    return [s.batch for s in batch_states(kiln.layout, cfg, predictor_choice(kiln.layout, cfg, advance=True)) if s.due]
+
+
 if __name__ == "__main__":
-    with dg.DagsterInstance.get() as inst:
-        for batch in sync_partitions(inst, Kiln.from_env())[0]:
-            print(batch)
+    if sys.argv[1:] == ["--difficulty"]:
+        print("\n".join(difficulty_due(Kiln.from_env())))
+    elif sys.argv[1:]:
+        sys.exit("usage: python -m pipelines.batches [--difficulty]")
+    else:
+        with dg.DagsterInstance.get() as inst:
+            for batch in sync_partitions(inst, Kiln.from_env())[0]:
+                print(batch)

@@ -17,6 +17,8 @@ from assets import cleaning, curriculum, difficulty, evaluation, gguf, pretraini
 from pipelines.automation import (
     automation_status,
     cleaning_job,
+    difficulty_job,
+    difficulty_sensor,
     kiln_automation,
     landing_sensor,
     retraining_job,
@@ -64,9 +66,12 @@ def build_definitions(kiln: Kiln, executor_name: str = "multiprocess", automatio
     return dg.Definitions(
         assets=dg.map_asset_specs(lambda spec: spec.replace_attributes(owners=OWNERS[spec.group_name]), assets),
         asset_checks=[*dg.load_asset_checks_from_modules(MODULES), pretraining.base_model_generates],
-        jobs=[retraining_job(), cleaning_job()],
+        jobs=[retraining_job(), cleaning_job(), difficulty_job()],
         # The dead-run reaper is not automation but housekeeping: it runs whatever KILN_AUTOMATION says.
-        sensors=[landing_sensor(kiln, status), retraining_sensor(kiln, status), kiln_automation(status), dead_run_sensor()],
+        sensors=[
+            landing_sensor(kiln, status), difficulty_sensor(kiln, status), retraining_sensor(kiln, status),
+            kiln_automation(status), dead_run_sensor(),
+        ],
         schedules=[weekly_retraining(kiln, status)],
         resources={"kiln": kiln, "pipes": dg.PipesSubprocessClient()},
         executor=executor(executor_name),

@@ -3,12 +3,15 @@ cleaning runner and its outputs read back, and an asset materialization's metada
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 from PIL import Image
 
 from training.config import CleaningConfig
@@ -78,3 +81,16 @@ def rows(path: Path) -> list[dict]:
 
 def sources(path: Path) -> dict[str, str | None]:
     return {r["source"]: r.get("reason") for r in rows(path)}
+
+
+def corpus_part(layout, batch: str, texts: list[str]) -> None:
+    """A batch's part of the cleaned corpus as `build_corpus` leaves it: records and a manifest naming their content."""
+    folder = layout.cleaned_corpus / batch
+    folder.mkdir(parents=True, exist_ok=True)
+    n = len(texts)
+    pq.write_table(
+        pa.table({"id": [f"{batch}-{i}" for i in range(n)], "modality": ["text"] * n, "batch": [batch] * n,
+                  "source": [f"{batch}/text/a.jsonl:{i + 1}" for i in range(n)], "text": texts}),
+        folder / "text.parquet",
+    )
+    (folder / "_manifest.json").write_text(json.dumps({"content_sha256": {"text": hashlib.sha256("\0".join(texts).encode()).hexdigest()}}))

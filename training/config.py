@@ -270,6 +270,26 @@ class DifficultyConfig:
     heldout_share: float = 0.05
     """Share of records (by a hash of modality and id) held out for evaluation and never trained on."""
     batch_size: int = 64
+    predictor: str = "persistence"
+    """What predicts each continuation, and what it costs (every rescore is a backfill of the batch
+    partitions, one run per batch; `training/curriculum/batches.py`):
+    - "persistence": the beginning is the prediction. No model; a record is scored once, when its batch
+      lands, and never again (its text unchanged). The cheapest, and the default.
+    - a path to a Hugging Face causal LM folder: a fixed model, greedy continuations. A record is scored
+      once per model; pointing it at another model (or changing its files) rescores every batch.
+    - "release": the latest release's model, closing the retraining loop. A newer release starts a new
+      round once `rescore_every_days` have passed since the last one: every record of the corpus is
+      predicted and scored again (the most GPU work: one generation per record per round). Before the
+      first release, persistence. The curriculum never mixes two predictors: while a round is under
+      way it waits (fails, naming the batches) and the retraining sensor holds off."""
+    rescore_every_days: float = 7.0
+    """With predictor "release": the least time between two rescoring rounds (0: at every new release)."""
+
+    def __post_init__(self) -> None:
+        if not self.predictor.strip():
+            raise ValueError('difficulty.predictor must be "persistence", "release" or a model folder')
+        if self.rescore_every_days < 0:
+            raise ValueError(f"difficulty.rescore_every_days must be 0 or more, not {self.rescore_every_days}")
 
 
 @dataclass(frozen=True)
@@ -518,8 +538,9 @@ class RetrainingPolicy:
     the tokenizer is retrained with the model, so a token count would change meaning between
     releases (kiln's byte-level BPE averages 3-4 bytes per token: 4 MB is about a million tokens)."""
     cron: str | None = "0 3 * * 1"
-    """`weekly_retraining`: Mondays at 03:00, on everything landed so far (the difficulty of every
-    record is re-scored by the latest release, so a retrain without new data still moves). None: off."""
+    """`weekly_retraining`: Mondays at 03:00, on everything landed so far, once every batch's difficulty
+    is up to date (with DifficultyConfig.predictor "release", a rescoring round by the latest release
+    comes first, so a retrain without new data still moves). None: off."""
     timezone: str = "UTC"
 
 

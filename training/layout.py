@@ -13,9 +13,11 @@ imported: every module may import this one.
         cleaned_batch/<batch>/    <modality>.parquet, _manifest.json, _histograms.png, _histograms.json
         rejected/<batch>/         <modality>.parquet, <modality>.duplicates.parquet
         cleaned_corpus/<batch>/   <modality>.parquet, _<modality>.minhash.npy, _manifest.json
-        difficulty_scores/        scores.parquet, levels_by_batch.png, _step.json
+        difficulty_scores/<batch>/ scores.parquet, _step.json (one landing batch's scores)
+        difficulty_scores/        _predictor.json (predictor "release": the release scoring this round)
         tokenizer/                tokenizer.json and the rest of a Hugging Face tokenizer, _step.json
-        curriculum/               stage_NN.parquet, heldout.parquet, contaminated.parquet, curriculum.json, _step.json
+        curriculum/               stage_NN.parquet, heldout.parquet, contaminated.parquet, curriculum.json,
+                                  levels_by_batch.png, _step.json
         checkpoints/stage_NN/     spec.json, metrics.jsonl and the DeepSpeed checkpoints of stage NN
         pretrain_stage_N/         model/, stage.json, metrics.jsonl, loss.png
         base_model/               model.safetensors, tokenizer.json, ... (Hugging Face)
@@ -71,11 +73,12 @@ def signatures_file(modality: str) -> str:
     return f"_{modality}.minhash.npy"
 
 
-# difficulty_scores/
+# difficulty_scores/<batch>/, difficulty_scores/
 SCORES = "scores.parquet"
-"""Written by `training.curriculum.difficulty.score_difficulty`: every record's difficulty, level and split."""
-LEVELS_PNG = "levels_by_batch.png"
-"""Written by `training.data.stats.level_histograms`: the share of each difficulty level, per batch."""
+"""Written by `training.curriculum.difficulty.score_difficulty`: each record's difficulty, level and split."""
+PREDICTOR_JSON = "_predictor.json"
+"""Written by `training.curriculum.batches.predictor_choice` (predictor "release"): the release whose model
+scores this round, and since when."""
 
 # tokenizer/, and every Hugging Face model folder
 TOKENIZER_JSON = "tokenizer.json"
@@ -90,6 +93,8 @@ HELDOUT = "heldout.parquet"
 """Written by `build_curriculum`: the held-out records, for evaluation."""
 CONTAMINATED = "contaminated.parquet"
 """Written by `build_curriculum`: training records moved out of every stage for sharing text with a held-out record."""
+LEVELS_PNG = "levels_by_batch.png"
+"""Written by `training.data.stats.level_histograms` into curriculum/: the share of each difficulty level, per batch."""
 STAGE_FILES = "stage_*.parquet"
 """Every stage's records, as a glob."""
 

@@ -1,4 +1,4 @@
-"""The histogram pictures in the metadata of cleaned_batch and difficulty_scores, on the embedded default."""
+"""The histogram pictures in the metadata of cleaned_batch and curriculum, on the embedded default."""
 
 import base64
 import io
@@ -49,12 +49,12 @@ def test_rematerializing_a_batch_keeps_its_picture_and_still_shows_it(cleaned):
     assert _png(meta["histograms"]) == png.read_bytes()
 
 
-def test_difficulty_shows_the_levels_of_every_batch(downstream):
-    data, result = downstream
-    meta = _meta(result, "difficulty_scores")
-    assert _png(meta["levels_by_batch"]) == (data / "difficulty_scores" / LEVELS_PNG).read_bytes()
-    scores = pq.read_table(data / "difficulty_scores" / "scores.parquet", columns=["batch", "level"]).to_pylist()
+def test_curriculum_shows_the_difficulty_levels_of_every_batch(downstream):
+    data, result, _ = downstream
+    meta = _meta(result, "curriculum")
+    assert _png(meta["levels_by_batch"]) == (data / "curriculum" / LEVELS_PNG).read_bytes()
     expected = {}
-    for row in scores:
-        expected.setdefault(row["batch"], [0] * 5)[row["level"] - 1] += 1
+    for path in sorted((data / "difficulty_scores").glob("*/scores.parquet")):
+        for row in pq.read_table(path, columns=["batch", "level"]).to_pylist():
+            expected.setdefault(row["batch"], [0] * 5)[row["level"] - 1] += 1
     assert meta["levels_by_batch/counts"] == expected and set(expected) == {"batch-0001", "batch-0002"}

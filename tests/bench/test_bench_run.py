@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_the_smoke_bench_measures_every_section_and_its_comparisons_agree(tmp_path):
-    sections = "cleaning,incremental,near_dup,tree_sitter,clip,bertscore,tokenizer"
+    sections = "cleaning,incremental,near_dup,tree_sitter,clip,difficulty,tokenizer"
     subprocess.run(
         [sys.executable, "-m", "bench.run", "--scale", "smoke", "--only", sections, "--work", str(tmp_path / "work"),
          "--out", str(tmp_path / "out"), "--name", "ci"],
@@ -24,7 +24,7 @@ def test_the_smoke_bench_measures_every_section_and_its_comparisons_agree(tmp_pa
     results = json.loads((tmp_path / "out" / "ci.json").read_text())
     report = (tmp_path / "out" / "ci.md").read_text()
     assert results["machine"]["cores"] >= 1 and report.startswith("# kiln benchmarks")
-    for title in ("Text filters", "Whole text cleaning", "One new batch", "Near-duplicate", "Tree-sitter", "CLIP", "BERTScore", "Tokenizer"):
+    for title in ("Text filters", "Whole text cleaning", "One new batch", "Near-duplicate", "Tree-sitter", "CLIP", "Difficulty", "Tokenizer"):
         assert f"## {title}" in report, title
 
     filters = {r["filter"]: r for r in results["text_filters"]}
@@ -54,5 +54,8 @@ def test_the_smoke_bench_measures_every_section_and_its_comparisons_agree(tmp_pa
 
     clip = results["clip"]
     assert len(clip) == 6 and all(r["pairs"] == 8 and r["pairs_per_s"] > 0 for r in clip)
-    assert results["bertscore"]["records"] == 4 and results["bertscore"]["records_per_s"] > 0
+    difficulty = results["difficulty"]
+    assert [b["records"] for b in difficulty["batches"]] == [b["generated"] for b in difficulty["batches"]] == [40, 80]
+    assert [r["kind"] for r in difficulty["pairs"]] == ["encoder", "bert_score", "kiln"]
+    assert difficulty["same_pairs"]["pairs"] == difficulty["batches"][0]["scored"] > 0
     assert results["tokenizer"]["mb"] > 0 and results["tokenizer"]["vocab_size"] == 65_536

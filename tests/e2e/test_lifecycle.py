@@ -30,7 +30,8 @@ def release(lifecycle):
 def test_every_step_of_the_graph_ran_once_in_the_shared_run(lifecycle, release):
     _, _, instance = release
     assert instance.get_dynamic_partitions("landing_batches") == ["batch-0001", "batch-0002"]  # batch-0003: no _SUCCESS
-    assert instance.get_materialized_partitions(dg.AssetKey("cleaned_batch")) == {"batch-0001", "batch-0002"}
+    for partitioned in ("cleaned_batch", "difficulty_scores"):
+        assert instance.get_materialized_partitions(dg.AssetKey(partitioned)) == {"batch-0001", "batch-0002"}, partitioned
     keys = ["clip_model", "cleaned_corpus", "difficulty_scores", "tokenizer", "curriculum", "pretrain_stage_1",
             "pretrain_stage_2", "base_model", "evaluation", "quantized_model", "gguf_model", "release"]
     for key in keys:
@@ -61,7 +62,11 @@ def test_the_releases_lineage_is_what_cleaning_and_the_curriculum_wrote(release)
     first, second = lineage["stages"]
     assert first["resumed_from_step"] == 0 and second["initialised_from"].endswith(f"step_{first['steps']:06d}")
     assert second["final_loss"] < first["final_loss"]
+    # Which predictor scored each batch's difficulty (one for all: the curriculum never mixes two).
+    difficulty = lineage["curriculum"]["difficulty"]
+    assert difficulty["predictor"] == "persistence" and set(difficulty["batches"]) == {b["batch"] for b in lineage["batches"]}
     card = (path / "README.md").read_text()
+    assert "against the prediction of `persistence`, in 2 batch(es)" in card
     for b in lineage["batches"]:
         assert f"| {b['batch']} | {b['modality']} | `{b['content_sha256']}` | {b['kept']} | {b['rejected']} |" in card, b
 

@@ -17,8 +17,10 @@ from dagster._core.utils import make_new_run_id
 from assets.gpus import GPU_POOL
 from assets.resources import Kiln
 from pipelines.definitions import build_definitions
+from tests.helpers import corpus_part
 from training import presets
 from training.config import OperationConfig, RetrainingPolicy
+from training.layout import Layout
 from training.pretrain.cluster import GPU_RESOURCE
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,6 +62,14 @@ def test_the_schedule_runs_on_the_policys_cron_and_is_off_without_one(tmp_path, 
     # No cron in the policy: the schedule starts stopped, even with the automation on.
     _, off = _schedule(tmp_path, monkeypatch, cron=None)
     assert off.default_status == dg.DefaultScheduleStatus.STOPPED
+
+
+def test_the_schedule_waits_for_the_difficulty_of_every_batch(tmp_path, monkeypatch, instance):
+    """A batch of the corpus not scored yet: the curriculum would refuse it, so no retraining starts."""
+    _, schedule = _schedule(tmp_path, monkeypatch)
+    corpus_part(Layout(tmp_path), "batch-0001", ["a record of the first batch with words enough to be scored"])
+    result = schedule.evaluate_tick(dg.build_schedule_context(instance=instance))
+    assert not result.run_requests and "waiting for the difficulty of 1 batch(es) (batch-0001" in result.skip_message
 
 
 S = dg.DagsterRunStatus

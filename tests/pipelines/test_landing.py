@@ -101,6 +101,7 @@ def test_the_landing_sensor_adds_cleans_recleans_and_removes_batches(sensors):
 
     pipeline.materialize("cleaned_batch", "batch-0001")
     pipeline.materialize("cleaned_corpus")
+    pipeline.materialize("difficulty_scores", "batch-0001")
     (landing / "batch-0001" / "text" / "docs.jsonl").write_text(json.dumps({"text": PROSE[2]}) + "\n")
     runs, cursor = tick(pipeline, sensor_def, cursor)
     assert runs == [("batch-0001", ["cleaned_batch"], "changed")]
@@ -114,7 +115,7 @@ def test_the_landing_sensor_adds_cleans_recleans_and_removes_batches(sensors):
     runs, cursor = tick(pipeline, sensor_def, cursor)
     assert runs == [(None, ["cleaned_corpus"], "removed: batch-0001")]
     assert pipeline.instance.get_dynamic_partitions("landing_batches") == ["batch-0002"]
-    assert not (pipeline.data / "cleaned_batch" / "batch-0001").exists() and not (pipeline.data / "rejected" / "batch-0001").exists()
+    assert not any((pipeline.data / step / "batch-0001").exists() for step in ("cleaned_batch", "rejected", "difficulty_scores"))
     assert meta(pipeline.materialize("cleaned_corpus"), "cleaned_corpus")["removed_batches"] == ["batch-0001"]
     assert not (pipeline.data / "cleaned_corpus" / "batch-0001").exists()
 
@@ -149,12 +150,17 @@ def _policy():
 
 
 @pytest.mark.slow
-def test_ten_batches_landing_one_after_another_bring_ten_cleanings_and_one_retraining(tmp_path, monkeypatch):
+def test_ten_batches_landing_one_after_another_bring_ten_cleanings_ten_scorings_and_one_retraining(tmp_path, monkeypatch):
+    """Each landing is cleaned, joins the corpus and has its records scored for difficulty, in runs of
+    its own: the scores of every earlier batch stay byte for byte as they were, and the retraining
+    waits for the difficulty of every batch."""
     monkeypatch.setitem(presets.PRESETS, "policy", _policy)
     pipeline = Pipeline(tmp_path / "data", tmp_path / "landing", preset="policy")
     (tmp_path / "landing").mkdir()
     landing_def = pipeline.defs.resolve_sensor_def("landing_sensor")
     policy_def = pipeline.defs.resolve_sensor_def("retraining_policy")
+    difficulty_def = pipeline.defs.resolve_sensor_def("difficulty_sensor")
+    scores = pipeline.data / "difficulty_scores"
     cursor = None
     # The daemon's first evaluation of the conditions, before anything landed.
     automation_cursor = dg.evaluate_automation_conditions(defs=pipeline.defs, instance=pipeline.instance).cursor
@@ -176,6 +182,17 @@ def test_ten_batches_landing_one_after_another_bring_ten_cleanings_and_one_retra
         evaluated = dg.evaluate_automation_conditions(defs=pipeline.defs, instance=pipeline.instance, cursor=automation_cursor)
         automation_cursor = evaluated.cursor
         assert evaluated.total_requested == 0, i
+        if i == 0:  # the corpus is ahead of its difficulty: no retraining yet
+            assert "waiting for the difficulty of 1 batch(es) (batch-0000" in policy_def(dg.build_sensor_context(instance=pipeline.instance)).skip_message
+        # The difficulty sensor requests the new batch and no other; scoring it scores its records only.
+        before = {p: p.read_bytes() for p in scores.glob("*/scores.parquet")}
+        [request] = difficulty_def(dg.build_sensor_context(instance=pipeline.instance)).run_requests
+        assert request.partition_key == f"batch-{i:04d}" and request.tags["kiln/reason"] == "difficulty: not scored yet"
+        scored = meta(pipeline.materialize("difficulty_scores", request.partition_key), "difficulty_scores")
+        kept = ds.dataset(pipeline.data / "cleaned_corpus" / request.partition_key, format="parquet").count_rows()
+        assert (scored["records"], scored["records_scored"], scored["records_reused"]) == (kept, kept, 0)
+        assert {p: p.read_bytes() for p in before} == before
+        assert "up to date" in difficulty_def(dg.build_sensor_context(instance=pipeline.instance)).skip_message
         result = policy_def(dg.build_sensor_context(instance=pipeline.instance))
         if isinstance(result, dg.RunRequest):
             retrainings.append(result)

@@ -92,10 +92,9 @@ def test_persistence_rates_self_similar_records_easier_than_shifting_ones(tmp_pa
     assert rows[0]["difficulty"] < rows[1]["difficulty"]
     assert rows[2]["difficulty"] == 0.0 and rows[2]["level"] == 1  # one word: nothing to predict
     assert stats["records"] == 3 and stats["scored"] == 2 and "persistence" in stats["predictor"]
-    # The folder is written whole: the scores, their picture and last the step's record of the result.
+    # The folder is written whole: the scores and last the step's record of the result.
     from training.cache import reused
 
-    assert stats["levels_png"] == "levels_by_batch.png" and (tmp_path / "out" / "levels_by_batch.png").is_file()
     assert reused(tmp_path / "out", "k1") == stats and sum(stats["histogram"]["text"].values()) == 3
 
 
@@ -381,5 +380,5 @@ def test_score_difficulty_reuses_the_scores_already_in_its_folder(tmp_path):
     second = score_difficulty(corpus, tmp_path / "out", cfg, Persistence(), key="k2")
     assert (first["scored"], first["reused"]) == (10, 0) and (second["records"], second["scored"], second["reused"]) == (13, 3, 10)
     assert pq.read_table(tmp_path / "out" / "scores.parquet").slice(0, 10).to_pylist() == table.to_pylist()  # no NaN here
-    assert second["levels_by_batch"].keys() == {"b1", "b2"} and reused(tmp_path / "out", "k2") == second
+    assert reused(tmp_path / "out", "k2") == second
 

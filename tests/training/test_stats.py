@@ -193,11 +193,15 @@ def _scores(path: Path, rows: list[tuple[str, int]]) -> Path:
     return path
 
 
-def test_level_counts_per_batch(tmp_path):
-    scores = _scores(tmp_path / "scores.parquet", [("b-2", 5), ("b-1", 1), ("b-1", 1), ("b-1", 3), ("b-2", 2)])
-    assert level_counts(scores, 5) == {"b-1": [2, 0, 1, 0, 0], "b-2": [0, 1, 0, 0, 1]}
-    png, counts = level_histograms(scores, tmp_path / "levels.png", 5)
-    assert counts == level_counts(scores, 5)
+def test_level_counts_per_batch_over_one_file_or_one_per_batch(tmp_path):
+    rows = [("b-2", 5), ("b-1", 1), ("b-1", 1), ("b-1", 3), ("b-2", 2)]
+    expected = {"b-1": [2, 0, 1, 0, 0], "b-2": [0, 1, 0, 0, 1]}
+    scores = _scores(tmp_path / "scores.parquet", rows)
+    per_batch = [_scores(tmp_path / f"{b}.parquet", [r for r in rows if r[0] == b]) for b in ("b-2", "b-1")]
+    assert level_counts(scores, 5) == level_counts(per_batch, 5) == expected
+    assert list(level_counts(per_batch, 5)) == ["b-1", "b-2"]  # in batch order, whatever the files' order
+    png, counts = level_histograms(per_batch, tmp_path / "levels.png", 5)
+    assert counts == expected
     with Image.open(png) as image:
         assert image.format == "PNG"
 
@@ -206,3 +210,4 @@ def test_no_scores_no_level_picture(tmp_path):
     (tmp_path / "levels.png").write_bytes(b"stale")
     png, counts = level_histograms(_scores(tmp_path / "scores.parquet", []), tmp_path / "levels.png", 5)
     assert png is None and counts == {} and not (tmp_path / "levels.png").exists()
+    assert level_histograms([], tmp_path / "levels.png", 5) == (None, {})  # a corpus of no batches

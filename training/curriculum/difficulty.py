@@ -12,9 +12,10 @@ Higher means harder: the less the continuation resembles what could be predicted
 must learn to produce it. It holds for prose, code and captions alike (words are runs of letters or
 digits, or single Han/kana characters).
 
-Predictors: the latest release's language model (greedy decoding) once one exists, closing the
-retraining loop; before the first release, *persistence*: the beginning itself is the prediction.
-Persistence scores self-similar, repetitive text (boilerplate, regular code) as easy and text whose
+Predictors (which one scores is a policy, `DifficultyConfig.predictor`, applied per landing batch in
+training/curriculum/batches.py): *persistence*, the beginning itself is the prediction (the default);
+or a causal LM's greedy continuation: a fixed model, or the latest release's, closing the retraining
+loop. Persistence scores self-similar, repetitive text (boilerplate, regular code) as easy and text whose
 second half moves somewhere new as hard; it needs no model and is deterministic.
 
 The held-out evaluation split is decided here, by a hash of (modality, id), and recorded per record.
@@ -45,18 +46,18 @@ from training.cache import input_hash, key_of, record
 from training.config import DifficultyConfig
 from training.curriculum.bertscore import BertScore, default_encoder
 from training.data.filters.text import WORD
-from training.data.stats import level_histograms
 from training.fsutil import atomic_path
-from training.layout import LEVELS_PNG, SCORES, TOKENIZER_JSON, WEIGHTS
+from training.layout import SCORES, TOKENIZER_JSON, WEIGHTS
 
 __all__ = [
     "STEP", "VERSION", "BertScore", "Persistence", "Predictor", "ReleasedModel", "corpus_files", "default_encoder",
     "is_heldout", "levels", "score_batch", "score_difficulty", "scorer_of", "split_record", "text_hash",
 ]
 
-STEP, VERSION = "difficulty_scores", 2
+STEP, VERSION = "difficulty_scores", 3
 """The step's name and logic version in its cache key (training/cache.py): bump VERSION when this module
-changes what it writes. 2: the text hash column and the scorer in the file's metadata."""
+changes what it writes. 2: the text hash column and the scorer in the file's metadata; 3: a folder per
+landing batch (training/curriculum/batches.py)."""
 
 INPUT_COLUMNS = ["id", "modality", "batch", "source", "text"]
 """What is read of the cleaned records (cleaned_corpus/<batch>/<modality>.parquet)."""
@@ -101,7 +102,7 @@ class Predictor(Protocol):
 
 
 class Persistence:
-    name = "persistence: the beginning is the predicted continuation (no release yet)"
+    name = "persistence: the beginning is the predicted continuation"
     fingerprint = "persistence-1"
     """What its predictions depend on (the scorer's key): nothing but the text."""
 
@@ -110,13 +111,13 @@ class Persistence:
 
 
 class ReleasedModel:
-    """Greedy continuations from a released causal LM in Hugging Face format."""
+    """Greedy continuations from a causal LM in Hugging Face format (a release, or a fixed model)."""
 
     def __init__(self, path: str, max_new_tokens: int = 64, batch_size: int | None = None):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        self.name = f"release: {path}"
+        self.name = f"greedy continuations of {path}"
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.model = AutoModelForCausalLM.from_pretrained(path).to(self.device).eval()
@@ -365,23 +366,21 @@ def score_batch(
 
 
 def score_difficulty(
-    corpus_dir: Path, out_dir: Path, cfg: DifficultyConfig, predictor: Predictor, key: str | None = None, chunk_rows: int = 2048
+    corpus_dir: Path, out_dir: Path, cfg: DifficultyConfig, predictor: Predictor, key: str | None = None,
+    chunk_rows: int = 2048, extra: dict | None = None,
 ) -> dict:
-    """Score every kept record of the cleaned corpus, streamed as `score_batch` does, into one
-    scores.parquet; write `out_dir` atomically: scores.parquet, the levels of each batch drawn in
-    levels_by_batch.png and, with `key`, the step's record of the result. The scores already in
-    `out_dir` are reused for unchanged records when they were written by the same scorer, so a corpus
-    that grew by a batch has only that batch's records predicted and scored. idf counts, when on, are
-    over the whole corpus's true continuations."""
+    """Score the records of a cleaned corpus folder (one landing batch's, cleaned_corpus/<batch>/, as the
+    `difficulty_scores` partitions do) into `out_dir`/scores.parquet, streamed as `score_batch` does, and
+    with `key` the step's record of the result (plus `extra`), last; `out_dir` is written atomically. The
+    scores already in `out_dir` are reused for unchanged records when they were written by the same
+    scorer. idf counts, when on, are over the folder's true continuations."""
     start = time.perf_counter()
     files = corpus_files(corpus_dir)
     bert = _scorer(cfg, files, chunk_rows)
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
         tally, scorer_key = _write_scores(files, tmp / SCORES, cfg, predictor, bert, out_dir / SCORES, chunk_rows)
-        picture, by_batch = level_histograms(tmp / SCORES, tmp / LEVELS_PNG, len(cfg.level_edges) + 1)
-        result = tally.result(cfg, predictor, bert, scorer_key, time.perf_counter() - start)
-        result.update(levels_by_batch=by_batch, levels_png=LEVELS_PNG if picture else None)
+        result = tally.result(cfg, predictor, bert, scorer_key, time.perf_counter() - start) | (extra or {})
         if key is not None:
             record(tmp, STEP, VERSION, key, result)
     return result

@@ -12,14 +12,16 @@ built, into contaminated.parquet. Nothing is lost: training split = staged pool 
     <out_dir>/stage_01.parquet ...   id, modality, level, text (in training order)
     <out_dir>/heldout.parquet        the held-out records, for evaluation
     <out_dir>/contaminated.parquet   id, modality, level, text, reason (heldout_overlap), detail
-    <out_dir>/curriculum.json        schedule, seed, per stage: level, records, tokens; decontamination
+    <out_dir>/curriculum.json        schedule, seed, per stage: level, records, tokens; decontamination;
+                                     the difficulty's predictor and each batch's scorer; levels per batch
+    <out_dir>/levels_by_batch.png    the share of each difficulty level, per batch
 """
 
 from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -31,13 +33,14 @@ import pyarrow.parquet as pq
 from training.cache import record
 from training.config import CurriculumConfig
 from training.curriculum.contamination import HeldoutIndex, shared_text
+from training.data.stats import level_histograms
 from training.fsutil import atomic_path, sha256_file
-from training.layout import CONTAMINATED, CURRICULUM_JSON, HELDOUT, STAGE_FILES, stage_file
+from training.layout import CONTAMINATED, CURRICULUM_JSON, HELDOUT, LEVELS_PNG, STAGE_FILES, stage_file
 
 OVERLAP = "heldout_overlap"
-STEP, VERSION = "curriculum", 1
+STEP, VERSION = "curriculum", 2
 """The step's name and logic version in its cache key (training/cache.py): bump VERSION when this module
-(or the decontamination it applies) changes what it writes."""
+(or the decontamination it applies) changes what it writes. 2: scores per batch, the levels picture."""
 
 
 def iter_texts(column: pa.ChunkedArray, step: int = 65_536):
@@ -95,15 +98,21 @@ def verify_stages(out_dir: Path, n: int) -> dict:
 
 
 def build_curriculum(
-    scores_path: Path, corpus_dir: Path, out_dir: Path, cfg: CurriculumConfig, count_tokens: Callable[[list[str]], int],
-    key: str | None = None,
+    scores: Sequence[Path], corpus_dir: Path, out_dir: Path, cfg: CurriculumConfig, count_tokens: Callable[[list[str]], int],
+    key: str | None = None, difficulty: dict | None = None, levels: int = 5,
 ) -> dict:
-    """Write the curriculum into `out_dir` atomically (with `key`, the step's record last); returns curriculum.json's content."""
+    """Write the curriculum into `out_dir` atomically (with `key`, the step's record last) from the
+    corpus's scores files (one per landing batch), and a picture of the levels of each batch
+    (levels_by_batch.png, `levels` of them); `difficulty`: the scores' lineage (predictor, scorer per
+    batch), kept in curriculum.json. Returns curriculum.json's content."""
     if not cfg.schedule:
         raise ValueError("the curriculum schedule is empty")
-    scores = pq.read_table(scores_path, columns=["id", "modality", "split", "level"])
+    columns = ["id", "modality", "split", "level"]
+    scores_table = ds.dataset(list(scores), format="parquet").to_table(columns=columns) if scores else pa.table(
+        {"id": pa.array([], pa.string()), "modality": pa.array([], pa.string()), "split": pa.array([], pa.string()), "level": pa.array([], pa.int8())}
+    )
     corpus = ds.dataset(corpus_dir, format="parquet").to_table(columns=["id", "modality", "text"])
-    joined = scores.join(corpus, keys=["modality", "id"]).sort_by([("modality", "ascending"), ("id", "ascending")])
+    joined = scores_table.join(corpus, keys=["modality", "id"]).sort_by([("modality", "ascending"), ("id", "ascending")])
     split = joined.filter(pc.equal(joined["split"], "train")).drop_columns(["split"])
     heldout = joined.filter(pc.equal(joined["split"], "heldout")).drop_columns(["split"])
     train, contaminated = decontaminate(split, heldout, cfg.ngram)
@@ -111,6 +120,7 @@ def build_curriculum(
     stages = []
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
+        picture, by_batch = level_histograms(list(scores), tmp / LEVELS_PNG, levels)
         pq.write_table(heldout, tmp / HELDOUT)
         pq.write_table(contaminated, tmp / CONTAMINATED)
         for i, level in enumerate(cfg.schedule, start=1):
@@ -130,6 +140,9 @@ def build_curriculum(
             "train_records": train.num_rows,
             "heldout_records": heldout.num_rows,
             "levels_present": sorted(present),
+            "levels_by_batch": by_batch,
+            "levels_png": LEVELS_PNG if picture else None,
+            "difficulty": difficulty or {},
             "decontamination": {
                 "rule": f"a training record sharing {cfg.ngram} consecutive words (lowercased; a record of fewer "
                 "words: all of them) with a held-out record is in no stage",

@@ -23,7 +23,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -396,9 +396,12 @@ def summary(stats: dict) -> dict:
 # --- Difficulty levels per batch --------------------------------------------------------------------
 
 
-def level_counts(scores_path: Path, levels: int) -> dict[str, list[int]]:
-    """{batch: [records at level 1, ..., level `levels`]}, in batch order."""
-    rows = pl.scan_parquet(scores_path).group_by("batch", "level").len().sort("batch").collect()
+def level_counts(scores: Path | Sequence[Path], levels: int) -> dict[str, list[int]]:
+    """{batch: [records at level 1, ..., level `levels`]} of a scores file or several, in batch order."""
+    paths = [scores] if isinstance(scores, (str, Path)) else list(scores)
+    if not paths:
+        return {}
+    rows = pl.scan_parquet(paths).group_by("batch", "level").len().sort("batch").collect()
     out: dict[str, list[int]] = {}
     for row in rows.iter_rows(named=True):
         out.setdefault(row["batch"], [0] * levels)[row["level"] - 1] += row["len"]
@@ -429,9 +432,9 @@ def _rotation(batches: int) -> int:
     return 90 if batches > 4 else 0
 
 
-def level_histograms(scores_path: Path, png: Path, levels: int) -> tuple[Path | None, dict[str, list[int]]]:
+def level_histograms(scores: Path | Sequence[Path], png: Path, levels: int) -> tuple[Path | None, dict[str, list[int]]]:
     """Per-batch level counts of the scored corpus, drawn to `png`: (the PNG or None, the counts)."""
-    counts = level_counts(scores_path, levels)
+    counts = level_counts(scores, levels)
     panels = [lambda ax: _levels_panel(ax, counts, levels)] if counts else []
     shown = min(len(counts), MAX_LEVEL_BATCHES)
     bottom = 1.5 if _rotation(shown) else 0.5  # vertical labels need the room

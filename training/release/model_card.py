@@ -217,6 +217,14 @@ def lineage_section(lineage: list[dict]) -> str:
 {by_reason}"""
 
 
+def difficulty_line(curriculum: dict) -> str:
+    """Which predictor the difficulty levels came from (one for every batch: the curriculum never mixes two)."""
+    d = curriculum.get("difficulty")
+    if not d:  # a curriculum built before kiln recorded it
+        return "The difficulty's predictor was not recorded."
+    return f"Difficulty: BERTScore of each record's continuation against the prediction of `{d['predictor']}`, in {len(d['batches'])} batch(es) (per batch scorer in lineage.json)."
+
+
 def curriculum_section(curriculum: dict, stages: list[dict]) -> str:
     """The schedule, the held-out decontamination and, per stage, what it trained on and how it ended."""
     stage_rows = [
@@ -227,6 +235,7 @@ def curriculum_section(curriculum: dict, stages: list[dict]) -> str:
 
 Schedule of difficulty levels: {'-'.join(str(x) for x in curriculum['schedule'])}; a stage of level k trains on
 every training record of level ≤ k, in a seeded order (seed {curriculum['seed']}).
+{difficulty_line(curriculum)}
 {decontamination_line(curriculum)}
 
 {markdown_table(["stage", "level", "records", "tokens seen", "steps", "global batch", "final loss"], stage_rows)}"""
