@@ -121,7 +121,7 @@ def run(sections: list[str], scale: Scale, repeats: int, work: Path) -> dict:
     if "difficulty" in sections:
         from bench import difficulty
 
-        row = difficulty.run(work / "difficulty", list(scale.difficulty_records), scale.bert_pairs)
+        row = difficulty.run(work / "difficulty", list(scale.difficulty_records), scale.bert_pairs, repeats)
         results["difficulty"] = {**row, "markdown": difficulty.markdown(row)}
     if "tokenizer" in sections:
         results["tokenizer"] = models.tokenizer_row(text, work, scale.tokenizer_mb, repeats)

@@ -12,13 +12,15 @@ def test_definitions_load_and_resolve(monkeypatch, tmp_path):
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
     assert {"clip_model", "cleaned_batch", "cleaned_corpus", "base_model", "gguf_model", "release"} <= keys
     graph = defs.resolve_asset_graph()
-    assert graph.get(dg.AssetKey("cleaned_batch")).partitions_def.name == "landing_batches"
-    unpartitioned = keys - {"cleaned_batch"}
-    assert all(graph.get(dg.AssetKey(k)).partitions_def is None for k in unpartitioned)
+    per_batch = {"cleaned_batch", "difficulty_scores"}
+    assert all(graph.get(dg.AssetKey(k)).partitions_def.name == "landing_batches" for k in per_batch)
+    assert all(graph.get(dg.AssetKey(k)).partitions_def is None for k in keys - per_batch)
+    # A retraining starts from the corpus and the batches' difficulty, which the sensors keep up to date.
     retraining = {n.name for n in defs.resolve_job_def("retraining").nodes}
-    assert "cleaned_corpus" in retraining and "release" in retraining and "cleaned_batch" not in retraining
+    assert {"tokenizer", "curriculum", "release"} <= retraining and not {"cleaned_corpus", *per_batch} & retraining
     assert {n.name for n in defs.resolve_job_def("cleaning").nodes} == {"cleaned_batch", "cleaned_batch_records_accounted"}
-    assert {s.name for s in defs.sensors} >= {"landing_sensor", "retraining_policy", "kiln_automation"}
+    assert {n.name for n in defs.resolve_job_def("difficulty").nodes} == {"difficulty_scores"}
+    assert {s.name for s in defs.sensors} >= {"landing_sensor", "difficulty_sensor", "retraining_policy", "kiln_automation"}
     assert [s.name for s in defs.schedules] == ["weekly_retraining"]
     for sensor in defs.sensors:
         defs.resolve_sensor_def(sensor.name)

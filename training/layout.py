@@ -144,6 +144,16 @@ MODELFILE = "Modelfile"
 # releases/
 LATEST = "LATEST"
 """Written by `training.release.publish.write_release` into releases/: the newest release's version."""
+
+
+def latest(releases: Path) -> Path | None:
+    """The newest release's folder under `releases`, or None before the first."""
+    pointer = releases / LATEST
+    if pointer.is_file() and (path := releases / pointer.read_text().strip()).is_dir():
+        return path
+    return None
+
+
 RELEASE_MANIFEST = "manifest.json"
 """Written by `write_release` into releases/<version>/: every other file's sha256 and size."""
 MODEL_CARD = "README.md"

@@ -9,8 +9,7 @@ from pathlib import Path
 from training.config import RetrainingPolicy
 from training.data.clean import lineage
 from training.fsutil import fingerprint
-from training.layout import LINEAGE_JSON
-from training.release.publish import latest
+from training.layout import LINEAGE_JSON, latest
 
 
 def _key(row: dict) -> tuple:

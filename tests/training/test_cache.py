@@ -183,13 +183,13 @@ def test_curriculum_record_beside_the_same_files(tmp_path):
 
     n = 60
     ids = [f"r{i}" for i in range(n)]
-    pq.write_table(pa.table({"id": ids, "modality": ["text"] * n, "split": ["heldout" if i % 10 == 0 else "train" for i in range(n)],
+    pq.write_table(pa.table({"id": ids, "modality": ["text"] * n, "batch": ["b1"] * n, "split": ["heldout" if i % 10 == 0 else "train" for i in range(n)],
                              "level": pa.array([1 + i % 5 for i in range(n)], pa.int8())}), tmp_path / "scores.parquet")
     (tmp_path / "corpus" / "b1").mkdir(parents=True)
     pq.write_table(pa.table({"id": ids, "modality": ["text"] * n, "text": [f"record {i} of the kiln corpus" for i in range(n)]}),
                    tmp_path / "corpus" / "b1" / "text.parquet")
     count = lambda texts: sum(len(t.split()) for t in texts)  # noqa: E731
-    args = (tmp_path / "scores.parquet", tmp_path / "corpus")
+    args = ([tmp_path / "scores.parquet"], tmp_path / "corpus")
     plain = build_curriculum(*args, tmp_path / "plain", CurriculumConfig(), count)
     keyed = build_curriculum(*args, tmp_path / "keyed", CurriculumConfig(), count, "k1")
     files = lambda d: {p.name: p.read_bytes() for p in (tmp_path / d).iterdir() if p.name != STEP_JSON}  # noqa: E731

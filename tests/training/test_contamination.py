@@ -32,10 +32,10 @@ def build(tmp_path: Path, train: dict[str, str], heldout: dict[str, str], levels
     ids = [k.split(":")[-1] for k, _, _ in rows]
     level = [(levels or {}).get(k, 1) for k, _, _ in rows]
     split = [s for _, _, s in rows]
-    pq.write_table(pa.table({"id": ids, "modality": modality, "split": split, "level": pa.array(level, pa.int8())}), tmp_path / "scores.parquet")
+    pq.write_table(pa.table({"id": ids, "modality": modality, "batch": ["b1"] * len(ids), "split": split, "level": pa.array(level, pa.int8())}), tmp_path / "scores.parquet")
     (tmp_path / "corpus" / "b1").mkdir(parents=True)
     pq.write_table(pa.table({"id": ids, "modality": modality, "text": [t for _, t, _ in rows]}), tmp_path / "corpus" / "b1" / "all.parquet")
-    return build_curriculum(tmp_path / "scores.parquet", tmp_path / "corpus", tmp_path / "cur", cfg, lambda t: len(t))
+    return build_curriculum([tmp_path / "scores.parquet"], tmp_path / "corpus", tmp_path / "cur", cfg, lambda t: len(t))
 
 
 def staged_ids(cur: Path, summary: dict) -> set[str]:

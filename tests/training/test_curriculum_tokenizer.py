@@ -21,6 +21,7 @@ def scored(tmp_path: Path) -> tuple[Path, Path]:
         {
             "id": ids,
             "modality": ["text"] * n,
+            "batch": ["b1"] * n,
             "split": ["heldout" if i % 10 == 0 else "train" for i in range(n)],
             "level": pa.array([1 + i % 5 for i in range(n)], pa.int8()),
         }
@@ -32,7 +33,7 @@ def scored(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def _build(scored, out: Path, cfg: CurriculumConfig) -> dict:
-    return build_curriculum(scored[0], scored[1], out, cfg, lambda texts: sum(len(t.split()) for t in texts))
+    return build_curriculum([scored[0]], scored[1], out, cfg, lambda texts: sum(len(t.split()) for t in texts))
 
 
 def test_pendulum_stages_sample_levels_up_to_k(scored, tmp_path):

@@ -206,6 +206,33 @@ def test_scores_come_back_in_the_callers_order(bert):
     assert len(set(np.round(f, 4))) > 8  # distinct pairs, distinct scores: a mix-up would show
 
 
+def test_a_pass_of_long_sentences_holds_fewer_and_the_scores_are_the_same(bert, monkeypatch):
+    """Attention grows with the square of a pass's width: wide sentences go through a few at a time (at
+    most the activations of a full pass at PASS_WIDTH tokens), short ones a full pass at once; each
+    sentence's pass is one of its own length, whichever side of its pair it is."""
+    from training.curriculum.bertscore import PASS_WIDTH
+
+    words = "the potter shapes another bowl on the wheel by the window while galaxies drift apart".split()
+    cands = [" ".join(words * k)[: 40 * k] for k in range(1, 41)] + [" ".join(words[i % 10 : i % 10 + 5]) for i in range(40)]
+    refs = [" ".join(reversed(words * k))[: 40 * k] for k in range(1, 41)] + [" ".join(words[i % 7 : i % 7 + 8]) for i in range(40)]
+    passes = []
+    model = bert.model
+
+    def recording(ids, **kwargs):
+        passes.append(tuple(ids.shape))
+        return model(ids, **kwargs)
+
+    monkeypatch.setattr(bert, "model", recording)
+    p, r, f = bert(cands, refs)
+    full = bert.pairs_per_batch * 2
+    assert sum(n for n, _ in passes) == 160 and passes[0][1] > 2 * PASS_WIDTH  # widest: about 290 tokens
+    assert all(n * width**2 <= full * PASS_WIDTH**2 or n == 1 for n, width in passes)
+    assert passes[0][0] < full // 4 and full in [n for n, width in passes if width <= PASS_WIDTH]
+    monkeypatch.undo()
+    alone = np.array([[x[0] for x in bert([c], [r_])] for c, r_ in zip(cands, refs)])
+    assert np.abs(np.stack([p, r, f], axis=1) - alone).max() < 1e-5
+
+
 # --- Streamed scoring of one batch ------------------------------------------------------------------------
 
 SENTENCES = [

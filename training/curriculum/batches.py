@@ -28,8 +28,7 @@ from training.config import DifficultyConfig
 from training.curriculum.difficulty import STEP, VERSION, Persistence, Predictor, ReleasedModel, score_difficulty
 from training.data.clean import batch_folders
 from training.fsutil import fingerprint, write_json
-from training.layout import BATCH_MANIFEST, PREDICTOR_JSON, SCORES, STEP_JSON, Layout
-from training.release.publish import latest
+from training.layout import BATCH_MANIFEST, PREDICTOR_JSON, SCORES, STEP_JSON, Layout, latest
 
 PERSISTENCE = "persistence"
 RELEASE = "release"

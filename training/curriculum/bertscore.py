@@ -18,10 +18,11 @@ The definition is bert-score 0.3.13's (`sent_encode`, `get_idf_dict`, `bert_cos_
 
 What differs is the work, not the numbers. bert-score embeds every sentence of a call before it
 matches any pair and keeps all token embeddings until the end (about 426 KB per pair measured with
-MiniLM), and pays a second padding pass to match them. Here the pairs are sorted by length (less
-padding), and a batch of pairs is embedded in one forward pass (candidates and references together),
-matched and dropped: memory is one batch's activations whatever the number of pairs; only the model
-is kept between calls.
+MiniLM), and pays a second padding pass to match them. Here the pairs are taken a window of 256 at a
+time: the window's sentences are embedded in passes sorted by length (little padding), its pairs
+matched and its embeddings dropped. Memory is one window's embeddings and one pass's activations
+whatever the number of pairs, and a pass of long sentences holds fewer (`PASS_WIDTH`), so it is
+bounded whatever their length too; only the model is kept between calls.
 
 One detail is bert-score's, not the paper's: bert-score matches a pair inside the padding of its batch,
 where a padded position has similarity 0, so a token whose every cosine is negative (common between
@@ -33,6 +34,7 @@ chunking). The two differ only for a pair whose other side is the longest of its
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import math
@@ -47,6 +49,12 @@ from training.config import DifficultyConfig
 
 IMPLEMENTATION = "kiln-bertscore-1"
 """In the scorer's key: bump when a change here changes a score."""
+PASS_WIDTH = 128
+"""Tokens a sentence may have for a forward pass to hold the configured number of sentences; a pass of
+wider sentences holds fewer (the same attention memory): 4 sentences at the 512 tokens MiniLM allows."""
+WINDOW_PASSES = 8
+"""Pairs embedded before they are matched: this many passes' worth (256 pairs at the default batch size).
+Sorting a window's sentences by their own length pads about as little as sorting the whole batch's."""
 
 
 def default_encoder() -> str:
@@ -85,6 +93,24 @@ def read_baseline(path: str | Path, layer: int) -> np.ndarray:
     with open(path, newline="") as f:
         rows = list(csv.reader(f))[1:]
     return np.asarray([float(x) for x in rows[layer][1:4]], dtype=np.float32)
+
+
+@contextlib.contextmanager
+def cpu_kernels_uncached(device: str | torch.device):
+    """On a CPU, torch's oneDNN kernels off for the block. oneDNN keeps a kernel, with its own packed
+    copy of the weights, for each input shape it meets (up to 1,024), and every pass of length-sorted
+    sentences has a width of its own: resident memory grew by about 60 MB per chunk of 2,048 records,
+    so a batch of 20,000 peaked 1.4x higher than one of 2,000. Off, torch's other CPU kernels run as fast
+    (measured: 24.7 s against 24.6 s a chunk) and memory stays flat."""
+    if torch.device(device).type != "cpu":
+        yield
+        return
+    before = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = before
 
 
 def _keep_layers(model: torch.nn.Module, layer: int) -> bool:
@@ -181,45 +207,83 @@ class BertScore:
     def score_encoded(self, candidates: list[list[int]], references: list[list[int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         n = len(candidates)
         out = np.zeros((n, 3), dtype=np.float32)
-        # Longest first, as bert-score (the first batch shows whether the largest fits); neighbours of
-        # similar length share a batch, so little is padding. The order is restored by writing each
-        # pair's scores back at its index.
+        # Pairs longest first, as bert-score (the first pass shows whether the largest fits), a window of
+        # WINDOW_PASSES passes' worth of pairs at a time. Within a window each sentence is embedded in a
+        # pass of sentences of its own length (a beginning and its continuation often differ: a pass of
+        # whole pairs pads the shorter side), its embedding kept until its pair is matched, and all of
+        # them dropped with the window. The order is restored by writing each pair's scores at its index.
         order = sorted(range(n), key=lambda i: (max(len(candidates[i]), len(references[i])), len(candidates[i]) + len(references[i])), reverse=True)
-        for start in range(0, n, self.pairs_per_batch):
-            batch = order[start : start + self.pairs_per_batch]
-            out[batch] = self._score_batch([candidates[i] for i in batch], [references[i] for i in batch])
+        window = self.pairs_per_batch * WINDOW_PASSES
+        for start in range(0, n, window):
+            pairs = order[start : start + window]
+            m = len(pairs)
+            sentences = [candidates[i] for i in pairs] + [references[i] for i in pairs]
+            embedded = self._embed(sentences)
+            for s in range(0, m, self.pairs_per_batch):
+                k = range(s, min(s + self.pairs_per_batch, m))
+                out[pairs[k.start : k.stop]] = self._match(
+                    [embedded[j] for j in k], [embedded[m + j] for j in k], [sentences[j] for j in k], [sentences[m + j] for j in k]
+                )
         return out[:, 0], out[:, 1], out[:, 2]
 
-    def _score_batch(self, cands: list[list[int]], refs: list[list[int]]) -> np.ndarray:
-        b = len(cands)
-        seqs = cands + refs
-        width = max(len(s) for s in seqs)
-        ids = torch.full((2 * b, width), self.pad, dtype=torch.long)
-        mask = torch.zeros((2 * b, width), dtype=torch.long)
-        weights = torch.zeros((2 * b, width), dtype=torch.float)
-        for k, s in enumerate(seqs):
-            ids[k, : len(s)] = torch.tensor(s, dtype=torch.long)
-            mask[k, : len(s)] = 1
-            weights[k, : len(s)] = torch.tensor(self._weights(s), dtype=torch.float)
+    def _embed(self, sentences: list[list[int]]) -> list[torch.Tensor]:
+        """The L2-normalised token embeddings of each sentence (its length x the hidden size), at the
+        layer, in passes of similar lengths. A pass's activations grow with the square of its width
+        (attention), so a pass of long sentences holds fewer: at most those of a full pass at PASS_WIDTH
+        tokens, whatever the longest record of a batch."""
+        out: list[torch.Tensor] = [None] * len(sentences)  # type: ignore[list-item]
+        order = sorted(range(len(sentences)), key=lambda i: len(sentences[i]), reverse=True)
+        per_pass = 2 * self.pairs_per_batch
+        budget = per_pass * PASS_WIDTH * PASS_WIDTH
+        start = 0
+        while start < len(order):
+            width = len(sentences[order[start]])  # the widest left
+            chunk = order[start : start + max(1, min(per_pass, budget // (width * width)))]
+            ids = torch.full((len(chunk), width), self.pad, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for row, i in enumerate(chunk):
+                ids[row, : len(sentences[i])] = torch.tensor(sentences[i], dtype=torch.long)
+                mask[row, : len(sentences[i])] = 1
+            with torch.inference_mode(), cpu_kernels_uncached(self.device):
+                ids, mask = ids.to(self.device), mask.to(self.device)
+                if self.truncated:
+                    emb = self.model(ids, attention_mask=mask)[0]
+                else:
+                    emb = self.model(ids, attention_mask=mask, output_hidden_states=True).hidden_states[self.layer]
+                emb = emb / torch.norm(emb, dim=-1).unsqueeze(-1)
+            for row, i in enumerate(chunk):
+                out[i] = emb[row, : len(sentences[i])]
+            start += len(chunk)
+        return out
+
+    def _match(self, hyps: list[torch.Tensor], refs: list[torch.Tensor], hyp_ids: list[list[int]], ref_ids: list[list[int]]) -> np.ndarray:
+        """(P, R, F) of each pair from its sentences' embeddings and token ids (the weights)."""
+        b = len(hyps)
+
+        def padded(embs: list[torch.Tensor], ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            width = max(len(i) for i in ids)
+            emb = torch.zeros((b, width, embs[0].shape[-1]), dtype=embs[0].dtype, device=embs[0].device)
+            mask = torch.zeros((b, width), dtype=torch.bool)
+            weights = torch.zeros((b, width), dtype=torch.float)
+            for k, (e, s) in enumerate(zip(embs, ids)):
+                emb[k, : len(s)] = e
+                mask[k, : len(s)] = True
+                weights[k, : len(s)] = torch.tensor(self._weights(s), dtype=torch.float)
+            return emb, mask.to(emb.device), weights.to(emb.device)
+
         with torch.inference_mode():
-            ids, mask_d, weights = ids.to(self.device), mask.to(self.device), weights.to(self.device)
-            if self.truncated:
-                emb = self.model(ids, attention_mask=mask_d)[0]
-            else:
-                emb = self.model(ids, attention_mask=mask_d, output_hidden_states=True).hidden_states[self.layer]
-            emb = emb / torch.norm(emb, dim=-1).unsqueeze(-1)
-            hyp, ref = emb[:b], emb[b:]
-            valid = mask_d[:b].bool().unsqueeze(2) & mask_d[b:].bool().unsqueeze(1)
+            hyp, hyp_mask, w_hyp = padded(hyps, hyp_ids)
+            ref, ref_mask, w_ref = padded(refs, ref_ids)
+            valid = hyp_mask.unsqueeze(2) & ref_mask.unsqueeze(1)
             # A best cosine below 0 counts as 0: see the module's docstring.
             sim = torch.bmm(hyp, ref.transpose(1, 2)).masked_fill(~valid, 0.0)
             word_precision = sim.max(dim=2).values.clamp_min(0.0)  # padded candidate rows: weight 0
             word_recall = sim.max(dim=1).values.clamp_min(0.0)
-            w_hyp, w_ref = weights[:b], weights[b:]
             # 0/0 when a side has no weighted token: NaN, as bert-score, and handled as it handles it.
             p = (word_precision * (w_hyp / w_hyp.sum(dim=1, keepdim=True))).sum(dim=1)
             r = (word_recall * (w_ref / w_ref.sum(dim=1, keepdim=True))).sum(dim=1)
             f = 2 * p * r / (p + r)
-            empty = mask_d[:b].sum(dim=1).eq(2) | mask_d[b:].sum(dim=1).eq(2)
+            empty = hyp_mask.sum(dim=1).eq(2) | ref_mask.sum(dim=1).eq(2)
             p, r = p.masked_fill(empty, 0.0), r.masked_fill(empty, 0.0)
             f = f.masked_fill(torch.isnan(f), 0.0)
             scores = torch.stack((p, r, f), dim=-1).float().cpu().numpy()

@@ -44,7 +44,7 @@ import pyarrow.parquet as pq
 
 from training.cache import input_hash, key_of, record
 from training.config import DifficultyConfig
-from training.curriculum.bertscore import BertScore, default_encoder
+from training.curriculum.bertscore import BertScore, cpu_kernels_uncached, default_encoder
 from training.data.filters.text import WORD
 from training.fsutil import atomic_path
 from training.layout import SCORES, TOKENIZER_JSON, WEIGHTS
@@ -133,7 +133,8 @@ class ReleasedModel:
 
         # Beginnings of similar length share a batch (less left padding); the order is restored after.
         order = sorted(range(len(beginnings)), key=lambda i: len(beginnings[i]))
-        out = greedy_continuations(self.model, self.tokenizer, [beginnings[i] for i in order], self.max_new_tokens, self.batch_size)
+        with cpu_kernels_uncached(self.device):  # each decoding step is a new shape: see there
+            out = greedy_continuations(self.model, self.tokenizer, [beginnings[i] for i in order], self.max_new_tokens, self.batch_size)
         restored = [""] * len(beginnings)
         for i, text in zip(order, out):
             restored[i] = text

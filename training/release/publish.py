@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from training.fsutil import atomic_path, remove, sha256_file
-from training.layout import LATEST, RELEASE_MANIFEST, archive_name
+from training.layout import LATEST, RELEASE_MANIFEST, archive_name, latest
 
 WEIGHTS_SHA256 = "weights_sha256"
 """The key under which both record the sha256 of the base_model weights they measured."""
@@ -142,13 +142,6 @@ def release_blockers(evaluation: Path, quantization: Path, weights: Path, gguf: 
 def version_name(weights: Path, now: datetime | None = None) -> str:
     now = now or datetime.now(timezone.utc)
     return f"{now:%Y%m%d-%H%M%S}-{sha256_file(weights)[:8]}"
-
-
-def latest(releases: Path) -> Path | None:
-    pointer = releases / LATEST
-    if pointer.is_file() and (path := releases / pointer.read_text().strip()).is_dir():
-        return path
-    return None
 
 
 def file_manifest(root: Path) -> dict[str, dict]:
