@@ -25,7 +25,7 @@ from assets.cleaning import LANDING_BATCHES, clip_model, cleaned_batch, cleaned_
 from assets.difficulty import difficulty_scores
 from assets.resources import Kiln
 from training.clip.build import clip_due, read_card
-from training.curriculum.batches import batch_states, predictor_choice
+from training.curriculum.batches import due_batches
 from training.data.clean import remove_batch
 from training.data.landing import count_records, ready_batches, unusable_batches
 from training.fsutil import fingerprint
@@ -158,10 +158,10 @@ def _retraining_active(instance: dg.DagsterInstance) -> bool:
 
 def _waiting_for_difficulty(kiln: Kiln) -> str | None:
     """Why a retraining must wait: batches whose difficulty is not up to date (the curriculum would refuse them)."""
-    choice = predictor_choice(kiln.layout, kiln.config.difficulty)
-    late = [s.batch for s in batch_states(kiln.layout, kiln.config.difficulty, choice) if s.due]
-    if not late:
+    choice, due = due_batches(kiln.layout, kiln.config.difficulty)
+    if not due:
         return None
+    late = [s.batch for s in due]
     return f"waiting for the difficulty of {len(late)} batch(es) ({', '.join(late[:5])}{' ...' if len(late) > 5 else ''}; predictor {choice.id})"
 
 
@@ -177,8 +177,7 @@ def difficulty_sensor(kiln: Kiln, status: dg.DefaultSensorStatus) -> dg.SensorDe
         "is not retried until its batch or the predictor changes again.",
     )
     def _sensor(context: dg.SensorEvaluationContext):
-        cfg = kiln.config.difficulty
-        choice = predictor_choice(kiln.layout, cfg, advance=True)
+        choice, due = due_batches(kiln.layout, kiln.config.difficulty, advance=True)
         partitions = set(context.instance.get_dynamic_partitions(LANDING_BATCHES.name))
         requests = [
             dg.RunRequest(
@@ -186,8 +185,8 @@ def difficulty_sensor(kiln: Kiln, status: dg.DefaultSensorStatus) -> dg.SensorDe
                 partition_key=s.batch,
                 tags={"kiln/batch": s.batch, "kiln/reason": f"difficulty: {s.due}", "kiln/predictor": choice.id},
             )
-            for s in batch_states(kiln.layout, cfg, choice)
-            if s.due and s.batch in partitions
+            for s in due
+            if s.batch in partitions
         ]
         if not requests:
             return dg.SkipReason(f"every batch's difficulty is up to date (predictor {choice.id})")

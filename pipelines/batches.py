@@ -21,7 +21,7 @@ import dagster as dg
 
 from assets.cleaning import LANDING_BATCHES
 from assets.resources import Kiln
-from training.curriculum.batches import batch_states, predictor_choice
+from training.curriculum.batches import due_batches
 from training.data.clean import remove_batch
 from training.data.landing import ready_batches
 
@@ -40,15 +40,10 @@ def sync_partitions(instance: dg.DagsterInstance, kiln: Kiln) -> tuple[list[str]
     return ready, added, deleted
 
 
-def difficulty_due(kiln: Kiln) -> list[str]:
-    """The batches of the cleaned corpus whose difficulty is to be scored, after advancing the predictor's round."""
-    cfg = kiln.config.difficulty
-    return [s.batch for s in batch_states(kiln.layout, cfg, predictor_choice(kiln.layout, cfg, advance=True)) if s.due]
-
-
 if __name__ == "__main__":
     if sys.argv[1:] == ["--difficulty"]:
-        print("\n".join(difficulty_due(Kiln.from_env())))
+        kiln = Kiln.from_env()
+        print("\n".join(s.batch for s in due_batches(kiln.layout, kiln.config.difficulty, advance=True)[1]))
     elif sys.argv[1:]:
         sys.exit("usage: python -m pipelines.batches [--difficulty]")
     else:

@@ -98,6 +98,8 @@ class BatchState:
     """The key its scores are up to date under."""
     due: str | None
     """Why it is to be scored (not scored yet, another predictor, its records or the config changed); None: up to date."""
+    result: dict | None = None
+    """Its scoring run's recorded result, when up to date."""
 
 
 def _recorded(out_dir: Path) -> dict | None:
@@ -114,17 +116,24 @@ def batch_states(layout: Layout, cfg: DifficultyConfig, choice: PredictorChoice)
         if (key := batch_key(layout, cfg, batch, choice)) is None:
             continue
         out = layout.difficulty_scores / batch
-        due = None
-        if reused(out, key) is None:
-            result = (_recorded(out) or {}).get("result") or {}
-            if not result:
+        due, result = None, reused(out, key)
+        if result is None:
+            recorded = (_recorded(out) or {}).get("result") or {}
+            if not recorded:
                 due = "not scored yet"
-            elif result.get("predictor_id") != choice.id:
-                due = f"scored by {result.get('predictor_id')}, now {choice.id}"
+            elif recorded.get("predictor_id") != choice.id:
+                due = f"scored by {recorded.get('predictor_id')}, now {choice.id}"
             else:
                 due = "its records or the scoring config changed"
-        states.append(BatchState(batch, key, due))
+        states.append(BatchState(batch, key, due, result))
     return states
+
+
+def due_batches(layout: Layout, cfg: DifficultyConfig, advance: bool = False) -> tuple[PredictorChoice, list[BatchState]]:
+    """(the predictor now, the batches of the corpus whose difficulty is to be scored); `advance`: as
+    `predictor_choice`'s (the difficulty sensor and the command line start a due round, nothing else does)."""
+    choice = predictor_choice(layout, cfg, advance=advance)
+    return choice, [s for s in batch_states(layout, cfg, choice) if s.due]
 
 
 class DifficultyPending(RuntimeError):
@@ -148,10 +157,7 @@ def current_scores(layout: Layout, cfg: DifficultyConfig) -> tuple[list[Path], d
     states = batch_states(layout, cfg, choice)
     if late := [s for s in states if s.due]:
         raise DifficultyPending(late, choice, len(states))
-    batches = {}
-    for s in states:
-        result = _recorded(layout.difficulty_scores / s.batch)["result"]
-        batches[s.batch] = {k: result[k] for k in ("records", "scorer_key", "encoder", "layer")}
+    batches = {s.batch: {k: s.result[k] for k in ("records", "scorer_key", "encoder", "layer")} for s in states}
     files = [layout.difficulty_scores / s.batch / SCORES for s in states]
     return files, {"predictor": choice.id, "batches": batches}
 
