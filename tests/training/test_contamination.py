@@ -160,14 +160,6 @@ def test_the_blocking_asset_check_fails_on_a_tampered_stage(tmp_path):
     assert not failed.passed and failed.metadata["overlaps_found"].value == 1 and failed.metadata["records_checked"].value == 3
 
 
-def test_the_tokenizer_trains_on_the_staged_pool():
-    from training.curriculum.tokenizer import training_texts
-
-    train = [("text", "a", f"{FILLER} {' '.join(W[:13])}"), ("text", "b", f"{FILLER} {' '.join(W[:12])}")]
-    texts, left_out = training_texts(train, [("text", "h", " ".join(W[:14]))], 13)
-    assert texts == [train[1][2]] and left_out == 1
-
-
 @pytest.mark.parametrize("ngram", [0, 7])
 def test_ngram_below_8_is_rejected(ngram):
     with pytest.raises(ValueError, match="at least 8"):

@@ -3,28 +3,54 @@
 Byte-level means every string (any script, code, emoji) encodes without an unknown token and
 decodes back exactly; special tokens use the `<|...|>` form so ordinary text never contains them.
 Saved as tokenizer.json + tokenizer_config.json, loadable with `AutoTokenizer.from_pretrained(dir)`.
+
+What it is fitted on (`fit_corpus_tokenizer`): a bounded, deterministic sample of the corpus's training
+split, streamed from the corpus Parquet a record batch at a time in two passes, so memory is set by
+the held-out share and a chunk, not by the corpus:
+1. the held-out records (the difficulty step's `is_heldout` rule) are collected and the training split's
+   text bytes counted; the held-out records make the n-gram index of `contamination.HeldoutIndex`.
+2. a training record is in the sample when a hash of its (modality, id), independent of the held-out
+   hash, falls under `sample_bytes / training split bytes`; the sampled records of each chunk go
+   through the index, and those sharing `ngram` words with a held-out record (the curriculum's
+   contaminated records) are left out, as the stages leave them out. What remains feeds
+   `Tokenizer.train_from_iterator` as a generator.
+When the training split fits (fraction >= 1) every training record is used, in the order
+`pyarrow.dataset` reads the corpus (batch folders, then modality files): the tokenizer is then the one
+fitted on the whole split. A sample is nested in the sample of a smaller corpus's larger fraction, so a
+growing corpus changes the sample by the records it adds and the ones that drop under the threshold.
+
+`release_tokenizer` finds the latest release's tokenizer, which `copy_release_tokenizer` reuses instead
+of fitting (`TokenizerConfig.source = "release"`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import shutil
 from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from training.cache import record
 from training.config import TokenizerConfig
-from training.curriculum.contamination import find_overlaps
+from training.curriculum.contamination import HeldoutIndex
 from training.curriculum.difficulty import is_heldout
-from training.fsutil import atomic_path
+from training.fsutil import atomic_path, sha256_file
 from training.generate import encode_records
+from training.layout import TOKENIZER_JSON, Layout, latest
 
 PAD, UNK, BOS, EOS = "<|pad|>", "<|unk|>", "<|begin_of_text|>", "<|end_of_text|>"
 
 
-STEP, VERSION = "tokenizer", 2  # 2: no special tokens added by the tokenizer itself
+STEP, VERSION = "tokenizer", 3  # 2: no special tokens added by the tokenizer itself; 3: a bounded sample, or the release's
 """The tokenizer's step name and logic version in its cache key (training/cache.py): bump VERSION
 when this module changes what it writes."""
 
@@ -94,18 +120,139 @@ PROBES = [
 the held-out share happens to contain neither."""
 
 
-def split_corpus(corpus_dir: Path, heldout_share: float) -> tuple[Records, Records]:
-    """(training, held-out) records of the cleaned corpus, by the difficulty step's held-out rule."""
-    rows = ds.dataset(corpus_dir, format="parquet").to_table(columns=["id", "modality", "text"]).to_pylist()
-    sides: tuple[Records, Records] = ([], [])
-    for r in rows:
-        sides[1 if is_heldout(r["modality"], r["id"], heldout_share) else 0].append((r["modality"], r["id"], r["text"]))
-    return sides
 
 
-def training_texts(train: Records, heldout: Records, ngram: int) -> tuple[list[str], int]:
-    """The training texts less those the curriculum moves to contaminated.parquet (the curriculum runs
-    after the tokenizer, so the same rule is applied here): (texts, records left out)."""
-    texts = [t for _, _, t in train]
-    overlapping = {o.train for o in find_overlaps(texts, [t for _, _, t in heldout], ngram)}
-    return [t for i, t in enumerate(texts) if i not in overlapping], len(overlapping)
+READ_ROWS = 1024
+"""Rows read from the corpus at a time: with records of a few KB, a few MB of text per chunk."""
+TOKENIZER_FILES = (TOKENIZER_JSON, "tokenizer_config.json", "special_tokens_map.json")
+"""The files of a Hugging Face tokenizer that a release carries beside its model (those present are copied)."""
+_SAMPLE_PERSON = b"kiln-tok-sample"
+"""blake2b personalisation: the sample's hash of (modality, id) is independent of the held-out one."""
+
+
+def in_sample(modality: str, record_id: str, fraction: float) -> bool:
+    """Whether a training record is in the tokenizer's sample at `fraction` of the training split;
+    deterministic, and a record in the sample at some fraction is in it at every larger one."""
+    if fraction >= 1:
+        return True
+    digest = hashlib.blake2b(f"{modality}\0{record_id}".encode(), digest_size=8, person=_SAMPLE_PERSON).digest()
+    return int.from_bytes(digest, "big") / 2**64 < fraction
+
+
+def _corpus_chunks(corpus_dir: Path, heldout_share: float) -> Iterator[tuple[pa.RecordBatch, list[str], list[str], np.ndarray]]:
+    """(record batch of id, modality, text; ids; modalities; held-out mask) of the whole corpus, in the
+    order `ds.dataset(corpus_dir).to_table()` reads it, a batch of READ_ROWS rows at a time."""
+    for fragment in ds.dataset(corpus_dir, format="parquet").get_fragments():
+        for batch in pq.ParquetFile(fragment.path).iter_batches(batch_size=READ_ROWS, columns=["id", "modality", "text"]):
+            ids, modalities = batch.column("id").to_pylist(), batch.column("modality").to_pylist()
+            held = np.fromiter((is_heldout(m, i, heldout_share) for m, i in zip(modalities, ids)), dtype=bool, count=len(ids))
+            yield batch, ids, modalities, held
+
+
+def heldout_records(corpus_dir: Path, heldout_share: float) -> Iterator[Records]:
+    """The held-out (modality, id, text) records of the corpus, a chunk at a time, in corpus order."""
+    for batch, ids, modalities, held in _corpus_chunks(corpus_dir, heldout_share):
+        if rows := np.flatnonzero(held).tolist():
+            texts = batch.column("text").take(pa.array(rows)).to_pylist()
+            yield [(modalities[r], ids[r], t) for r, t in zip(rows, texts)]
+
+
+@dataclass
+class Sample:
+    """What the tokenizer was fitted on: the record of `fit_corpus_tokenizer`'s sample."""
+
+    sample_bytes: int
+    """The configured bound (`TokenizerConfig.sample_bytes`)."""
+    split_records: int = 0
+    """Records of the training split (the corpus less held-out records)."""
+    split_bytes: int = 0
+    """Their UTF-8 text bytes: the denominator of `fraction`."""
+    fraction: float = 1.0
+    """sample_bytes / split_bytes, at most 1: the share of the training split sampled."""
+    records: int = 0
+    """Sampled records trained on (contaminated ones left out)."""
+    bytes: int = 0
+    """Their text bytes."""
+    left_out_overlapping_heldout: int = 0
+    """Sampled records left out for sharing `ngram` words with a held-out record."""
+
+
+def _sampled_texts(corpus_dir: Path, heldout_share: float, index: HeldoutIndex, sample: Sample) -> Iterator[str]:
+    """The texts of the sample, decontaminated chunk by chunk, in corpus order; counts into `sample`."""
+    for batch, ids, modalities, held in _corpus_chunks(corpus_dir, heldout_share):
+        rows = [r for r in np.flatnonzero(~held).tolist() if in_sample(modalities[r], ids[r], sample.fraction)]
+        if not rows:
+            continue
+        texts = batch.column("text").take(pa.array(rows)).to_pylist()
+        contaminated = {o.train for o in index.overlaps(texts)}
+        sample.left_out_overlapping_heldout += len(contaminated)
+        for r, text in enumerate(texts):
+            if r not in contaminated and text is not None:
+                sample.records += 1
+                sample.bytes += len(text.encode())
+                yield text
+
+
+def fit_corpus_tokenizer(
+    corpus_dir: Path, cfg: TokenizerConfig, heldout_share: float, ngram: int
+) -> tuple[PreTrainedTokenizerFast, dict]:
+    """Fit the tokenizer on the sample of the corpus's training split (see the module docstring);
+    returns it with its result: vocab_size, training_records, left_out_overlapping_heldout,
+    bytes_per_token of the held-out records by modality, and the sample (`Sample`)."""
+    sample = Sample(cfg.sample_bytes)
+    heldout: list[tuple[str, str]] = []  # (modality, text): the ~heldout_share of the corpus kept in memory
+    for batch, _, modalities, held in _corpus_chunks(corpus_dir, heldout_share):
+        lengths = pc.binary_length(batch.column("text")).fill_null(0).to_numpy(zero_copy_only=False)
+        sample.split_records += int((~held).sum())
+        sample.split_bytes += int(lengths[~held].sum())
+        if rows := np.flatnonzero(held).tolist():
+            heldout += zip([modalities[r] for r in rows], batch.column("text").take(pa.array(rows)).to_pylist())
+    sample.fraction = min(1.0, cfg.sample_bytes / sample.split_bytes) if sample.split_bytes else 1.0
+    index = HeldoutIndex([t for _, t in heldout], ngram)
+    tok = fit_tokenizer(_sampled_texts(corpus_dir, heldout_share, index, sample), cfg)
+    del index
+    result = {
+        "source": "train",
+        "vocab_size": len(tok),
+        "training_records": sample.records,
+        "left_out_overlapping_heldout": sample.left_out_overlapping_heldout,
+        "bytes_per_token": bytes_per_token(tok, heldout),
+        "sample": asdict(sample) | {"fraction": round(sample.fraction, 6)},
+    }
+    return tok, result
+
+
+def release_tokenizer(data_root: Path) -> Path | None:
+    """The tokenizer.json of the latest release under `data_root` (its other tokenizer files beside
+    it), or None before the first release."""
+    release = latest(Layout(data_root).releases)
+    if release is not None and (release / TOKENIZER_JSON).is_file():
+        return release / TOKENIZER_JSON
+    return None
+
+
+def release_inputs(tokenizer_json: Path) -> list[Path]:
+    """The files a tokenizer copied from a release depends on: in its cache key."""
+    return [tokenizer_json.parent / name for name in TOKENIZER_FILES]
+
+
+def copy_release_tokenizer(tokenizer_json: Path, corpus_dir: Path, heldout_share: float, out_dir: Path, key: str) -> dict:
+    """Copy the release tokenizer at `tokenizer_json` (and its other files) to `out_dir` atomically,
+    with the step's record; returns the result: the release, the file's sha256, vocab_size and the
+    bytes per token of the corpus's held-out records (streamed) under that tokenizer."""
+    tok = PreTrainedTokenizerFast.from_pretrained(tokenizer_json.parent)
+    held = ((m, t) for chunk in heldout_records(corpus_dir, heldout_share) for m, _, t in chunk)
+    result = {
+        "source": "release",
+        "release": tokenizer_json.parent.name,
+        "tokenizer_sha256": sha256_file(tokenizer_json),
+        "vocab_size": len(tok),
+        "bytes_per_token": bytes_per_token(tok, held),
+    }
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir()
+        for path in release_inputs(tokenizer_json):
+            if path.is_file():
+                shutil.copyfile(path, tmp / path.name)
+        record(tmp, STEP, VERSION, key, result)
+    return result
