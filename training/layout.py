@@ -73,6 +73,16 @@ def signatures_file(modality: str) -> str:
     return f"_{modality}.minhash.npy"
 
 
+def exact_keys_file(modality: str) -> str:
+    """cleaned_corpus/<batch>/: the kept records' content and id hashes with their rows, sorted (training/data/corpus_index.py)."""
+    return f"_{modality}.keys.npy"
+
+
+def band_keys_file(modality: str) -> str:
+    """cleaned_corpus/<batch>/: the kept records' LSH band keys with their rows, sorted (training/data/near_dup.py)."""
+    return f"_{modality}.bands.npy"
+
+
 # difficulty_scores/<batch>/, difficulty_scores/
 SCORES = "scores.parquet"
 """Written by `training.curriculum.difficulty.score_difficulty`: each record's difficulty, level and split."""

@@ -34,15 +34,19 @@ import json
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from training.cache import key_of
 from training.config import CleaningConfig, NearDupConfig
-from training.data.filters.base import Filter, Unique, content_key, id_key
+from training.data import corpus_index
+from training.data.corpus_index import Reads, id_digest, words
+from training.data.filters.base import Filter, Unique, Verdict, content_key, id_key
 from training.data.filters.code import TreeSitterParse
 from training.data.filters.image import ClipScore, ClipUnavailable, ImageDecode
 from training.data.filters.language import LanguageId
@@ -53,11 +57,15 @@ from training.data.near_dup import NearDuplicates
 from training.data.readers import read_code, read_image_pairs, read_text
 from training.data.records import MODALITIES, Record, RecordWriter
 from training.fsutil import atomic_path, remove, write_json
-from training.layout import BATCH_MANIFEST, Layout, duplicates_file, records_file
+from training.layout import BATCH_MANIFEST, Layout, duplicates_file, exact_keys_file, records_file
 
 # Bump when what a filter decides changes, so every cached batch is cleaned again. The keys are the cache
 # rule's (training/cache.py) on this version, the modality, the settings and the batch's content hash.
 LOGIC_VERSION = 4
+# Bump when what the corpus step decides or persists changes, so every batch is deduplicated again
+# (and not cleaned again). 2: earlier batches are matched through their key files (their kept
+# records' keys only), which a corpus from before lacks.
+CORPUS_VERSION = 2
 
 ScoreFn = Callable[[list, list[str]], object]
 
@@ -308,55 +316,143 @@ class CorpusReport:
     results: list[ModalityResult] = field(default_factory=list)
     """Per (batch, modality): kept after deduplication, duplicates rejected."""
     removed_batches: list[str] = field(default_factory=list)
+    reads: dict[str, Reads] = field(default_factory=dict)
+    """Per modality: what deduplicating the new batches read of the earlier ones (key files, a few
+    signatures and sources; no text)."""
+
+
+class _KeptKeys(Filter):
+    """Last in a modality's chain, so it sees what the corpus keeps: their exact keys (content hash
+    unless the modality is pairs, id hash), row for row, for the batch's key file."""
+
+    name = "kept_keys"
+
+    def __init__(self, content: bool):
+        self.content = content
+        self.tables: list[np.ndarray] = []
+        self.rows = 0
+
+    def __call__(self, records: Sequence[Record]) -> list[Verdict]:
+        rows = np.arange(self.rows, self.rows + len(records), dtype=np.uint64)[:, None]
+        keys = [[content_key(r) for r in records]] if self.content else []
+        keys.append([id_digest(r.id) for r in records])
+        self.tables += [np.hstack((words(k), rows)) for k in keys]
+        self.rows += len(records)
+        return [None] * len(records)
+
+    def take(self) -> np.ndarray:
+        table = np.concatenate([np.zeros((0, 3), np.uint64), *self.tables])
+        self.tables, self.rows = [], 0
+        return table
 
 
 class _Dedup:
-    """The uniqueness filters of one modality, carried across batches in batch order: exact
-    duplicates, then near-duplicates (`NearDuplicates`, last, so what it keeps is what the corpus
-    keeps). Keys and signatures of cached batches are loaded only when a later batch of the modality
-    has to be deduplicated."""
+    """The uniqueness filters of one modality, in batch order: exact duplicates (content, then id),
+    then near-duplicates (`NearDuplicates`), then `_KeptKeys`. A batch is checked against the earlier
+    ones through their key files (`training/data/corpus_index.py`: the exact keys here, the LSH keys
+    in near_dup.py), never their records; within itself, against its own records so far."""
 
-    def __init__(self, modality: str, corpus_dir: Path, near_dup: NearDupConfig, capacity: int = 0):
-        self.corpus_dir = corpus_dir
-        self.exact = [Unique("unique_id", id_key, "duplicate_id")]
-        if modality != "image_text":  # identical captions of different images are not duplicates
-            self.exact.insert(0, Unique("dedup", content_key, "duplicate"))
-        self.near = NearDuplicates(near_dup, modality, corpus_dir, capacity) if near_dup.enabled and modality in near_dup.modalities else None
-        self.filters: list[Filter] = [*self.exact, self.near] if self.near else [*self.exact]
-        self.modality = modality
-        self.unloaded: list[str] = []
+    def __init__(self, modality: str, corpus_dir: Path, near_dup: NearDupConfig):
+        self.modality, self.corpus_dir = modality, corpus_dir
+        self.reads = Reads()
+        # Identical captions of different images are not duplicates: pairs have no content filter.
+        self.content = Unique("dedup", content_key, "duplicate") if modality != "image_text" else None
+        self.ids = Unique("unique_id", id_key, "duplicate_id")
+        self.near = NearDuplicates(near_dup, modality, corpus_dir, self.reads) if near_dup.enabled and modality in near_dup.modalities else None
+        self.kept = _KeptKeys(self.content is not None)
+        self.filters: list[Filter] = [f for f in (self.content, self.ids, self.near, self.kept) if f is not None]
+        self.earlier: list[str] = []
 
     @property
     def settings(self) -> tuple:
         """What the verdicts depend on besides the records: in the corpus cache key."""
         return self.near.settings if self.near else ()
 
+    def keys_path(self, batch: str) -> Path:
+        return self.corpus_dir / batch / exact_keys_file(self.modality)
+
     def cached(self, batch: str) -> bool:
-        """The batch's outputs of this step are all there (its signatures too, if near-dup is on)."""
-        return self.near is None or self.near.path(batch).is_file()
+        """The batch's outputs of this step are all there (its key files; signatures if near-dup is on)."""
+        files = [self.keys_path(batch)] + ([self.near.path(batch), self.near.keys_path(batch)] if self.near else [])
+        return all(f.is_file() for f in files)
 
-    def load_cached(self) -> None:
-        for batch in self.unloaded:
-            table = pq.read_table(self.corpus_dir / batch / records_file(self.modality), columns=["id", "source", "text"])
-            for row in table.to_pylist():
-                rec = Record(row["id"], self.modality, row["source"], text=row["text"])
-                for f in self.exact:
-                    f.first.setdefault(f.key(rec), rec.source)
-            if self.near:
-                self.near.load(batch)
-        self.unloaded.clear()
+    def add(self, batch: str) -> None:
+        """A cached batch: later ones are checked against its key files."""
+        self.earlier.append(batch)
+        if self.near:
+            self.near.add(batch)
 
-    def deduplicating(self, batch: str) -> contextlib.AbstractContextManager:
-        return self.near.writing(batch) if self.near else contextlib.nullcontext()
+    def records(self, cleaned: Path, chunk_size: int) -> Iterator[Record]:
+        """A batch's cleaned records for the chain, read a window at a time when there are earlier
+        batches: before a window goes down the chain, its records are matched against theirs, in one
+        pass over their key files per window."""
+        window = (WINDOW_ROWS, WINDOW_TEXT_BYTES) if self.earlier else (chunk_size, WINDOW_TEXT_BYTES)
+        for part in _windows(cleaned, chunk_size, *window):
+            records = [
+                Record(
+                    row["id"], self.modality, row["source"], text=row["text"], language=row["language"],
+                    entropy=row["entropy"], clip_score=row["clip_score"], redactions=row.get("redactions"),
+                )
+                for row in part.to_pylist()
+            ]
+            if self.earlier:
+                self._match_exact(records)
+                if self.near:
+                    self.near.match_earlier(records)
+            yield from records
+
+    @contextlib.contextmanager
+    def deduplicating(self, batch: str) -> Iterator[None]:
+        """Deduplicate one batch inside this block; its key files appear whole when the block ends
+        without an error."""
+        try:
+            with atomic_path(self.keys_path(batch)) as tmp, self.near.writing(batch) if self.near else contextlib.nullcontext():
+                yield
+                corpus_index.save(tmp, self.kept.take())
+        finally:
+            for f in (self.content, self.ids):
+                if f is not None:
+                    f.first = {}
+        self.earlier.append(batch)
+
+    def _match_exact(self, records: list[Record]) -> None:
+        """Seed the exact filters with the keys of these records that earlier batches kept, and the
+        source of the record that kept each: it comes first, whatever this batch holds."""
+        kinds = [(self.ids, [r.id for r in records], [id_digest(r.id) for r in records])]
+        if self.content:
+            digests = [content_key(r) for r in records]
+            kinds.insert(0, (self.content, digests, digests))
+        keys = [(f, k) for f, ks, _ in kinds for k in ks]
+        queries = words([d for _, _, ds in kinds for d in ds])
+        first: dict[int, tuple[int, int]] = {}  # query -> (earlier batch, kept row)
+        for b, name in enumerate(self.earlier):
+            for q, row in zip(*(a.tolist() for a in corpus_index.find(self.keys_path(name), queries, self.reads))):
+                first.setdefault(q, (b, row))
+        for b in sorted({b for b, _ in first.values()}):
+            qs = [q for q, (qb, _) in first.items() if qb == b]
+            corpus = self.corpus_dir / self.earlier[b] / records_file(self.modality)
+            for q, source in zip(qs, corpus_index.sources(corpus, np.array([first[q][1] for q in qs]), self.reads)):
+                f, key = keys[q]
+                f.first.setdefault(key, source)
 
 
-def _cleaned_records(path: Path, modality: str, chunk_size: int) -> Iterator[Record]:
-    for part in pq.ParquetFile(path).iter_batches(batch_size=chunk_size):
-        for row in part.to_pylist():
-            yield Record(
-                row["id"], modality, row["source"], text=row["text"], language=row["language"],
-                entropy=row["entropy"], clip_score=row["clip_score"], redactions=row.get("redactions"),
-            )
+WINDOW_ROWS = 65_536
+WINDOW_TEXT_BYTES = 32 << 20
+"""A window of a batch being deduplicated (`_Dedup.records`): each costs one pass over the earlier
+batches' key files, and holds its records and their signatures in memory."""
+
+
+def _windows(path: Path, chunk_size: int, rows: int, text_bytes: int) -> Iterator[pa.Table]:
+    """A cleaned records file in windows of `rows` records or `text_bytes` of text, whichever comes first."""
+    parts, n, size = [], 0, 0
+    for part in pq.ParquetFile(path).iter_batches(batch_size=min(chunk_size, rows)):
+        parts.append(part)
+        n, size = n + part.num_rows, size + part.column("text").nbytes
+        if n >= rows or size >= text_bytes:
+            yield pa.Table.from_batches(parts)
+            parts, n, size = [], 0, 0
+    if parts:
+        yield pa.Table.from_batches(parts)
 
 
 def build_corpus(
@@ -380,25 +476,25 @@ def build_corpus(
             report.removed_batches.append(old)
     batch_manifests = {n: _read_json(batches_dir / n / BATCH_MANIFEST) for n in names}
     for modality in MODALITIES:
-        dedup = _Dedup(modality, corpus_dir, near_dup, sum(batch_manifests[n]["modalities"][modality]["kept"] for n in names))
+        dedup = _Dedup(modality, corpus_dir, near_dup)
+        report.reads[modality] = dedup.reads
         previous = ""
         for name in names:
             cleaned = batch_manifests[name]["modalities"][modality]
-            key = key_of(LOGIC_VERSION, modality, cleaned["key"], previous, *dedup.settings)
+            key = key_of(LOGIC_VERSION, CORPUS_VERSION, modality, cleaned["key"], previous, *dedup.settings)
             previous = key
             manifest_path = corpus_dir / name / BATCH_MANIFEST
             manifest = _read_json(manifest_path)
             entry = manifest.get("modalities", {}).get(modality)
             if entry and entry["key"] == key and dedup.cached(name):
                 report.results.append(ModalityResult(name, modality, key, entry["kept"], entry["duplicates"], entry["duplicate_reasons"], 0.0, cached=True))
-                dedup.unloaded.append(name)
+                dedup.add(name)
                 continue
-            dedup.load_cached()
             log(f"deduplicating {name}/{modality}")
             start = time.perf_counter()
             with dedup.deduplicating(name):
                 writer, dup_writer, reasons = _write_filtered(
-                    _cleaned_records(batches_dir / name / records_file(modality), modality, chunk_size), dedup.filters, chunk_size,
+                    dedup.records(batches_dir / name / records_file(modality), chunk_size), dedup.filters, chunk_size,
                     corpus_dir / name / records_file(modality), rejected_dir / name / duplicates_file(modality),
                 )
             kept, dups = writer.rows, dup_writer.rows

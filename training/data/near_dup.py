@@ -20,15 +20,17 @@ with the first kept record's source and the estimate in the detail.
   its signatures are out of rensa (it hands them out only as Python lists) and datasketch 750; as
   accurate as rensa (RMS error 0.031 against 0.030).
 - Index: a signature in `bands` bands, each band (with two values or more) hashed to a 64-bit key,
-  and the whole signature as one more; one open-addressing table holds a 32-bit fingerprint of
-  each key and its record's row number, no strings. A record sharing a key with a kept record is
-  a candidate; it is rejected only when the estimated Jaccard of the two signatures reaches the
-  threshold.
-- Persistence: the signatures of a batch's kept records, row for row with its corpus Parquet, are
-  written as they are decided to `<corpus_dir>/<batch>/_<modality>.minhash.npy` (atomically). When a
-  later batch is deduplicated, the index is rebuilt from those files (band keys only; nothing is
-  hashed again). Signatures are read back only for candidates, so memory holds the index, not the
-  signatures: two 8-byte slots per key, bands + 1 keys per kept record: 270 MB per million (16 bands).
+  and the whole signature as one more. A record sharing a key with a kept record is a candidate; it
+  is rejected only when the estimated Jaccard of the two signatures reaches the threshold.
+- Persistence, per batch, beside its corpus Parquet and row for row with it (the leading underscore
+  keeps them out of Parquet dataset discovery; each written atomically with the batch):
+  `_<modality>.minhash.npy`, the kept records' signatures, appended as they are decided;
+  `_<modality>.bands.npy`, their LSH keys (full 64 bits) with their rows, sorted
+  (`training/data/corpus_index.py`), written when the batch ends. A new batch is matched against
+  the earlier ones through their key files, read in blocks with its own keys sorted, one pass per
+  window of its records; only the candidates' signatures are read back (a memory map, few pages).
+  Nothing of an earlier batch is hashed again or held in memory: memory holds the batch being
+  deduplicated (its kept keys in sorted runs) and a block.
 """
 
 from __future__ import annotations
@@ -43,13 +45,14 @@ from typing import BinaryIO
 import numba
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from training.config import NearDupConfig
+from training.data import corpus_index
+from training.data.corpus_index import Reads
 from training.data.filters.base import Filter, Verdict
 from training.data.records import Record, Reject
 from training.fsutil import atomic_path
-from training.layout import records_file, signatures_file
+from training.layout import band_keys_file, records_file, signatures_file
 
 SIGNATURE_VERSION = 3
 """Bump when words, shingles or signatures are computed differently: the corpus is deduplicated again."""
@@ -273,69 +276,6 @@ def bands(sigs: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
     return np.nonzero(valid)[0], keys[valid]
 
 
-class BandTable:
-    """LSH keys of kept records -> their row numbers: open addressing with linear probing in one
-    uint64 array, a slot holding the key's upper 32 bits and row + 1 (0: empty), 8 bytes. Two keys
-    equal in those 32 bits are taken for one; the Jaccard check after it decides (at a million
-    records, a few in a hundred records meet such a stranger once). A key may map to many rows."""
-
-    MAX_LOAD = 0.5  # an unsuccessful lookup (the usual one) probes 2.5 slots on average
-
-    def __init__(self, capacity: int = 0):
-        self.slots = np.zeros(self._size(capacity), np.uint64)
-        self.entries = 0
-
-    @staticmethod
-    def _size(entries: int) -> int:
-        return max(1024, int(entries / BandTable.MAX_LOAD) + 1)
-
-    def insert(self, keys: np.ndarray, rows: np.ndarray) -> None:
-        if len(rows) and rows.max() >= 0xFFFFFFFF - 1:
-            raise OverflowError("the near-duplicate index numbers at most 2^32 - 2 kept records")
-        if self.entries + len(keys) > self.MAX_LOAD * len(self.slots):
-            old = self.slots[self.slots != 0]
-            self.slots = np.zeros(self._size(2 * (self.entries + len(keys))), np.uint64)
-            self._place(old)
-        self._place((keys >> np.uint64(32)) << np.uint64(32) | (rows.astype(np.uint64) + np.uint64(1)))
-        self.entries += len(keys)
-
-    def _home(self, fingerprints: np.ndarray) -> np.ndarray:
-        """A fingerprint's first slot: fingerprint * size / 2^32, any table size."""
-        return (fingerprints * np.uint64(len(self.slots))) >> np.uint64(32)
-
-    def _next(self, slot: np.ndarray) -> np.ndarray:
-        slot += np.uint64(1)
-        slot[slot == len(self.slots)] = 0
-        return slot
-
-    def _place(self, entries: np.ndarray) -> None:
-        slot = self._home(entries >> np.uint64(32))
-        while len(entries):
-            # Every entry whose slot is free writes itself there; of several, one lands, the others
-            # (and those that found the slot taken) probe the next slot. Lookups scan a key's whole
-            # run, so which one lands does not change what is found.
-            free = np.flatnonzero(self.slots[slot] == 0)
-            self.slots[slot[free]] = entries[free]
-            placed = np.zeros(len(entries), bool)
-            placed[free] = self.slots[slot[free]] == entries[free]
-            entries, slot = entries[~placed], self._next(slot[~placed])
-
-    def lookup(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(index into keys, row) of every entry whose key matches."""
-        fp = keys >> np.uint64(32)
-        which = np.arange(len(keys))
-        slot = self._home(fp)
-        hits_q, hits_r = [], []
-        while len(which):
-            found = self.slots[slot]
-            match = ((found >> np.uint64(32)) == fp) & (found != 0)
-            hits_q.append(which[match])
-            hits_r.append((found[match] & np.uint64(0xFFFFFFFF)).astype(np.int64) - 1)
-            going = found != 0
-            which, fp, slot = which[going], fp[going], self._next(slot[going])
-        return np.concatenate(hits_q), np.concatenate(hits_r)
-
-
 def _write_header(f: BinaryIO, rows: int, perms: int) -> int:
     """Write the .npy header at the file's start; returns its length. numpy leaves room in the
     header for the row count to grow, so it is rewritten in place once the rows are known."""
@@ -353,16 +293,17 @@ def _read_header(f: BinaryIO) -> tuple[tuple[int, int], int]:
 
 
 class _Segment:
-    """The signatures of one batch's kept records: their file (rows from `offset`), the row number
-    of the first, and their sources, read from the corpus Parquet when a match first needs one."""
+    """One batch's kept records in the index: their signature file (rows from `offset`), their LSH
+    key file and corpus Parquet, and the row number of the first. The batch being written keeps its
+    kept records' sources in memory; an earlier one's are read from its Parquet when one is needed."""
 
-    def __init__(self, path: Path, offset: int, start: int, rows: int, corpus: Path):
-        self.path, self.offset, self.start, self.rows, self.corpus = path, offset, start, rows, corpus
-        self.sources: list[pa.Array] = []
+    def __init__(self, path: Path, offset: int, start: int, rows: int, keys: Path, corpus: Path):
+        self.path, self.offset, self.start, self.rows, self.keys, self.corpus = path, offset, start, rows, keys, corpus
+        self.sources: list[pa.Array] | None = None
 
-    def source(self, local: int) -> str:
-        if not self.sources:
-            self.sources = [pq.read_table(self.corpus, columns=["source"])["source"].combine_chunks()]
+    def source(self, local: int, reads: Reads) -> str:
+        if self.sources is None:
+            return corpus_index.sources(self.corpus, np.array([local]), reads)[0]
         for arr in self.sources:
             if local < len(arr):
                 return arr[local].as_py()
@@ -377,18 +318,25 @@ class _Segment:
 class NearDuplicates(Filter):
     """Rejects a record whose estimated Jaccard with an earlier kept record reaches the threshold.
 
-    The last filter of a modality's chain in `build_corpus`: what it keeps is what the corpus keeps,
-    row for row with the signature file. Batches come in batch order: `load` for a cached batch (its
-    persisted signatures into the index), `writing` around a batch being deduplicated."""
+    The last filter of a modality's chain in `build_corpus` before the keys are recorded: what it
+    keeps is what the corpus keeps, row for row with the signature file. Batches come in batch order:
+    `add` for a cached batch (its files join the index; nothing is read but a header), then for a
+    batch to deduplicate `match_earlier` over its records (their matches among the earlier batches,
+    by the key files) and `writing` around the chain."""
 
     name = "near_dup"
 
-    def __init__(self, cfg: NearDupConfig, modality: str, corpus_dir: Path, capacity: int = 0):
-        """`capacity`: the kept records to expect in all, to size the index once (it grows if need be)."""
+    def __init__(self, cfg: NearDupConfig, modality: str, corpus_dir: Path, reads: Reads | None = None):
         self.cfg, self.modality, self.corpus_dir = cfg, modality, corpus_dir
-        self.table = BandTable(capacity * (cfg.bands + 1))
+        self.reads = reads or Reads()
         self.segments: list[_Segment] = []
         self.rows = 0
+        self.runs = corpus_index.Runs(2)
+        """LSH keys and rows of the records kept so far in the batch being written."""
+        self.earlier: dict[str, tuple[int, float]] = {}
+        """Source -> its best match among the earlier batches (row, estimate), from `match_earlier`."""
+        self.window: tuple[dict[str, int], np.ndarray] = ({}, np.zeros((0, cfg.permutations), np.uint32))
+        """The signatures of the window `match_earlier` saw, and its records' rows in them by source."""
         self._file: BinaryIO | None = None
 
     @property
@@ -400,73 +348,100 @@ class NearDuplicates(Filter):
         # Beside the batch's corpus Parquet; the leading underscore keeps it out of Parquet dataset discovery.
         return self.corpus_dir / batch / signatures_file(self.modality)
 
+    def keys_path(self, batch: str) -> Path:
+        return self.corpus_dir / batch / band_keys_file(self.modality)
+
     def _corpus(self, batch: str) -> Path:
         return self.corpus_dir / batch / records_file(self.modality)
 
-    def load(self, batch: str, chunk_rows: int = 65_536) -> None:
-        """Index a cached batch's persisted signatures (their band keys; nothing is hashed)."""
+    def add(self, batch: str) -> None:
+        """A cached batch joins the index: its files, as they are (its signature file's header read)."""
         path = self.path(batch)
         with open(path, "rb") as f:
             (rows, perms), offset = _read_header(f)
-            if perms != self.cfg.permutations:
-                raise ValueError(f"{path} has {perms} permutations, the config {self.cfg.permutations}")
-            # Read in chunks, not mapped: pages of a mapping read through would count as resident.
-            for lo in range(0, rows, chunk_rows):
-                n = min(chunk_rows, rows - lo)
-                rec, keys = bands(np.frombuffer(f.read(n * perms * 4), np.uint32).reshape(n, perms), self.cfg.bands)
-                self.table.insert(keys, rec + self.rows + lo)
-        self.segments.append(_Segment(path, offset, self.rows, rows, self._corpus(batch)))
+        if perms != self.cfg.permutations:
+            raise ValueError(f"{path} has {perms} permutations, the config {self.cfg.permutations}")
+        self.segments.append(_Segment(path, offset, self.rows, rows, self.keys_path(batch), self._corpus(batch)))
         self.rows += rows
+
+    def match_earlier(self, records: Sequence[Record]) -> None:
+        """Before a window of the batch being deduplicated goes down the chain: each record's best
+        match among the earlier batches' kept records, found through their sorted LSH key files (one
+        pass over each), kept by source for `__call__` with the window's signatures."""
+        sigs = signatures([r.text or "" for r in records], self.cfg)
+        self.window = {r.source: i for i, r in enumerate(records)}, sigs
+        rec, keys = bands(sigs, self.cfg.bands)
+        earlier = [s for s in self.segments if s.sources is None]  # not the batch being written
+        found = [corpus_index.find(s.keys, keys[:, None], self.reads) for s in earlier]
+        q = np.concatenate([np.zeros(0, np.int64)] + [q for q, _ in found])
+        rows = np.concatenate([np.zeros(0, np.int64)] + [r + s.start for s, (_, r) in zip(earlier, found)])
+        self.earlier = {}
+        for i, row, e in self._scored(sigs, rec[q], rows):
+            self.earlier.setdefault(records[i].source, (row, e))
 
     @contextlib.contextmanager
     def writing(self, batch: str) -> Iterator[None]:
         """Deduplicate one batch inside this block: the signatures of the records it keeps go to the
-        batch's file, which appears whole when the block ends without an error."""
+        batch's file as they are kept, their LSH keys (sorted, with their rows) to its key file at
+        the end; both appear whole when the block ends without an error."""
         path = self.path(batch)
-        with atomic_path(path) as tmp:
+        with atomic_path(path) as tmp, atomic_path(self.keys_path(batch)) as keys_tmp:
             with open(tmp, "w+b") as f:
-                segment = _Segment(tmp, _write_header(f, 0, self.cfg.permutations), self.rows, 0, self._corpus(batch))
+                segment = _Segment(tmp, _write_header(f, 0, self.cfg.permutations), self.rows, 0, self.keys_path(batch), self._corpus(batch))
+                segment.sources = []
                 self.segments.append(segment)
                 self._file = f
                 try:  # after an error the index holds rows that are in no file: build_corpus stops
                     yield
                     if _write_header(f, segment.rows, self.cfg.permutations) != segment.offset:
                         raise RuntimeError(f"{path}: the header changed length")
+                    keys = self.runs.table()
+                    keys[:, 1] -= np.uint64(segment.start)
+                    corpus_index.save(keys_tmp, keys)
                 finally:
                     self._file = None
-        segment.path, segment.sources = path, []  # sources come back from the corpus Parquet if needed
+                    self.runs, self.earlier, self.window = corpus_index.Runs(2), {}, ({}, self.window[1][:0])
+        segment.path, segment.sources = path, None  # sources come back from the corpus Parquet if needed
 
     def __call__(self, records: Sequence[Record]) -> list[Verdict]:
         if self._file is None:
             raise RuntimeError("NearDuplicates deduplicates a batch only inside writing(batch)")
         if not records:
             return []
-        sigs = signatures([r.text or "" for r in records], self.cfg)
+        at, window = self.window
+        rows = [at.get(r.source) for r in records]
+        sigs = window[rows] if None not in rows else signatures([r.text or "" for r in records], self.cfg)
         rec, keys = bands(sigs, self.cfg.bands)
         verdicts: list[Verdict] = [None] * len(records)
-        for i, (row, score) in self._matches(sigs, rec, keys).items():
+        for i, (row, score) in self._matches(records, sigs, rec, keys).items():
             source = records[-1 - row].source if row < 0 else self._source(row)
             verdicts[i] = Reject("near_duplicate", f"first kept at {source}, estimated Jaccard {score:.2f}")
         self._keep(records, sigs, rec, keys, np.array([v is None for v in verdicts]))
         return verdicts
 
-    def _matches(self, sigs: np.ndarray, rec: np.ndarray, keys: np.ndarray) -> dict[int, tuple[int, float]]:
+    def _scored(self, sigs: np.ndarray, rec: np.ndarray, rows: np.ndarray) -> list[tuple[int, int, float]]:
+        """(record, kept row, estimate) of the candidate pairs whose estimate reaches the threshold:
+        by record, the best estimate first, of equals the earliest row."""
+        if not len(rec):
+            return []
+        pairs = np.unique(np.stack((rec, rows), axis=1), axis=0)
+        score = estimate(sigs[pairs[:, 0]], self._signatures(pairs[:, 1]))
+        ok = score >= self.cfg.threshold - 1e-9
+        return sorted(zip(pairs[ok, 0].tolist(), pairs[ok, 1].tolist(), score[ok].tolist()), key=lambda t: (t[0], -t[2], t[1]))
+
+    def _matches(self, records: Sequence[Record], sigs: np.ndarray, rec: np.ndarray, keys: np.ndarray) -> dict[int, tuple[int, float]]:
         """Record -> (its match: a kept record's row, or -1 - its index in this chunk; the estimated
         Jaccard), the best estimate, of equals the earliest record."""
-        need = self.cfg.threshold - 1e-9
         out: dict[int, tuple[int, float]] = {}
-        # Kept records of earlier chunks and batches.
-        q, rows = self.table.lookup(keys)
-        if len(q):
-            pairs = np.unique(np.stack((rec[q], rows), axis=1), axis=0)
-            score = estimate(sigs[pairs[:, 0]], self._signatures(pairs[:, 1]))
-            ok = score >= need
-            for i, row, e in sorted(zip(pairs[ok, 0].tolist(), pairs[ok, 1].tolist(), score[ok].tolist()), key=lambda t: (t[0], -t[2], t[1])):
-                out.setdefault(i, (row, e))
+        # Kept records of earlier batches (found by `match_earlier`) and of earlier chunks of this one.
+        q, rows = self.runs.find(keys[:, None])
+        found = self._scored(sigs, rec[q], rows) + [(i, *self.earlier[r.source]) for i, r in enumerate(records) if r.source in self.earlier]
+        for i, row, e in sorted(found, key=lambda t: (t[0], -t[2], t[1])):
+            out.setdefault(i, (row, e))
         # Earlier records of this chunk, in order: only a kept one counts.
         later, earlier = _same_key_pairs(rec, keys)
         score = estimate(sigs[later], sigs[earlier])
-        ok = score >= need
+        ok = score >= self.cfg.threshold - 1e-9
         partners: dict[int, list[tuple[float, int]]] = {}
         for i, j, e in zip(later[ok].tolist(), earlier[ok].tolist(), score[ok].tolist()):
             partners.setdefault(i, []).append((e, -j))  # the best estimate, then the earliest
@@ -478,13 +453,13 @@ class NearDuplicates(Filter):
         return out
 
     def _keep(self, records: Sequence[Record], sigs: np.ndarray, rec: np.ndarray, keys: np.ndarray, kept: np.ndarray) -> None:
-        """Append the kept records' signatures to the batch's file and their band keys to the index."""
+        """Append the kept records' signatures to the batch's file and their LSH keys to the batch's runs."""
         segment = self.segments[-1]
         idx = np.flatnonzero(kept)
         sigs[idx].tofile(self._file)
-        segment.sources.append(pa.array([records[i].source for i in idx], pa.string()))
+        segment.sources.append(pa.array([records[i].source for i in idx], pa.string()))  # type: ignore[union-attr]
         indexed = kept[rec]
-        self.table.insert(keys[indexed], self.rows + np.cumsum(kept)[rec[indexed]] - 1)
+        self.runs.add(np.stack((keys[indexed], (self.rows + np.cumsum(kept)[rec[indexed]] - 1).astype(np.uint64)), axis=1))
         segment.rows += len(idx)
         self.rows += len(idx)
 
@@ -497,11 +472,13 @@ class NearDuplicates(Filter):
         for i in np.unique(which):
             seg, pick = self.segments[i], np.flatnonzero(which == i)
             out[pick] = seg.signatures(rows[pick] - seg.start, self.cfg.permutations)
+            if seg.sources is None:
+                self.reads.signatures += len(pick)
         return out
 
     def _source(self, row: int) -> str:
         seg = self.segments[int(np.searchsorted([s.start for s in self.segments], row, side="right")) - 1]
-        return seg.source(row - seg.start)
+        return seg.source(row - seg.start, self.reads)
 
 
 def _same_key_pairs(rec: np.ndarray, keys: np.ndarray, cap: int = 16) -> tuple[np.ndarray, np.ndarray]:
