@@ -157,6 +157,11 @@ def cleaned_corpus(context: dg.AssetExecutionContext, kiln: Kiln) -> dg.Material
             "near_duplicates": sum(r.reasons.get("near_duplicate", 0) for r in report.results),
             "deduplicated": dg.MetadataValue.json(fresh),
             "cached": len(report.results) - len(fresh),
+            # New batches are checked against the earlier ones' key files, never their text.
+            "earlier_batches_read": dg.MetadataValue.json(
+                {m: {"key_files": r.key_files, "key_mb": round(r.key_bytes / 2**20, 2), "signatures": r.signatures, "sources": r.sources} for m, r in report.reads.items()}
+            ),
+            "earlier_text_records_read": sum(r.text_records for r in report.reads.values()),
             "removed_batches": dg.MetadataValue.json(sorted(set(report.removed_batches) | set(swept))),
             "pending_batches": dg.MetadataValue.json(pending),
             "unusable_batches": dg.MetadataValue.json(unusable_batches(kiln.landing)),

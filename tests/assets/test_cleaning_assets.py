@@ -81,6 +81,9 @@ def test_cleaning_metadata_counts_by_reason(run):
         assert reason in reasons[modality], (source, reason)
     corpus = _metadata(results["cleaned_corpus"], "cleaned_corpus")
     assert corpus["batches"] == ["batch-0001", "batch-0002"] and corpus["cached"] == 0 and corpus["duplicates"] > 0
+    # batch-0002 was checked against batch-0001's key files (exact keys; band keys for text and code), not its text.
+    assert {m: r["key_files"] for m, r in corpus["earlier_batches_read"].items()} == {"text": 2, "code": 2, "image_text": 1}
+    assert corpus["earlier_text_records_read"] == 0
 
 
 def test_rematerializing_an_unchanged_landing_zone_is_a_no_op(run):

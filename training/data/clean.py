@@ -105,6 +105,8 @@ class CleaningReport:
     unrecognized_files: list[str] = field(default_factory=list)
     deduplicated: list[tuple[str, str]] = field(default_factory=list)
     """(batch, modality) pairs whose duplicates were judged again (not cached in the corpus)."""
+    reads: dict[str, Reads] = field(default_factory=dict)
+    """`CorpusReport.reads`: what the corpus step read of earlier batches."""
 
     def by_modality(self) -> dict[str, dict]:
         """Kept and rejected counts by reason for each modality, over all batches."""
@@ -540,7 +542,7 @@ def clean_landing(
     for batch in batches:
         report.results += clean_batch(batch, batches_dir, rejected_dir, cfg, clip, log)
     corpus = build_corpus(batches_dir, names, corpus_dir, rejected_dir, cfg.chunk_size, log, cfg.near_dup)
-    report.removed_batches = corpus.removed_batches
+    report.removed_batches, report.reads = corpus.removed_batches, corpus.reads
     report.deduplicated = [(r.batch, r.modality) for r in corpus.results if not r.cached]
     # Kept after deduplication; rejected by the batch's filters and as duplicates.
     dedup = {(r.batch, r.modality): r for r in corpus.results}
