@@ -50,8 +50,10 @@ class Scale:
     training_steps: int
     clip_vit_b32: bool
     """CLIP at ViT-B/32 size (the issue's yardstick), or kiln's own small CLIP's size."""
-    incremental_records: int = 5_000
-    """Text records in each of the 20 batches of the incremental measurement (one more lands)."""
+    incremental_records: tuple[int, ...] = (5_000, 50_000)
+    """Text records in each of the 20 batches of the incremental landing zones (100K and 1M records)."""
+    incremental_new: int = 5_000
+    """Text records of the batch that lands in each incremental zone."""
     near_dup_docs: int = 2_000
     """Base documents of the near-duplicate quality set (each with 4 light edits and 2 distinct
     documents on its topic); the cost is measured on the whole text corpus."""
@@ -59,7 +61,7 @@ class Scale:
 
 SCALES = {
     "full": Scale(1_000_000, 50_000, 20_000, 100_000, 5_000, 1_024, 128, (2_000, 20_000), 1_000, 50, 20, True),
-    "smoke": Scale(300, 20, 100, 100, 20, 8, 8, (40, 80), 16, 0.1, 1, False, 20, near_dup_docs=20),
+    "smoke": Scale(300, 20, 100, 100, 20, 8, 8, (40, 80), 16, 0.1, 1, False, (10, 20), 10, near_dup_docs=20),
 }
 GPU_SCALE = {"clip_pairs": 8_192}
 
@@ -102,7 +104,7 @@ def run(sections: list[str], scale: Scale, repeats: int, work: Path) -> dict:
     if "incremental" in sections:
         from bench import incremental
 
-        row = incremental.incremental(work, 20, scale.incremental_records)
+        row = incremental.incremental(work, scale.incremental_records, scale.incremental_new, repeats)
         results["incremental"] = {**row, "markdown": incremental.markdown(row)}
     if "near_dup" in sections:
         from bench import near_dup
