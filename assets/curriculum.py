@@ -10,36 +10,37 @@ from assets.difficulty import difficulty_scores
 from assets.metadata import md_image, md_table
 from assets.resources import Kiln
 from assets.steps import key_metadata, lookup
-from assets.tokenizer import tokenizer
+from assets.tokens import tokenized_corpus
 from training.curriculum.batches import current_scores
-from training.curriculum.schedule import STEP, VERSION, build_curriculum, verify_stages
-from training.generate import encode_records
-from training.layout import CURRICULUM_JSON
+from training.curriculum.schedule import STEP, VERSION, build_curriculum, start_line, verify_stages
+from training.curriculum.tokens import current_shards
+from training.layout import CURRICULUM_JSON, TOKENIZER_JSON
+from training.retraining import retraining_pool
 
 
 @dg.asset(
     group_name="data",
-    deps=[difficulty_scores, tokenizer],
+    deps=[difficulty_scores, tokenized_corpus],
     kinds={"parquet"},
     description="Stage schedule over difficulty levels (default: the pendulum 1-2-3-4-5-4-3-2-1); each "
     "stage holds every training record up to its level, in a seeded order. Held-out records stay out, and "
     "so do training records sharing curriculum.ngram (13) words with one (contaminated.parquet). Reads "
-    "every batch's difficulty once all are up to date under one predictor; until then it fails, naming them.",
+    "every batch's difficulty once all are up to date under one predictor; until then it fails, naming them. "
+    "A stage is a selection of records' tokens in tokenized_corpus, not a copy of their text.",
 )
 def curriculum(context: dg.AssetExecutionContext, kiln: Kiln) -> dg.MaterializeResult:
     layout, out = kiln.layout, kiln.layout.curriculum
     scores, difficulty = current_scores(layout, kiln.config.difficulty)
     levels = len(kiln.config.difficulty.level_edges) + 1
-    key, summary = lookup(context, out, STEP, VERSION, (kiln.config.curriculum, levels, difficulty), [*scores, layout.cleaned_corpus, layout.tokenizer])
+    shards = current_shards(layout.cleaned_corpus, layout.tokenizer, layout.tokenized_corpus)
+    pool = retraining_pool(layout.cleaned_corpus, layout.releases, layout.tokenizer / TOKENIZER_JSON, kiln.config.operation.retraining)
+    # The shards' keys stand for the corpus's records and the tokenizer.
+    config = (kiln.config.curriculum, levels, difficulty, {b: s["key"] for b, s in shards.items()}, pool)
+    key, summary = lookup(context, out, STEP, VERSION, config, scores)
     was_reused = summary is not None
     if summary is None:
-        tok = AutoTokenizer.from_pretrained(layout.tokenizer)
-
-        def count_tokens(texts: list[str]) -> int:
-            return sum(len(ids) for ids in encode_records(tok, texts)) if texts else 0
-
         summary = build_curriculum(
-            scores, layout.cleaned_corpus, out, kiln.config.curriculum, count_tokens, key, difficulty, levels,
+            scores, layout.cleaned_corpus, layout.tokenized_corpus, out, kiln.config.curriculum, key, difficulty, levels, shards, pool,
         )
     decontamination = summary["decontamination"]
     picture = out / summary["levels_png"] if summary["levels_png"] else None
@@ -54,6 +55,7 @@ def curriculum(context: dg.AssetExecutionContext, kiln: Kiln) -> dg.MaterializeR
             "levels_by_batch": md_image(picture, "difficulty level by batch", "no records"),
             "levels_by_batch/counts": dg.MetadataValue.json(summary["levels_by_batch"]),
             "difficulty_predictor": summary["difficulty"]["predictor"],
+            "start": start_line(summary["start"]),
             "path": dg.MetadataValue.path(out),
             **key_metadata(key, was_reused),
         }
@@ -69,12 +71,13 @@ def levels_populated(kiln: Kiln) -> dg.AssetCheckResult:
 @dg.asset_check(
     asset=curriculum,
     blocking=True,
-    description="Re-read from the files: no stage record shares curriculum.ngram (13) consecutive words (a "
+    description="Re-read from what training reads (each stage record's tokens, decoded): no stage record shares curriculum.ngram (13) consecutive words (a "
     "shorter record: all its words) with a record of heldout.parquet, so held-out perplexity never measures "
     "memorisation.",
 )
 def stages_disjoint_from_heldout(kiln: Kiln) -> dg.AssetCheckResult:
-    result = verify_stages(kiln.layout.curriculum, kiln.config.curriculum.ngram)
+    tok = AutoTokenizer.from_pretrained(kiln.layout.tokenizer)
+    result = verify_stages(kiln.layout.curriculum, kiln.layout.tokenized_corpus, tok, kiln.config.curriculum.ngram)
     return dg.AssetCheckResult(
         passed=result["overlaps"] == 0,
         metadata={

@@ -14,6 +14,7 @@ from assets.kubernetes import run_stage_on_pods
 from assets.metadata import md_table
 from assets.steps import key_metadata
 from assets.tokenizer import tokenizer
+from assets.tokens import tokenized_corpus
 from assets.resources import Kiln
 from training.fsutil import write_json
 from training.layout import BASE_MODEL, CURRICULUM_JSON, LOSS_PNG, METRICS_JSONL, SPEC_JSON, STAGE_MODEL, pretrain_stage_name
@@ -68,7 +69,7 @@ def stage_metadata(summary: dict, out: Path, key: str, was_reused: bool) -> dict
 def pretrain_stage(stage: int, training: TrainingConfig, kubernetes: bool = False) -> dg.AssetsDefinition:
     """`kubernetes`: under the k8s_job_executor, where a multi-node stage runs as an indexed Job and
     its own step pod only follows it."""
-    deps = [curriculum, tokenizer] + ([pretrain_stage_name(stage - 1)] if stage > 1 else [])
+    deps = [curriculum, tokenized_corpus, tokenizer] + ([pretrain_stage_name(stage - 1)] if stage > 1 else [])
     job_of_pods = kubernetes and training.nodes > 1
 
     @dg.asset(

@@ -29,7 +29,7 @@ from training.curriculum.batches import due_batches
 from training.data.clean import remove_batch
 from training.data.landing import count_records, ready_batches, unusable_batches
 from training.fsutil import fingerprint
-from training.retraining import new_since_release, retrain_reason
+from training.retraining import new_since_release, retrain_reason, start_tag
 
 RETRAINING = "retraining"
 """The job that trains from the cleaned corpus to a release."""
@@ -217,7 +217,8 @@ def retraining_sensor(kiln: Kiln, status: dg.DefaultSensorStatus) -> dg.SensorDe
         if reason is None:
             return dg.SkipReason(f"{new['bytes']:,} new kept bytes since {new['release'] or 'the start'}; policy: {policy.min_new_kept_bytes}")
         # One retraining per corpus state: a failed one (a gate, say) is not retried until new data lands.
-        return dg.RunRequest(run_key=f"corpus:{new['state']}", tags={"kiln/reason": reason, "kiln/trigger": "policy"})
+        tags = {"kiln/reason": reason, "kiln/trigger": "policy", "kiln/start": start_tag(policy, new["release"])}
+        return dg.RunRequest(run_key=f"corpus:{new['state']}", tags=tags)
 
     return _sensor
 
@@ -239,7 +240,8 @@ def weekly_retraining(kiln: Kiln, status: dg.DefaultSensorStatus) -> dg.Schedule
             return dg.SkipReason("a retraining is queued or running; never more than one")
         if waiting := _waiting_for_difficulty(kiln):
             return dg.SkipReason(waiting)
-        return dg.RunRequest(tags={"kiln/reason": f"schedule {policy.cron} ({policy.timezone})", "kiln/trigger": "schedule"})
+        start = start_tag(policy, new_since_release(kiln.layout.cleaned_corpus, kiln.layout.releases)["release"])
+        return dg.RunRequest(tags={"kiln/reason": f"schedule {policy.cron} ({policy.timezone})", "kiln/trigger": "schedule", "kiln/start": start})
 
     return _schedule
 

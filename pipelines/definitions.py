@@ -13,7 +13,7 @@ import os
 import dagster as dg
 import torch
 
-from assets import cleaning, curriculum, difficulty, evaluation, gguf, pretraining, release, tokenizer
+from assets import cleaning, curriculum, difficulty, evaluation, gguf, pretraining, release, tokenizer, tokens
 from pipelines.automation import (
     automation_status,
     cleaning_job,
@@ -34,7 +34,7 @@ from training.pretrain.launch import check_launch, planned_gpus
 reap_on_load()
 
 # Modules whose assets do not depend on the preset; the pretraining stages are built per schedule.
-MODULES = [cleaning, difficulty, tokenizer, curriculum, evaluation, gguf, release]
+MODULES = [cleaning, difficulty, tokenizer, tokens, curriculum, evaluation, gguf, release]
 
 
 def executor(name: str) -> dg.ExecutorDefinition:

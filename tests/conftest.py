@@ -68,11 +68,11 @@ def cleaned(default_landing, tmp_path_factory):
 @pytest.fixture(scope="session")
 def downstream(cleaned):
     """The shared run, second part: each batch's difficulty_scores (a run per batch, as the difficulty
-    sensor requests them), then tokenizer and curriculum: (data dir, the last run's result, {batch:
+    sensor requests them), then tokenizer, tokenized_corpus and curriculum: (data dir, the last run's result, {batch:
     its difficulty run's result})."""
     data, _, results, pipeline = cleaned
     difficulty = {b: pipeline.materialize("difficulty_scores", b) for b in sorted(results["batches"])}
-    return data, pipeline.materialize("tokenizer curriculum"), difficulty
+    return data, pipeline.materialize("tokenizer tokenized_corpus curriculum"), difficulty
 
 
 @pytest.fixture(scope="session")

@@ -94,3 +94,15 @@ def corpus_part(layout, batch: str, texts: list[str]) -> None:
         folder / "text.parquet",
     )
     (folder / "_manifest.json").write_text(json.dumps({"content_sha256": {"text": hashlib.sha256("\0".join(texts).encode()).hexdigest()}}))
+
+
+def token_shards(corpus: Path, root: Path, vocab_size: int = 300) -> tuple[Path, object]:
+    """A small tokenizer trained on `corpus`'s texts, and the corpus's token shards: (shards folder, tokenizer)."""
+    from training.config import TokenizerConfig
+    from training.curriculum.tokenizer import train_tokenizer
+    from training.curriculum.tokens import encode_corpus
+
+    texts = ds.dataset(corpus, format="parquet").to_table(columns=["text"])["text"].to_pylist()
+    tok = train_tokenizer(texts, TokenizerConfig(vocab_size=vocab_size), root / "tokenizer")
+    encode_corpus(corpus, root / "tokenizer", root / "tokenized_corpus")
+    return root / "tokenized_corpus", tok

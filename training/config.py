@@ -319,13 +319,17 @@ class TokenizerConfig:
     """The source documents' vocabulary; presets for small corpora use far fewer."""
     min_frequency: int = 2
     """A merge must occur at least twice, so one-off strings do not take vocabulary slots."""
-    sample_bytes: int = 512 * 1024 * 1024
-    """UTF-8 bytes of training text the BPE is fitted on, at most (within sampling noise). Past a few
-    hundred MB the merges of a 65,536 vocabulary barely change, while the fit costs about 8 MB/s on 2 cores
-    (so 512 MB is about a minute) and a retrain would otherwise grow with the corpus. The sample is a
-    deterministic function of each record's (modality, id) and of the training split's size, streamed
-    from the corpus (`training/curriculum/tokenizer.py`); a corpus whose training split fits is used
-    whole, in corpus order."""
+    sample_bytes: int = 128 * 1024 * 1024
+    """UTF-8 bytes of training text the BPE is fitted on, at most (within sampling noise): the fit costs
+    about 1.3 MB/s on 2 cores on text with a crawl's long tail of rare words (its merges, on many
+    distinct words, dominate; 7.8 MB/s on text of few distinct words) and its memory grows with the
+    distinct words sampled, so the whole corpus would make every retrain slower and larger as batches
+    land. 128 MB fits in about 1.5 minutes and under 1 GB resident on 2 cores whatever the corpus size
+    (bench/tokenizer_scale.py), and is plenty for the frequent merges a vocabulary is made of; the rarest
+    merges of a 65,536 vocabulary are the ones a larger sample would change. The sample is a deterministic
+    function of each record's (modality, id) and of the training split's size, streamed from the corpus
+    (`training/curriculum/tokenizer.py`); a training split that fits (the demo's 3 MB) is used whole, in
+    corpus order, as before there was a bound."""
     source: TokenizerSource = "train"
     """Where the tokenizer comes from:
     - "train": fitted on the sample of the cleaned corpus above.
@@ -548,6 +552,9 @@ class GgufConfig:
         return self.tolerance if file_type == "f32" else self.q8_0_tolerance
 
 
+RetrainingStart = Literal["scratch", "release"]
+
+
 @dataclass(frozen=True)
 class RetrainingPolicy:
     """When kiln retrains: arrivals are cleaned at once, training follows this policy. Never more than
@@ -563,6 +570,22 @@ class RetrainingPolicy:
     is up to date (with DifficultyConfig.predictor "release", a rescoring round by the latest release
     comes first, so a retrain without new data still moves). None: off."""
     timezone: str = "UTC"
+    start_from: RetrainingStart = "scratch"
+    """Where a retraining starts. "scratch": a tokenizer trained on the corpus, every stage from random
+    weights over the whole training split: the cost grows with the corpus at every retrain (every
+    record, about five times over the pendulum), and the model is exactly reproducible from the corpus.
+    "release": the latest release's tokenizer and weights, stages over the records landed since it plus
+    `replay_share` of the earlier ones, with the same curriculum rule and the same gate: the cost
+    follows what landed, not what the corpus holds. Without a release it starts from scratch."""
+    replay_share: float = 0.1
+    """start_from "release": the share of earlier training records (a deterministic hash of each) the
+    stages mix in with the new ones, so the model keeps what it learnt from them."""
+
+    def __post_init__(self) -> None:
+        if self.start_from not in get_args(RetrainingStart):
+            raise ValueError(f"retraining.start_from must be one of {get_args(RetrainingStart)}, not {self.start_from!r}")
+        if not 0 <= self.replay_share <= 1:
+            raise ValueError(f"retraining.replay_share must be in [0, 1], not {self.replay_share}")
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ imported: every module may import this one.
         difficulty_scores/<batch>/ scores.parquet, _step.json (one landing batch's scores)
         difficulty_scores/        _predictor.json (predictor "release": the release scoring this round)
         tokenizer/                tokenizer.json and the rest of a Hugging Face tokenizer, _step.json
+        tokenized_corpus/<batch>/ tokens.bin, index.parquet, _step.json (the batch's records, encoded once)
         curriculum/               stage_NN.parquet, heldout.parquet, contaminated.parquet, curriculum.json,
                                   levels_by_batch.png, _step.json
         checkpoints/stage_NN/     spec.json, metrics.jsonl and the DeepSpeed checkpoints of stage NN
@@ -223,6 +224,10 @@ class Layout:
     @property
     def tokenizer(self) -> Path:
         return self.asset("tokenizer")
+
+    @property
+    def tokenized_corpus(self) -> Path:
+        return self.asset("tokenized_corpus")
 
     @property
     def curriculum(self) -> Path:

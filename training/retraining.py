@@ -8,8 +8,9 @@ from pathlib import Path
 
 from training.config import RetrainingPolicy
 from training.data.clean import lineage
-from training.fsutil import fingerprint
-from training.layout import LINEAGE_JSON, latest
+from training.curriculum.schedule import Pool
+from training.fsutil import fingerprint, sha256_file
+from training.layout import LINEAGE_JSON, TOKENIZER_JSON, latest
 
 
 def _key(row: dict) -> tuple:
@@ -29,6 +30,7 @@ def new_since_release(corpus_dir: Path, releases_dir: Path) -> dict:
         "release": release.name if release else None,
         "bytes": sum(r.get("kept_bytes", 0) for r in new),
         "batches": sorted({r["batch"] for r in new}),
+        "parts": sorted({(r["batch"], r["modality"]) for r in new}),
         "state": fingerprint([_key(r) for r in rows])[:16],
     }
 
@@ -42,3 +44,32 @@ def retrain_reason(policy: RetrainingPolicy, new: dict) -> str | None:
         f"{new['bytes']:,} new kept bytes since {since} (policy: {policy.min_new_kept_bytes:,}) "
         f"in {len(new['batches'])} batch(es): {', '.join(new['batches'][:5])}{' ...' if len(new['batches']) > 5 else ''}"
     )
+
+
+def start_tag(policy: RetrainingPolicy, release: str | None) -> str:
+    """Where a retraining under `policy` starts, with `release` the latest: its runs' `kiln/start` tag."""
+    if policy.start_from == "release":
+        return f"release {release}" if release else "scratch (no release yet)"
+    return "scratch"
+
+
+class NotTheReleaseTokenizer(RuntimeError):
+    """A retraining from a release must encode its records with that release's tokenizer."""
+
+
+def retraining_pool(corpus_dir: Path, releases_dir: Path, tokenizer_json: Path, policy: RetrainingPolicy) -> Pool | None:
+    """The stages' pool of a retraining under `policy`: None (every training record) from scratch or
+    before the first release; from the latest release, the corpus parts it was not trained on and a
+    replay share of the others, once the tokenizer is the release's own."""
+    if policy.start_from != "release":
+        return None
+    new = new_since_release(corpus_dir, releases_dir)
+    if new["release"] is None:
+        return None
+    released = releases_dir / new["release"] / TOKENIZER_JSON
+    if not tokenizer_json.is_file() or sha256_file(tokenizer_json) != sha256_file(released):
+        raise NotTheReleaseTokenizer(
+            f"retraining.start_from is \"release\" but {tokenizer_json} is not release {new['release']}'s tokenizer: "
+            "materialize tokenizer first (it copies the release's)"
+        )
+    return Pool(new["release"], tuple(map(tuple, new["parts"])), policy.replay_share)

@@ -82,12 +82,14 @@ def test_a_second_run_reuses_every_step_and_says_so(cleaned, downstream):
     a batch's difficulty run again scores nothing."""
     data, first, difficulty = downstream
     pipeline = cleaned[3]
-    folders = [data / s for s in STEPS] + [data / "difficulty_scores" / b for b in difficulty]
+    folders = [data / s for s in STEPS] + [data / d / b for d in ("difficulty_scores", "tokenized_corpus") for b in difficulty]
     stamp = lambda: {p: (p.stat().st_ino, p.stat().st_mtime_ns) for f in folders for p in f.iterdir()}  # noqa: E731
     before = stamp()
-    second = pipeline.materialize(" ".join(STEPS))
+    second = pipeline.materialize(" ".join(STEPS[:1] + ("tokenized_corpus",) + STEPS[1:]))
     again = {b: _meta(pipeline.materialize("difficulty_scores", b), "difficulty_scores") for b in difficulty}
     assert second.success and stamp() == before  # not one file written again
+    shards = _meta(second, "tokenized_corpus")
+    assert (shards["batches_encoded"], shards["batches_reused"]) == (0, len(difficulty)) and shards["records"] == _meta(first, "tokenized_corpus")["records"]
     messages = [e.user_message for e in pipeline.instance.all_logs(second.run_id)]
     for step in STEPS:
         fresh, rerun = _meta(first, step), _meta(second, step)

@@ -34,7 +34,7 @@ def test_one_asset_per_curriculum_stage_then_base_model(tmp_path):
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
     assert {f"pretrain_stage_{i}" for i in range(1, 10)} | {"base_model", "evaluation", "quantized_model", "gguf_model", "release"} <= keys
     parents = {k.to_user_string() for k in graph.get(dg.AssetKey("pretrain_stage_4")).parent_keys}
-    assert parents == {"pretrain_stage_3", "curriculum", "tokenizer"}
+    assert parents == {"pretrain_stage_3", "curriculum", "tokenized_corpus", "tokenizer"}
 
 
 def test_stages_train_through_pipes_and_report_their_numbers(lifecycle):

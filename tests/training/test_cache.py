@@ -181,6 +181,8 @@ def test_curriculum_record_beside_the_same_files(tmp_path):
     from training.config import CurriculumConfig
     from training.curriculum.schedule import build_curriculum
 
+    from tests.helpers import token_shards
+
     n = 60
     ids = [f"r{i}" for i in range(n)]
     pq.write_table(pa.table({"id": ids, "modality": ["text"] * n, "batch": ["b1"] * n, "split": ["heldout" if i % 10 == 0 else "train" for i in range(n)],
@@ -188,10 +190,9 @@ def test_curriculum_record_beside_the_same_files(tmp_path):
     (tmp_path / "corpus" / "b1").mkdir(parents=True)
     pq.write_table(pa.table({"id": ids, "modality": ["text"] * n, "text": [f"record {i} of the kiln corpus" for i in range(n)]}),
                    tmp_path / "corpus" / "b1" / "text.parquet")
-    count = lambda texts: sum(len(t.split()) for t in texts)  # noqa: E731
-    args = ([tmp_path / "scores.parquet"], tmp_path / "corpus")
-    plain = build_curriculum(*args, tmp_path / "plain", CurriculumConfig(), count)
-    keyed = build_curriculum(*args, tmp_path / "keyed", CurriculumConfig(), count, "k1")
+    args = ([tmp_path / "scores.parquet"], tmp_path / "corpus", token_shards(tmp_path / "corpus", tmp_path)[0])
+    plain = build_curriculum(*args, tmp_path / "plain", CurriculumConfig())
+    keyed = build_curriculum(*args, tmp_path / "keyed", CurriculumConfig(), "k1")
     files = lambda d: {p.name: p.read_bytes() for p in (tmp_path / d).iterdir() if p.name != STEP_JSON}  # noqa: E731
     assert files("keyed") == files("plain") and not (tmp_path / "plain" / STEP_JSON).exists()
     assert reused(tmp_path / "keyed", "k1") == keyed == plain

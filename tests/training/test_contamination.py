@@ -7,11 +7,14 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from transformers import AutoTokenizer
 
 from training.config import CurriculumConfig
 from training.curriculum.contamination import HeldoutIndex, find_overlaps, fingerprints, words
 from training.curriculum.schedule import build_curriculum, verify_stages
 from training.layout import CONTAMINATED, HELDOUT, stage_file
+
+from tests.helpers import token_shards
 
 # 20 distinct words, so a run of k words shared below is shared by exactly k words, never more.
 W = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa quebec romeo sierra tango".split()
@@ -35,7 +38,16 @@ def build(tmp_path: Path, train: dict[str, str], heldout: dict[str, str], levels
     pq.write_table(pa.table({"id": ids, "modality": modality, "batch": ["b1"] * len(ids), "split": split, "level": pa.array(level, pa.int8())}), tmp_path / "scores.parquet")
     (tmp_path / "corpus" / "b1").mkdir(parents=True)
     pq.write_table(pa.table({"id": ids, "modality": modality, "text": [t for _, t, _ in rows]}), tmp_path / "corpus" / "b1" / "all.parquet")
-    return build_curriculum([tmp_path / "scores.parquet"], tmp_path / "corpus", tmp_path / "cur", cfg, lambda t: len(t))
+    token_shards(tmp_path / "corpus", tmp_path)
+    return build_curriculum([tmp_path / "scores.parquet"], tmp_path / "corpus", tmp_path / "tokenized_corpus", tmp_path / "cur", cfg)
+
+
+def selecting(tokens: Path, stage: pa.Table, record_id: str, as_id: str) -> pa.Table:
+    """`stage` with one more row: the tokens of corpus record `record_id` under the id `as_id`."""
+    index = pq.read_table(tokens / "b1" / "index.parquet").to_pylist()
+    at = next(r for r in index if r["id"] == record_id)
+    row = {"id": as_id, "modality": at["modality"], "level": 1, "batch": "b1", "offset": at["offset"], "tokens": at["tokens"]}
+    return pa.concat_tables([stage, pa.Table.from_pylist([row], schema=stage.schema)])
 
 
 def staged_ids(cur: Path, summary: dict) -> set[str]:
@@ -128,17 +140,15 @@ def test_an_index_over_chunks_matches_a_plain_set_of_ngrams():
 
 def test_verify_stages_finds_a_tampered_stage(tmp_path):
     summary = build(tmp_path, {f"t{i}": f"{W[i]} {FILLER} record {i}" for i in range(6)}, {"h1": " ".join(W[:15])})
-    cur = tmp_path / "cur"
-    clean = verify_stages(cur, 13)
+    cur, tokens = tmp_path / "cur", tmp_path / "tokenized_corpus"
+    tok = AutoTokenizer.from_pretrained(tmp_path / "tokenizer")
+    clean = verify_stages(cur, tokens, tok, 13)
     assert clean["overlaps"] == 0 and clean["records_checked"] == 6 and clean["stage_files"] == len(summary["stages"])
-    stage = pq.read_table(cur / stage_file(3))
-    row = stage.slice(0, 1).to_pylist()[0]
-    # Same key as a clean record, new text holding 13 held-out words: each distinct text is checked.
-    tampered = pa.concat_tables([stage, pa.Table.from_pylist([row | {"text": "see: " + " ".join(W[1:14])}], schema=stage.schema)])
-    pq.write_table(tampered, cur / stage_file(3))
-    found = verify_stages(cur, 13)
+    # A row naming a clean record's id but the held-out record's tokens: what training would read is checked.
+    pq.write_table(selecting(tokens, pq.read_table(cur / stage_file(3)), "h1", "t0"), cur / stage_file(3))
+    found = verify_stages(cur, tokens, tok, 13)
     assert found["overlaps"] == 1 and found["records_checked"] == 7
-    assert f"text/{row['id']} shares 13 words with held-out text/h1" in found["examples"][0]
+    assert f'text/t0 shares 13 words with held-out text/h1: "{" ".join(W[:13])}"' == found["examples"][0]
 
 
 def test_the_blocking_asset_check_fails_on_a_tampered_stage(tmp_path):
@@ -149,13 +159,14 @@ def test_the_blocking_asset_check_fails_on_a_tampered_stage(tmp_path):
     kiln = Kiln(data_dir=str(tmp_path / "data"), landing_dir=str(tmp_path))
     kiln.layout.curriculum.parent.mkdir()
     (tmp_path / "cur").rename(kiln.layout.curriculum)
+    (tmp_path / "tokenizer").rename(kiln.layout.tokenizer)
+    (tmp_path / "tokenized_corpus").rename(kiln.layout.tokenized_corpus)
     assert stages_disjoint_from_heldout.check_specs and next(iter(stages_disjoint_from_heldout.check_specs)).blocking
     passed = stages_disjoint_from_heldout(kiln=kiln)
     assert passed.passed and passed.metadata["overlaps_found"].value == 0 and passed.metadata["records_checked"].value == 2
     path = kiln.layout.curriculum / stage_file(1)
     stage = pq.read_table(path)
-    leaked = pa.Table.from_pylist([{"id": "x", "modality": "text", "level": 1, "text": " ".join(W[:13])}], schema=stage.schema)
-    pq.write_table(pa.concat_tables([stage, leaked]), path)
+    pq.write_table(selecting(kiln.layout.tokenized_corpus, stage, "h1", "x"), path)
     failed = stages_disjoint_from_heldout(kiln=kiln)
     assert not failed.passed and failed.metadata["overlaps_found"].value == 1 and failed.metadata["records_checked"].value == 3
 

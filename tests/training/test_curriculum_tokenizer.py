@@ -12,6 +12,8 @@ from training.fsutil import sha256_file
 from training.curriculum.tokenizer import round_trip_failures, train_tokenizer
 from training.generate import encode_records
 
+from tests.helpers import token_shards
+
 
 @pytest.fixture
 def scored(tmp_path: Path) -> tuple[Path, Path]:
@@ -33,7 +35,10 @@ def scored(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def _build(scored, out: Path, cfg: CurriculumConfig) -> dict:
-    return build_curriculum([scored[0]], scored[1], out, cfg, lambda texts: sum(len(t.split()) for t in texts))
+    tokens = out.parent / "tokenized_corpus"
+    if not tokens.exists():
+        token_shards(scored[1], out.parent)
+    return build_curriculum([scored[0]], scored[1], tokens, out, cfg)
 
 
 def test_pendulum_stages_sample_levels_up_to_k(scored, tmp_path):
@@ -41,10 +46,13 @@ def test_pendulum_stages_sample_levels_up_to_k(scored, tmp_path):
     assert [s["level"] for s in summary["stages"]] == [1, 2, 3, 4, 5, 4, 3, 2, 1]
     # 40 records per level; every tenth record is held out, all of them level 1.
     assert [s["records"] for s in summary["stages"]] == [20, 60, 100, 140, 180, 140, 100, 60, 20]
-    assert all(s["tokens"] == 6 * s["records"] for s in summary["stages"])  # "record i " * 3 is 6 words
+    tok = AutoTokenizer.from_pretrained(tmp_path / "tokenizer")
+    texts = dict(zip(*pq.read_table(scored[1] / "b1" / "text.parquet", columns=["id", "text"]).to_pydict().values()))
     for s in summary["stages"]:
         stage = pq.read_table(tmp_path / "cur" / stage_file(s["stage"]))
         assert max(stage["level"].to_pylist()) <= s["level"]
+        # The stored counts are the stage's records as training encodes them.
+        assert s["tokens"] == sum(map(len, encode_records(tok, [texts[i] for i in stage["id"].to_pylist()]))) > s["records"]
         assert s["sha256"] == sha256_file(tmp_path / "cur" / stage_file(s["stage"]))  # what stage specs fingerprint
 
 

@@ -32,8 +32,9 @@ from training.presets import PRESETS
 from training.pretrain.deepspeed_config import StagePlan
 from training.pretrain.launch import check_launch, launch_command, launch_env
 from training.pretrain.model import build_model, count_parameters, llama_config
-from training.pretrain.plan import StageSpec, completed, pack_records, read_summary, stage_specs
+from training.pretrain.plan import StageSpec, completed, pack_stage, read_summary, stage_specs
 from training.curriculum.tokenizer import train_tokenizer
+from training.curriculum.tokens import encode_corpus
 
 pytestmark = pytest.mark.slow
 
@@ -47,21 +48,27 @@ def corpus(tmp_path_factory) -> tuple[Path, dict]:
     from pydoc_data.topics import topics
 
     root = tmp_path_factory.mktemp("corpus")
-    texts = [t for t in topics.values() if len(t) > 200]
+    texts = [t for t in topics.values() if len(t) > 200][:180]
     tok = train_tokenizer(texts, TokenizerConfig(vocab_size=512), root / "tokenizer")
+    (root / "cleaned_corpus" / "b1").mkdir(parents=True)
+    pq.write_table(pa.table({"id": [f"t{i}" for i in range(len(texts))], "modality": ["text"] * len(texts), "text": texts}),
+                   root / "cleaned_corpus" / "b1" / "text.parquet")
+    encode_corpus(root / "cleaned_corpus", root / "tokenizer", root / "tokenized_corpus")
+    index = pq.read_table(root / "tokenized_corpus" / "b1" / "index.parquet")
     (root / "curriculum").mkdir()
     stages = []
-    for stage, chunk in ((1, texts[:60]), (2, texts[60:180])):
-        path = root / "curriculum" / f"stage_{stage:02d}.parquet"
-        pq.write_table(pa.table({"text": chunk}), path)
-        tokens = sum(len(ids) for ids in encode_records(tok, chunk))
+    for stage, rows in ((1, range(60)), (2, range(60, len(texts)))):
+        selection = index.take(list(rows)).select(["id", "modality", "offset", "tokens"])
+        selection = selection.append_column("batch", pa.array(["b1"] * selection.num_rows))
+        pq.write_table(selection, root / "curriculum" / f"stage_{stage:02d}.parquet")
+        tokens = sum(len(ids) for ids in encode_records(tok, [texts[i] for i in rows]))
         stages.append({"stage": stage, "level": stage, "tokens": tokens})
     return root, {"stages": stages}
 
 
 def _specs(corpus, data: Path, model=MODEL, training=TRAINING, ranks=2) -> list[StageSpec]:
     root, plan = corpus
-    for name in ("tokenizer", "curriculum"):
+    for name in ("tokenizer", "tokenized_corpus", "curriculum"):
         if not (data / name).exists():
             data.mkdir(parents=True, exist_ok=True)
             (data / name).symlink_to(root / name)
@@ -129,12 +136,17 @@ def test_parameter_count_matches_the_built_model(corpus):
         assert count_parameters(config) == sum(p.numel() for p in build_model(config).parameters())
 
 
-def test_packing_matches_the_curriculum_token_count(corpus):
+@pytest.mark.parametrize("chunk", [1, 7, 4096])
+def test_packing_copies_the_stage_tokens_in_training_order(corpus, tmp_path, chunk):
     root, plan = corpus
     tok = AutoTokenizer.from_pretrained(root / "tokenizer")
-    rows = pack_records(root / "curriculum" / "stage_01.parquet", tok, 64)
-    assert rows.shape == (plan["stages"][0]["tokens"] // 64, 64)
-    assert rows[0, 0] == tok.bos_token_id and (rows == tok.eos_token_id).any()
+    texts = pq.read_table(root / "cleaned_corpus" / "b1" / "text.parquet")["text"].to_pylist()
+    order = [int(i[1:]) for i in pq.read_table(root / "curriculum" / "stage_02.parquet")["id"].to_pylist()]
+    stream = np.array([t for ids in encode_records(tok, [texts[i] for i in order]) for t in ids], np.int32)
+    assert pack_stage(root / "curriculum" / "stage_02.parquet", root / "tokenized_corpus", 64, tmp_path / "p.npy", chunk) == len(stream) // 64
+    rows = np.load(tmp_path / "p.npy")
+    assert rows.dtype == np.int32 and rows.shape == (plan["stages"][1]["tokens"] // 64, 64)
+    assert (rows.ravel() == stream[: rows.size]).all()  # the same tokens as encoding the stage's texts in its order
 
 
 def test_spec_round_trips_through_json(corpus, tmp_path):
@@ -156,7 +168,7 @@ def test_specs_of_every_preset_read_back_typed_and_equal(name):
         learning_rate=1e-3, frozen_layers=(0, 1),
     )
     spec = StageSpec(
-        stage=2, plan=plan, total_steps=12, records="r.parquet", tokenizer="tok", model=cfg.model, training=training,
+        stage=2, plan=plan, total_steps=12, records="r.parquet", tokens="shards", tokenizer="tok", model=cfg.model, training=training,
         ranks=2, checkpoints="ckpt", out="out", previous="prev", previous_fingerprint="p" * 64, fingerprint="f" * 64,
     )
     back = StageSpec.from_json(spec.to_json())
@@ -317,7 +329,8 @@ def test_resume_after_kill_9_ends_where_an_uninterrupted_run_does(corpus, tmp_pa
 def test_nan_loss_stops_the_stage_and_keeps_the_last_good_checkpoint(corpus, tmp_path):
     root, _ = corpus
     tok = AutoTokenizer.from_pretrained(root / "tokenizer")
-    rows = pack_records(root / "curriculum" / "stage_01.parquet", tok, MODEL.max_seq_len)
+    pack_stage(root / "curriculum" / "stage_01.parquet", root / "tokenized_corpus", MODEL.max_seq_len, tmp_path / "p.npy")
+    rows = np.load(tmp_path / "p.npy")
     batch = TRAINING.global_batch[0]
     seen = set(np.unique(rows[: 3 * batch]))
     # A token first seen in step 4: poison its embedding, so steps 1-3 train and step 4 diverges.

@@ -9,19 +9,29 @@ stage, and neither is held-out text: a training record sharing `ngram` consecuti
 held-out record (training/curriculum/contamination.py) is moved out of every stage, before stages are
 built, into contaminated.parquet. Nothing is lost: training split = staged pool + contaminated.
 
-    <out_dir>/stage_01.parquet ...   id, modality, level, text (in training order)
+A stage is a selection, not a copy: each row names a record's tokens in the token shards
+(training/curriculum/tokens.py) by batch, offset and count, so a stage's token count is a sum and
+packing it copies tokens, never encodes. Text is read only for the held-out records (kept whole, for
+evaluation and as the decontamination index: `DifficultyConfig.heldout_share` of the corpus) and
+streamed a chunk at a time for the training records being checked against them; what is held per
+training record is its keys (ids, level, where its tokens are), never its text.
+
+    <out_dir>/stage_01.parquet ...   id, modality, level, batch, offset, tokens (in training order)
     <out_dir>/heldout.parquet        the held-out records, for evaluation
     <out_dir>/contaminated.parquet   id, modality, level, text, reason (heldout_overlap), detail
     <out_dir>/curriculum.json        schedule, seed, per stage: level, records, tokens; decontamination;
-                                     the difficulty's predictor and each batch's scorer; levels per batch
+                                     the difficulty's predictor and each batch's scorer; levels per batch;
+                                     the token shards' key per batch
     <out_dir>/levels_by_batch.png    the share of each difficulty level, per batch
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,90 +43,231 @@ import pyarrow.parquet as pq
 from training.cache import record
 from training.config import CurriculumConfig
 from training.curriculum.contamination import HeldoutIndex, shared_text
+from training.curriculum.tokens import batch_names, gather, read_index
 from training.data.stats import level_histograms
 from training.fsutil import atomic_path, sha256_file
 from training.layout import CONTAMINATED, CURRICULUM_JSON, HELDOUT, LEVELS_PNG, STAGE_FILES, stage_file
 
 OVERLAP = "heldout_overlap"
-STEP, VERSION = "curriculum", 2
+STEP, VERSION = "curriculum", 3
 """The step's name and logic version in its cache key (training/cache.py): bump VERSION when this module
-(or the decontamination it applies) changes what it writes. 2: scores per batch, the levels picture."""
+(or the decontamination it applies) changes what it writes. 2: scores per batch, the levels picture;
+3: stages as selections into the token shards."""
+
+CHUNK = 4096
+"""Records whose text (or tokens) are held at once."""
+STAGE_COLUMNS = ["id", "modality", "level", "batch", "offset", "tokens"]
 
 
-def iter_texts(column: pa.ChunkedArray, step: int = 65_536):
-    """A text column as Python strings, a slice at a time."""
-    for i in range(0, len(column), step):
-        yield from column.slice(i, step).to_pylist()
+def _groups(table: pa.Table, columns: list[str]) -> Iterator[tuple[list[str], np.ndarray]]:
+    """(values of `columns`, the rows holding them) for each distinct combination, in sorted order."""
+    encoded = pc.binary_join_element_wise(*[table[c] for c in columns], "\0").combine_chunks().dictionary_encode()
+    values, codes = encoded.dictionary.to_pylist(), encoded.indices.to_numpy(zero_copy_only=False)
+    for g in np.argsort(values, kind="stable"):
+        yield values[g].split("\0"), np.flatnonzero(codes == g)
 
 
-def decontaminate(train: pa.Table, heldout: pa.Table, n: int) -> tuple[pa.Table, pa.Table]:
-    """(kept, contaminated): training records sharing n words with a held-out record move to
-    `contaminated`, with the reason and a detail naming one held-out record and the shared words."""
-    index = HeldoutIndex(heldout["text"].to_pylist(), n)
-    found = list(index.overlaps(iter_texts(train["text"])))
-    rows = pa.array([o.train for o in found], pa.int64())
-    mask = np.ones(train.num_rows, dtype=bool)
-    mask[rows.to_numpy()] = False
-    contaminated = train.take(rows)
+def stream_texts(corpus_dir: Path, keys: pa.Table, chunk: int = CHUNK) -> Iterator[tuple[np.ndarray, list[str]]]:
+    """(rows of `keys`, their texts) for records named by batch, file and row in the corpus, a chunk at
+    a time, in the corpus's file order."""
+    rows = keys["row"].to_numpy()
+    for (batch, file), pick in _groups(keys, ["batch", "file"]):
+        pick = pick[np.argsort(rows[pick], kind="stable")]
+        wanted, base = rows[pick], 0
+        for part in pq.ParquetFile(corpus_dir / batch / file).iter_batches(batch_size=chunk, columns=["text"]):
+            lo, hi = np.searchsorted(wanted, [base, base + part.num_rows])
+            if hi > lo:
+                yield pick[lo:hi], part.column(0).take(pa.array(wanted[lo:hi] - base)).to_pylist()
+            base += part.num_rows
+
+
+def texts_of(corpus_dir: Path, keys: pa.Table) -> list[str]:
+    """The texts of the records `keys` names, in its order (for few records: the held-out share)."""
+    out: list = [None] * keys.num_rows
+    for rows, texts in stream_texts(corpus_dir, keys):
+        for r, t in zip(rows.tolist(), texts):
+            out[r] = t
+    return out
+
+
+@dataclass(frozen=True)
+class Pool:
+    """The training records the stages draw from when a retraining starts from a release: those of the
+    corpus parts it was not trained on (`new`: (batch, modality) pairs), and a deterministic share of
+    the others (`replay_share`, by a hash of modality and id), so the model keeps what it knew."""
+
+    release: str
+    new: tuple[tuple[str, str], ...]
+    replay_share: float
+
+    def draw(self, keys: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+        """(new, replayed): masks over the records of `keys`."""
+        new = np.zeros(keys.num_rows, bool)
+        for b, m in self.new:
+            new |= pc.and_(pc.equal(keys["batch"], b), pc.equal(keys["modality"], m)).to_numpy(zero_copy_only=False)
+        modality, ids = keys["modality"].to_pylist(), keys["id"].to_pylist()
+        replay = np.fromiter((replayed(m, i, self.replay_share) for m, i in zip(modality, ids)), bool, keys.num_rows)
+        return new, replay & ~new
+
+    def summary(self, new: np.ndarray, replay: np.ndarray) -> dict:
+        return {"from": "release", "release": self.release, "new_parts": [list(p) for p in self.new],
+                "new_records": int(new.sum()), "replay_share": self.replay_share, "replayed_records": int(replay.sum())}
+
+
+def start_line(start: dict) -> str:
+    """Where a curriculum's training starts, in words (the asset's metadata, the model card)."""
+    if start.get("from") != "release":
+        return "from scratch: a tokenizer trained on the corpus, random weights, every training record"
+    return (
+        f"from release {start['release']} (its weights and tokenizer): {start['new_records']:,} records landed since it, "
+        f"and {start['replayed_records']:,} earlier ones replayed ({start['replay_share']:.0%} of them)"
+    )
+
+
+def replayed(modality: str, record_id: str, share: float) -> bool:
+    """Whether an earlier record is replayed: a hash of its own, independent of the held-out split's."""
+    h = int.from_bytes(hashlib.blake2b(f"replay\0{modality}\0{record_id}".encode(), digest_size=8).digest(), "big")
+    return h / 2**64 < share
+
+
+def record_keys(scores: Sequence[Path], tokens_dir: Path, batches: list[str]) -> pa.Table:
+    """Every scored record's keys and where its tokens are, sorted by (modality, id), with its split: no text."""
+    columns = ["id", "modality", "split", "level"]
+    scored = ds.dataset(list(scores), format="parquet").to_table(columns=columns) if scores else pa.table(
+        {"id": pa.array([], pa.string()), "modality": pa.array([], pa.string()), "split": pa.array([], pa.string()), "level": pa.array([], pa.int8())}
+    )
+    index = read_index(tokens_dir, batches, ["file", "row", "modality", "id", "offset", "tokens"])
+    return scored.join(index, keys=["modality", "id"]).sort_by([("modality", "ascending"), ("id", "ascending")])
+
+
+def decontaminate(train: pa.Table, heldout: pa.Table, heldout_texts: list[str], corpus_dir: Path, n: int) -> tuple[np.ndarray, pa.Table]:
+    """(the rows of `train` that stay, the contaminated records): training records sharing n words with
+    a held-out record, with the reason and a detail naming one held-out record and the shared words.
+    Training texts stream through the held-out index a chunk at a time."""
+    index = HeldoutIndex(heldout_texts, n)
+    order: list[np.ndarray] = []
+
+    def texts() -> Iterator[str]:
+        for rows, chunk in stream_texts(corpus_dir, train):
+            order.append(rows)
+            yield from chunk
+
+    found = list(index.overlaps(texts()))
+    streamed = np.concatenate(order) if order else np.zeros(0, np.int64)
+    hits = sorted(zip(streamed[[o.train for o in found]].tolist(), found), key=lambda t: t[0])
+    rows = pa.array([r for r, _ in hits], pa.int64())
+    contaminated = train.take(rows).select(["id", "modality", "level"])
+    texts_found = texts_of(corpus_dir, train.take(rows))
     keys = heldout.select(["modality", "id"]).to_pylist()
     details = [
         f"shares {o.words} words with held-out {keys[o.heldout]['modality']}/{keys[o.heldout]['id']}: "
         f"\"{shared_text(text, o.start, o.words)}\""
-        for o, text in zip(found, contaminated["text"].to_pylist())
+        for (_, o), text in zip(hits, texts_found)
     ]
-    contaminated = contaminated.append_column("reason", pa.array([OVERLAP] * len(found), pa.string()))
-    return train.filter(pa.array(mask)), contaminated.append_column("detail", pa.array(details, pa.string()))
+    contaminated = contaminated.append_column("text", pa.array(texts_found, pa.string()))
+    contaminated = contaminated.append_column("reason", pa.array([OVERLAP] * len(hits), pa.string()))
+    mask = np.ones(train.num_rows, dtype=bool)
+    mask[rows.to_numpy()] = False
+    return mask, contaminated.append_column("detail", pa.array(details, pa.string()))
 
 
 def by_modality(table: pa.Table) -> dict[str, int]:
     return dict(sorted(Counter(table["modality"].to_pylist()).items()))
 
 
-def verify_stages(out_dir: Path, n: int) -> dict:
-    """Re-check a built curriculum from its files alone: no stage record shares n words (or, under n
-    words, all its words) with a record of heldout.parquet. Each distinct stage record is checked once."""
+def _distinct_selections(stages: list[Path]) -> tuple[list[str], np.ndarray]:
+    """(batch names, distinct (batch code, offset, tokens) rows) over every stage file."""
+    names: list[str] = []
+    distinct = np.zeros((0, 3), np.int64)
+    for path in stages:
+        t = pq.read_table(path, columns=["batch", "offset", "tokens"])
+        batch = t["batch"].to_pylist() if t.num_rows else []
+        for b in dict.fromkeys(batch):
+            if b not in names:
+                names.append(b)
+        code = {b: i for i, b in enumerate(names)}
+        rows = np.stack([np.fromiter((code[b] for b in batch), np.int64, len(batch)), t["offset"].to_numpy(), t["tokens"].to_numpy()], axis=1)
+        distinct = np.unique(np.concatenate([distinct, rows]), axis=0)
+    return names, distinct
+
+
+def _named(stages: list[Path], names: list[str], wanted: set[tuple[int, int, int]]) -> dict[tuple[int, int, int], str]:
+    """modality/id of the stage rows selecting `wanted` (batch code, offset, tokens)."""
+    code = {b: i for i, b in enumerate(names)}
+    out: dict[tuple[int, int, int], str] = {}
+    for path in stages:
+        for r in pq.read_table(path, columns=["modality", "id", "batch", "offset", "tokens"]).to_pylist():
+            if (k := (code[r["batch"]], r["offset"], r["tokens"])) in wanted:
+                out.setdefault(k, f"{r['modality']}/{r['id']}")
+    return out
+
+
+def verify_stages(out_dir: Path, tokens_dir: Path, tokenizer, n: int) -> dict:
+    """Re-check a built curriculum from what training reads: no stage record's tokens, decoded, share n
+    words (or, under n words, all its words) with a record of heldout.parquet. Each distinct selection is
+    checked once; memory holds the distinct selections (24 bytes each) and a chunk of text."""
     stages = sorted(out_dir.glob(STAGE_FILES))
-    columns = ["modality", "id", "text"]
-    empty = pa.table({c: pa.array([], pa.string()) for c in columns})
-    rows = pa.concat_tables([pq.read_table(p, columns=columns) for p in stages] or [empty])
-    distinct = rows.group_by(columns, use_threads=False).aggregate([])
-    heldout = pq.read_table(out_dir / HELDOUT, columns=columns)
-    found = list(HeldoutIndex(heldout["text"].to_pylist(), n).overlaps(iter_texts(distinct["text"])))
-    name = lambda t, i: f"{t['modality'][i].as_py()}/{t['id'][i].as_py()}"  # noqa: E731
-    examples = [
-        f"{name(distinct, o.train)} shares {o.words} words with held-out {name(heldout, o.heldout)}: "
-        f"\"{shared_text(distinct['text'][o.train].as_py(), o.start, o.words)}\""
-        for o in found[:10]
-    ]
+    names, distinct = _distinct_selections(stages)
+    heldout = pq.read_table(out_dir / HELDOUT, columns=["modality", "id", "text"])
+
+    texts = (t for lo in range(0, len(distinct), CHUNK) for t in texts_at(tokens_dir, tokenizer, names, distinct[lo : lo + CHUNK]))
+    found = list(HeldoutIndex(heldout["text"].to_pylist(), n).overlaps(texts))
+    shown = found[:10]
+    wanted = {tuple(distinct[o.train].tolist()) for o in shown}
+    named = _named(stages, names, wanted) if wanted else {}
+    held = lambda i: f"{heldout['modality'][i].as_py()}/{heldout['id'][i].as_py()}"  # noqa: E731
+    examples = []
+    for o in shown:
+        k = tuple(distinct[o.train].tolist())
+        text = texts_at(tokens_dir, tokenizer, names, distinct[o.train : o.train + 1])[0]
+        examples.append(f"{named.get(k, k)} shares {o.words} words with held-out {held(o.heldout)}: \"{shared_text(text, o.start, o.words)}\"")
     return {
         "stage_files": len(stages),
-        "records_checked": distinct.num_rows,
+        "records_checked": len(distinct),
         "heldout_records": heldout.num_rows,
         "overlaps": len(found),
         "examples": examples,
     }
 
 
+def texts_at(tokens_dir: Path, tokenizer, names: list[str], rows: np.ndarray) -> list[str]:
+    """The decoded tokens of (batch code, offset, tokens) rows."""
+    if not len(rows):
+        return []
+    flat = gather(tokens_dir, np.array(names, object)[rows[:, 0]], rows[:, 1], rows[:, 2])
+    return tokenizer.batch_decode([i.tolist() for i in np.split(flat, np.cumsum(rows[:, 2])[:-1])], skip_special_tokens=True)
+
+
 def build_curriculum(
-    scores: Sequence[Path], corpus_dir: Path, out_dir: Path, cfg: CurriculumConfig, count_tokens: Callable[[list[str]], int],
-    key: str | None = None, difficulty: dict | None = None, levels: int = 5,
+    scores: Sequence[Path], corpus_dir: Path, tokens_dir: Path, out_dir: Path, cfg: CurriculumConfig,
+    key: str | None = None, difficulty: dict | None = None, levels: int = 5, shards: dict[str, dict] | None = None,
+    pool: Pool | None = None,
 ) -> dict:
     """Write the curriculum into `out_dir` atomically (with `key`, the step's record last) from the
-    corpus's scores files (one per landing batch), and a picture of the levels of each batch
-    (levels_by_batch.png, `levels` of them); `difficulty`: the scores' lineage (predictor, scorer per
-    batch), kept in curriculum.json. Returns curriculum.json's content."""
+    corpus's scores files (one per landing batch) and the token shards of its batches (`shards`: batch ->
+    its shard's key, from `tokens.current_shards`; None: every shard under `tokens_dir`), and a picture of
+    the levels of each batch (levels_by_batch.png, `levels` of them); `difficulty`: the scores' lineage
+    (predictor, scorer per batch), kept in curriculum.json; `pool`: a retraining from a release draws
+    its stages from the new records and a replay share (None: every training record). Returns
+    curriculum.json's content."""
     if not cfg.schedule:
         raise ValueError("the curriculum schedule is empty")
-    columns = ["id", "modality", "split", "level"]
-    scores_table = ds.dataset(list(scores), format="parquet").to_table(columns=columns) if scores else pa.table(
-        {"id": pa.array([], pa.string()), "modality": pa.array([], pa.string()), "split": pa.array([], pa.string()), "level": pa.array([], pa.int8())}
-    )
-    corpus = ds.dataset(corpus_dir, format="parquet").to_table(columns=["id", "modality", "text"])
-    joined = scores_table.join(corpus, keys=["modality", "id"]).sort_by([("modality", "ascending"), ("id", "ascending")])
-    split = joined.filter(pc.equal(joined["split"], "train")).drop_columns(["split"])
-    heldout = joined.filter(pc.equal(joined["split"], "heldout")).drop_columns(["split"])
-    train, contaminated = decontaminate(split, heldout, cfg.ngram)
-    present = set(train["level"].to_pylist())
+    batches = sorted(shards) if shards is not None else batch_names(tokens_dir)
+    keys = record_keys(scores, tokens_dir, batches)
+    split = keys.filter(pc.equal(keys["split"], "train")).drop_columns(["split"])
+    heldout_keys = keys.filter(pc.equal(keys["split"], "heldout")).drop_columns(["split"])
+    heldout_texts = texts_of(corpus_dir, heldout_keys)
+    heldout = heldout_keys.select(["id", "modality", "level"]).append_column("text", pa.array(heldout_texts, pa.string()))
+    kept, contaminated = decontaminate(split, heldout, heldout_texts, corpus_dir, cfg.ngram)
+    train = split.filter(pa.array(kept))
+    if pool is None:
+        start = {"from": "scratch"}
+    else:
+        new, replay = pool.draw(train)
+        start = pool.summary(new, replay)
+        train = train.filter(pa.array(new | replay))
+    train = train.select(STAGE_COLUMNS)
+    present = set(pc.unique(train["level"]).to_pylist())
     stages = []
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
@@ -129,7 +280,7 @@ def build_curriculum(
             stage = pool.take(pa.array(order, pa.int64()))
             pq.write_table(stage, tmp / stage_file(i))
             stages.append(
-                {"stage": i, "level": level, "records": stage.num_rows, "tokens": count_tokens(stage["text"].to_pylist()),
+                {"stage": i, "level": level, "records": stage.num_rows, "tokens": int(pc.sum(stage["tokens"]).as_py() or 0),
                  "sha256": sha256_file(tmp / stage_file(i))}
             )
         summary = {
@@ -143,6 +294,8 @@ def build_curriculum(
             "levels_by_batch": by_batch,
             "levels_png": LEVELS_PNG if picture else None,
             "difficulty": difficulty or {},
+            "token_shards": {b: s["key"] for b, s in (shards or {}).items()},
+            "start": start,
             "decontamination": {
                 "rule": f"a training record sharing {cfg.ngram} consecutive words (lowercased; a record of fewer "
                 "words: all of them) with a held-out record is in no stage",

@@ -21,7 +21,7 @@ import torch
 
 from training.fsutil import atomic_path, remove
 from training.layout import METRICS_JSONL, SPEC_JSON
-from training.pretrain.plan import StageSpec, pack_records, save_array
+from training.pretrain.plan import StageSpec, pack_stage
 
 Log = Callable[[str], None]
 
@@ -68,7 +68,7 @@ class CheckpointDir:
             raise RuntimeError(f"{self.path} is in use by another run of this stage") from None
         self._lock = handle
 
-    def prepare(self, spec: StageSpec, tokenizer, log: Log) -> None:
+    def prepare(self, spec: StageSpec, log: Log) -> None:
         """Rank 0, holding the lock: discard checkpoints of a different spec, record this one, pack the records once."""
         marker = self.path / FINGERPRINT
         if marker.is_file() and marker.read_text().strip() != spec.fingerprint:
@@ -80,7 +80,7 @@ class CheckpointDir:
             marker.write_text(spec.fingerprint + "\n")
         self.prune(spec.training.keep_checkpoints)
         if not (self.path / PACKED).is_file():
-            save_array(pack_records(spec.records, tokenizer, spec.seq_len), self.path / PACKED)
+            pack_stage(spec.records, spec.tokens, spec.seq_len, self.path / PACKED)
 
     def packed(self, spec: StageSpec) -> np.ndarray:
         """The packed token rows (memory-mapped), checked against the plan."""

@@ -8,7 +8,7 @@ and the contents of the stage's records and tokenizer, chained with the previous
 Checkpoints left by a different spec are never resumed, and a finished stage whose record
 (`_step.json` in its output, written by the trainer) holds this fingerprint is not trained again.
 
-    $KILN_DATA_DIR/checkpoints/stage_NN/   spec.json, FINGERPRINT, packed.npy, step_NNNNNN/ (DeepSpeed), latest
+    $KILN_DATA_DIR/checkpoints/stage_NN/   spec.json, FINGERPRINT, packed.npy (its tokens, from the shards), step_NNNNNN/ (DeepSpeed), latest
     $KILN_DATA_DIR/pretrain_stage_N/       model/ (Hugging Face, safetensors), stage.json, metrics.jsonl, loss.png, _step.json
 """
 
@@ -19,21 +19,21 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import ConfigDict, TypeAdapter, with_config
-from transformers import PreTrainedTokenizerBase
 
 from training.cache import key_of, reused
 from training.config import ModelConfig, TrainingConfig
 from training.fsutil import atomic_path, sha256_file
-from training.generate import encode_records
+from training.curriculum.tokens import gather
 from training.layout import STAGE_JSON, TOKENIZER_JSON, Layout, stage_file
 from training.pretrain.deepspeed_config import StagePlan, plan_stages
 
 STEP = "pretrain_stage"
-VERSION = 1
+VERSION = 2
 """The stages' logic version in their fingerprints (`training.cache`): bump it when the trainer's code
-changes what a stage writes."""
+changes what a stage writes. 2: stages read their tokens from the token shards."""
 
 
 @with_config(ConfigDict(extra="forbid", strict=True))  # read by `from_json`, and for the nested configs too
@@ -44,7 +44,10 @@ class StageSpec:
     total_steps: int
     """Optimizer steps of all stages together: the length of the one learning-rate schedule."""
     records: str
-    """The stage's Parquet file from the curriculum (column `text`, in training order)."""
+    """The stage's Parquet file from the curriculum: its records' tokens in the token shards (columns
+    batch, offset, tokens), in training order."""
+    tokens: str
+    """The token shards' folder (training/curriculum/tokens.py)."""
     tokenizer: str
     model: ModelConfig
     training: TrainingConfig
@@ -79,10 +82,14 @@ integer may still fill a float field, and comes back a float)."""
 def stage_specs(
     data_dir: Path, curriculum: dict, model: ModelConfig, training: TrainingConfig, ranks: int
 ) -> list[StageSpec]:
-    """Specs of every stage of a built curriculum (its `curriculum.json`), chained by fingerprint."""
+    """Specs of every stage of a built curriculum (its `curriculum.json`), chained by fingerprint. A
+    curriculum that starts from a release (`RetrainingPolicy.start_from`) starts stage 1 from its weights."""
+    layout = Layout(data_dir)
+    start = curriculum.get("start", {})
+    if start.get("from") == "release":
+        training = dataclasses.replace(training, init_from=str(layout.releases / start["release"]))
     plans = plan_stages([(s["level"], s["tokens"]) for s in curriculum["stages"]], model.max_seq_len, training, ranks)
     total = sum(p.steps for p in plans)
-    layout = Layout(data_dir)
     tokenizer_hash = sha256_file(layout.tokenizer / TOKENIZER_JSON)
     specs: list[StageSpec] = []
     for plan, entry in zip(plans, curriculum["stages"]):
@@ -91,10 +98,12 @@ def stage_specs(
         # The curriculum records each file's hash as it writes it: every stage asset computes every
         # spec of the chain, and hashing all stage files each time would read the corpus nine times.
         content = entry.get("sha256") or sha256_file(records)
-        key = key_of(STEP, VERSION, model, training, plan, total, ranks, content, tokenizer_hash, prev and prev.fingerprint)
+        # The selection names tokens by offset: the shards' keys (the corpus and the tokenizer) say which.
+        shards = curriculum.get("token_shards", {})
+        key = key_of(STEP, VERSION, model, training, plan, total, ranks, content, tokenizer_hash, shards, prev and prev.fingerprint)
         specs.append(
             StageSpec(
-                stage=plan.stage, plan=plan, total_steps=total, records=str(records), tokenizer=str(layout.tokenizer),
+                stage=plan.stage, plan=plan, total_steps=total, records=str(records), tokens=str(layout.tokenized_corpus), tokenizer=str(layout.tokenizer),
                 model=model, training=training, ranks=ranks,
                 checkpoints=str(layout.checkpoints(plan.stage)),
                 out=str(layout.pretrain_stage(plan.stage)),
@@ -116,20 +125,22 @@ def completed(spec: StageSpec) -> dict | None:
     return reused(Path(spec.out), spec.fingerprint)
 
 
-def pack_records(records: str | Path, tokenizer: PreTrainedTokenizerBase, seq_len: int, chunk: int = 1024) -> np.ndarray:
-    """The stage's records, each as <|begin_of_text|> ... <|end_of_text|>, concatenated in training
-    order and cut into rows of `seq_len` tokens; the incomplete last row is dropped."""
-    texts = pq.read_table(records, columns=["text"])["text"].to_pylist()
-    parts = [
-        np.fromiter((t for ids in encode_records(tokenizer, texts[i : i + chunk]) for t in ids), np.int32)
-        for i in range(0, len(texts), chunk)
-    ]
-    stream = np.concatenate(parts) if parts else np.zeros(0, np.int32)
-    rows = len(stream) // seq_len
-    return stream[: rows * seq_len].reshape(rows, seq_len)
-
-
-def save_array(array: np.ndarray, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, array)
+def pack_stage(records: str | Path, tokens_dir: str | Path, seq_len: int, out: Path, chunk: int = 4096) -> int:
+    """Write the stage's tokens to `out` (.npy, int32, rows of `seq_len`) atomically: its records'
+    tokens from the token shards (each record <|begin_of_text|> ... <|end_of_text|>), concatenated in
+    training order; the incomplete last row is dropped. Streams `chunk` records at a time, so memory
+    holds a chunk's tokens whatever the stage's size. Returns the rows written."""
+    stage = pq.ParquetFile(records)
+    total = int(pc.sum(stage.read(columns=["tokens"])["tokens"]).as_py() or 0)
+    rows = total // seq_len
+    left = rows * seq_len
+    with atomic_path(out) as tmp, open(tmp, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.int32)), "fortran_order": False, "shape": (rows, seq_len)})
+        for part in stage.iter_batches(batch_size=chunk, columns=["batch", "offset", "tokens"]):
+            if left <= 0:
+                break
+            batch, offset, tokens = (part.column(c).to_numpy(zero_copy_only=False) for c in ("batch", "offset", "tokens"))
+            data = gather(Path(tokens_dir), batch, offset, tokens)[:left]
+            data.tofile(f)
+            left -= len(data)
+    return rows

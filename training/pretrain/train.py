@@ -262,7 +262,7 @@ def train_stage(spec: StageSpec, log: Log = print) -> dict:
     ckpt = CheckpointDir(spec.checkpoints)
     if rank == 0:
         ckpt.lock()  # released when `ckpt` goes, or the process exits
-        ckpt.prepare(spec, tokenizer, log)
+        ckpt.prepare(spec, log)
     torch.distributed.barrier()
     data = ckpt.packed(spec)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 
+from training.curriculum.schedule import start_line
 from training.markdown import markdown_table
 
 
@@ -235,6 +236,7 @@ def curriculum_section(curriculum: dict, stages: list[dict]) -> str:
 
 Schedule of difficulty levels: {'-'.join(str(x) for x in curriculum['schedule'])}; a stage of level k trains on
 every training record of level ≤ k, in a seeded order (seed {curriculum['seed']}).
+Training started {start_line(curriculum.get("start", {}))}.
 {difficulty_line(curriculum)}
 {decontamination_line(curriculum)}
 
