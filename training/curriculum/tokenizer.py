@@ -5,19 +5,20 @@ decodes back exactly; special tokens use the `<|...|>` form so ordinary text nev
 Saved as tokenizer.json + tokenizer_config.json, loadable with `AutoTokenizer.from_pretrained(dir)`.
 
 What it is fitted on (`fit_corpus_tokenizer`): a bounded, deterministic sample of the corpus's training
-split, streamed from the corpus Parquet a record batch at a time in two passes, so memory is set by
-the held-out share and a chunk, not by the corpus:
+split, streamed from the corpus Parquet a record batch at a time in three passes, so memory is set by
+the held-out share, the sample and a chunk, never by the whole corpus:
 1. the held-out records (the difficulty step's `is_heldout` rule) are collected and the training split's
    text bytes counted; the held-out records make the n-gram index of `contamination.HeldoutIndex`.
 2. a training record is in the sample when a hash of its (modality, id), independent of the held-out
    hash, falls under `sample_bytes / training split bytes`; the sampled records of each chunk go
-   through the index, and those sharing `ngram` words with a held-out record (the curriculum's
-   contaminated records) are left out, as the stages leave them out. What remains feeds
-   `Tokenizer.train_from_iterator` as a generator.
+   through the index, which names those sharing `ngram` words with a held-out record (the
+   curriculum's contaminated records); the index is then freed.
+3. the sample less those records feeds `Tokenizer.train_from_iterator` as a generator, as the stages
+   leave them out.
 When the training split fits (fraction >= 1) every training record is used, in the order
 `pyarrow.dataset` reads the corpus (batch folders, then modality files): the tokenizer is then the one
-fitted on the whole split. A sample is nested in the sample of a smaller corpus's larger fraction, so a
-growing corpus changes the sample by the records it adds and the ones that drop under the threshold.
+fitted on the whole split. A record sampled at one fraction is sampled at every larger one: as the corpus
+grows and the fraction falls, the sample loses some records and gains some of the new ones, nothing else.
 
 `release_tokenizer` finds the latest release's tokenizer, which `copy_release_tokenizer` reuses instead
 of fitting (`TokenizerConfig.source = "release"`).
@@ -25,6 +26,7 @@ of fitting (`TokenizerConfig.source = "release"`).
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import shutil
 from collections.abc import Iterable, Iterator
@@ -177,17 +179,28 @@ class Sample:
     """Sampled records left out for sharing `ngram` words with a held-out record."""
 
 
-def _sampled_texts(corpus_dir: Path, heldout_share: float, index: HeldoutIndex, sample: Sample) -> Iterator[str]:
-    """The texts of the sample, decontaminated chunk by chunk, in corpus order; counts into `sample`."""
-    for batch, ids, modalities, held in _corpus_chunks(corpus_dir, heldout_share):
-        rows = [r for r in np.flatnonzero(~held).tolist() if in_sample(modalities[r], ids[r], sample.fraction)]
-        if not rows:
-            continue
-        texts = batch.column("text").take(pa.array(rows)).to_pylist()
-        contaminated = {o.train for o in index.overlaps(texts)}
-        sample.left_out_overlapping_heldout += len(contaminated)
-        for r, text in enumerate(texts):
-            if r not in contaminated and text is not None:
+def _sampled_rows(corpus_dir: Path, heldout_share: float, fraction: float) -> Iterator[tuple[int, list[int], pa.RecordBatch]]:
+    """(chunk number, rows of the sample in the chunk, the chunk) for every chunk of the corpus."""
+    for n, (batch, ids, modalities, held) in enumerate(_corpus_chunks(corpus_dir, heldout_share)):
+        yield n, [r for r in np.flatnonzero(~held).tolist() if in_sample(modalities[r], ids[r], fraction)], batch
+
+
+def _contaminated(corpus_dir: Path, heldout_share: float, fraction: float, index: HeldoutIndex) -> set[tuple[int, int]]:
+    """(chunk number, row) of the sampled records sharing `index.n` words with a held-out record, the
+    sample streamed through the index a chunk at a time."""
+    found: set[tuple[int, int]] = set()
+    for n, rows, batch in _sampled_rows(corpus_dir, heldout_share, fraction):
+        if rows:
+            texts = batch.column("text").take(pa.array(rows)).to_pylist()
+            found.update((n, rows[o.train]) for o in index.overlaps(texts))
+    return found
+
+
+def _sampled_texts(corpus_dir: Path, heldout_share: float, contaminated: set[tuple[int, int]], sample: Sample) -> Iterator[str]:
+    """The texts of the sample less `contaminated`, in corpus order; counts them into `sample`."""
+    for n, rows, batch in _sampled_rows(corpus_dir, heldout_share, sample.fraction):
+        for r, text in zip(rows, batch.column("text").take(pa.array(rows)).to_pylist() if rows else []):
+            if (n, r) not in contaminated and text is not None:
                 sample.records += 1
                 sample.bytes += len(text.encode())
                 yield text
@@ -198,25 +211,35 @@ def fit_corpus_tokenizer(
 ) -> tuple[PreTrainedTokenizerFast, dict]:
     """Fit the tokenizer on the sample of the corpus's training split (see the module docstring);
     returns it with its result: vocab_size, training_records, left_out_overlapping_heldout,
-    bytes_per_token of the held-out records by modality, and the sample (`Sample`)."""
+    bytes_per_token of the held-out records by modality, and the sample (`Sample`).
+
+    Three streamed passes: the held-out records and the split's size; the sample through the held-out
+    index, keeping only the (chunk, row) of contaminated records; then the sample less those into the
+    trainer. The index (its arrays and word ids grow with the held-out share of the corpus: 0.7 GB
+    resident at 1M records of 1 KB) is freed before the trainer's memory (which grows with the distinct
+    words sampled) is taken, so the peak is the larger of the two, not their sum."""
     sample = Sample(cfg.sample_bytes)
-    heldout: list[tuple[str, str]] = []  # (modality, text): the ~heldout_share of the corpus kept in memory
-    for batch, _, modalities, held in _corpus_chunks(corpus_dir, heldout_share):
+    heldout: list[str] = []  # about heldout_share of the corpus's text: the index keeps it to confirm matches
+    for batch, _, _, held in _corpus_chunks(corpus_dir, heldout_share):
         lengths = pc.binary_length(batch.column("text")).fill_null(0).to_numpy(zero_copy_only=False)
         sample.split_records += int((~held).sum())
         sample.split_bytes += int(lengths[~held].sum())
         if rows := np.flatnonzero(held).tolist():
-            heldout += zip([modalities[r] for r in rows], batch.column("text").take(pa.array(rows)).to_pylist())
+            heldout += batch.column("text").take(pa.array(rows)).to_pylist()
     sample.fraction = min(1.0, cfg.sample_bytes / sample.split_bytes) if sample.split_bytes else 1.0
-    index = HeldoutIndex([t for _, t in heldout], ngram)
-    tok = fit_tokenizer(_sampled_texts(corpus_dir, heldout_share, index, sample), cfg)
-    del index
+    index = HeldoutIndex(heldout, ngram)
+    contaminated = _contaminated(corpus_dir, heldout_share, sample.fraction, index)
+    sample.left_out_overlapping_heldout = len(contaminated)
+    del index, heldout
+    gc.collect()
+    tok = fit_tokenizer(_sampled_texts(corpus_dir, heldout_share, contaminated, sample), cfg)
+    held = ((m, t) for chunk in heldout_records(corpus_dir, heldout_share) for m, _, t in chunk)
     result = {
         "source": "train",
         "vocab_size": len(tok),
         "training_records": sample.records,
         "left_out_overlapping_heldout": sample.left_out_overlapping_heldout,
-        "bytes_per_token": bytes_per_token(tok, heldout),
+        "bytes_per_token": bytes_per_token(tok, held),
         "sample": asdict(sample) | {"fraction": round(sample.fraction, 6)},
     }
     return tok, result
