@@ -51,7 +51,7 @@ def sentences() -> tuple[str, ...]:
     return tuple(sorted({s for s in out if len(s) >= 20}))
 
 
-def _text_line(rng: random.Random, pool: tuple[str, ...], earlier: list[str], i: int) -> bytes:
+def _text_line(rng: random.Random, pool: tuple[str, ...], earlier: list[str], i: int, record_id: str) -> bytes:
     roll = rng.random()
     if roll < 0.03 and earlier:
         text = rng.choice(earlier)
@@ -69,7 +69,7 @@ def _text_line(rng: random.Random, pool: tuple[str, ...], earlier: list[str], i:
             earlier.append(text)
         elif rng.random() < 0.01:
             earlier[rng.randrange(len(earlier))] = text
-    return json.dumps({"id": f"doc-{i}", "text": text}, ensure_ascii=False).encode() + b"\n"
+    return json.dumps({"id": record_id, "text": text}, ensure_ascii=False).encode() + b"\n"
 
 
 def _code_sources() -> list[tuple[str, str, str]]:
@@ -101,9 +101,10 @@ def write_text_batch(batch: Path, records: int, seed: int = 0) -> dict:
         (tmp / "text").mkdir()
         for shard in range(0, records, SHARD_RECORDS):
             with open(tmp / "text" / f"part-{shard // SHARD_RECORDS:05d}.jsonl", "wb") as f:
-                f.writelines(_text_line(rng, pool, earlier, i) for i in range(shard, min(shard + SHARD_RECORDS, records)))
+                f.writelines(_text_line(rng, pool, earlier, i, f"doc-{seed}-{i}" if seed else f"doc-{i}") for i in range(shard, min(shard + SHARD_RECORDS, records)))
 
-    return _write_batch(batch, {"text_records": records, "seed": seed}, fill)
+    # Batches of other seeds get ids of their own: batches of one landing zone do not share ids.
+    return _write_batch(batch, {"text_records": records, "seed": seed, **({"ids": "doc-<seed>-<i>"} if seed else {})}, fill)
 
 
 def write_code_batch(batch: Path, files: int, seed: int = 0) -> dict:

@@ -67,8 +67,10 @@ def accounted(landing: Path, out: Path) -> bool:
 
 
 @pytest.mark.parametrize("landing_order", ["together", "one by one"])
-@pytest.mark.parametrize("chunk_size", [2048, 2])
-def test_verdicts_are_the_rule_s_whether_batches_land_together_or_one_by_one(tmp_path, landing_order, chunk_size):
+@pytest.mark.parametrize("chunk_size, window", [(2048, None), (2, None), (2, 3)])  # chunks and windows of a batch cut across each other
+def test_verdicts_are_the_rule_s_whether_batches_land_together_or_one_by_one(tmp_path, monkeypatch, landing_order, chunk_size, window):
+    if window:
+        monkeypatch.setattr(clean_module, "WINDOW_ROWS", window)
     landing, out = tmp_path / "landing", tmp_path / "out"
     for name in BATCHES:
         write(landing, name)
@@ -171,9 +173,10 @@ def test_a_key_file_finds_every_equal_key_across_its_blocks(tmp_path, block_rows
     corpus_index.save(path, table)
     queries = np.array([[5, 1], [4, 4], [2**64 - 1, 3], [9, 1], [1, 7]], np.uint64)
     reads = Reads()
-    q, rows = corpus_index.find(path, queries, reads, block_rows)
-    assert sorted(zip(q.tolist(), rows.tolist())) == [(0, 1), (0, 3), (0, 5), (2, 6), (4, 4)]
-    assert reads.key_files == 1 and reads.key_bytes == table.nbytes
+    q, files, rows = corpus_index.find([path, path], queries, reads, block_rows)
+    assert sorted(zip(q.tolist(), rows.tolist())) == sorted([(0, 1), (0, 3), (0, 5), (2, 6), (4, 4)] * 2)
+    assert sorted(files.tolist()) == [0] * 5 + [1] * 5
+    assert reads.key_files == 2 and reads.key_bytes == 2 * table.nbytes
 
 
 def test_runs_find_what_was_added_in_any_order():

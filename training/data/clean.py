@@ -17,12 +17,23 @@
    near-duplicates (MinHash LSH over word shingles, `training/data/near_dup.py`).
 
        <corpus_dir>/<batch>/<modality>.parquet      kept records: what the curriculum reads
+       <corpus_dir>/<batch>/_<modality>.keys.npy    their content and id hashes (128-bit) with their
+                                                    rows, sorted (training/data/corpus_index.py)
        <corpus_dir>/<batch>/_<modality>.minhash.npy their MinHash signatures, row for row
+       <corpus_dir>/<batch>/_<modality>.bands.npy   their LSH band keys (64-bit) with their rows, sorted
        <corpus_dir>/<batch>/_manifest.json          lineage: content hashes, CLIP, kept/rejected by reason
        <rejected_dir>/<batch>/<modality>.duplicates.parquet
 
+   The key files are written atomically with the batch; a new batch is checked against the earlier
+   batches' key files, a window of its records at a time (one block-wise pass over them per
+   window), never against their records: an earlier batch's text is not read, and memory is the
+   batch being deduplicated and a block, whatever the corpus. Only kept records count across
+   batches (a record rejected for its id or as a near-duplicate does not make a later copy a
+   duplicate); the detail names the first kept record's source, read from its row of the Parquet.
+
    Incremental: a (batch, modality) is deduplicated again only when its cleaned records, or those of
-   a batch before it, changed; landing a new batch (the usual case) touches nothing else.
+   a batch before it, changed, or a file of it is missing (a corpus from before the key files is
+   deduplicated again once); landing a new batch (the usual case) touches nothing else.
 
 Run by hand:  python -m training clean <landing> <out dir>
 """
@@ -427,9 +438,8 @@ class _Dedup:
         keys = [(f, k) for f, ks, _ in kinds for k in ks]
         queries = words([d for _, _, ds in kinds for d in ds])
         first: dict[int, tuple[int, int]] = {}  # query -> (earlier batch, kept row)
-        for b, name in enumerate(self.earlier):
-            for q, row in zip(*(a.tolist() for a in corpus_index.find(self.keys_path(name), queries, self.reads))):
-                first.setdefault(q, (b, row))
+        for q, b, row in zip(*(a.tolist() for a in corpus_index.find([self.keys_path(n) for n in self.earlier], queries, self.reads))):
+            first.setdefault(q, (b, row))  # in batch order: the earliest batch's
         for b in sorted({b for b, _ in first.values()}):
             qs = [q for q, (qb, _) in first.items() if qb == b]
             corpus = self.corpus_dir / self.earlier[b] / records_file(self.modality)

@@ -71,27 +71,28 @@ def find_sorted(table: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.
     return q[same], table[pos[same], -1].astype(np.int64)
 
 
-def find(path: Path, queries: np.ndarray, reads: Reads, block_rows: int = BLOCK_ROWS) -> tuple[np.ndarray, np.ndarray]:
-    """`find_sorted` against a key file, read block by block: memory is a block and the queries."""
+def find(paths: Sequence[Path], queries: np.ndarray, reads: Reads, block_rows: int = BLOCK_ROWS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(query index, file index, row) of every entry equal to a query in the key files `paths`, each
+    read block by block: memory is a block and the queries, whatever the files' size."""
     order = np.argsort(queries[:, 0], kind="stable")
-    firsts = queries[order, 0]
-    found_q, found_rows = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
-    with open(path, "rb") as f:
-        read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}[np.lib.format.read_magic(f)]
-        (rows, width), fortran, dtype = read_header(f)
-        if dtype != np.uint64 or fortran or width != queries.shape[1] + 1:
-            raise ValueError(f"{path}: not a key file of {queries.shape[1]}-word keys")
-        reads.key_files += 1
-        for start in range(0, rows, block_rows):
-            n = min(block_rows, rows - start)
-            block = np.frombuffer(f.read(n * width * 8), np.uint64).reshape(n, width)
-            reads.key_bytes += block.nbytes
-            # The block holds the keys from its first to its last: only those queries can match in it.
-            a, b = np.searchsorted(firsts, block[0, 0], "left"), np.searchsorted(firsts, block[-1, 0], "right")
-            q, r = find_sorted(block, queries[order[a:b]])
-            found_q.append(order[a:b][q])
-            found_rows.append(r)
-    return np.concatenate(found_q), np.concatenate(found_rows)
+    queries, firsts = queries[order], queries[order, 0]
+    found: list[tuple[np.ndarray, ...]] = [(np.zeros(0, np.int64),) * 3]
+    for i, path in enumerate(paths):
+        with open(path, "rb") as f:
+            read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}[np.lib.format.read_magic(f)]
+            (rows, width), fortran, dtype = read_header(f)
+            if dtype != np.uint64 or fortran or width != queries.shape[1] + 1:
+                raise ValueError(f"{path}: not a key file of {queries.shape[1]}-word keys")
+            reads.key_files += 1
+            for start in range(0, rows, block_rows):
+                n = min(block_rows, rows - start)
+                block = np.frombuffer(f.read(n * width * 8), np.uint64).reshape(n, width)
+                reads.key_bytes += block.nbytes
+                # The block holds the keys from its first to its last: only those queries can match in it.
+                a, b = np.searchsorted(firsts, block[0, 0], "left"), np.searchsorted(firsts, block[-1, 0], "right")
+                q, r = find_sorted(block, queries[a:b])
+                found.append((order[a + q], np.full(len(q), i), r))
+    return tuple(np.concatenate(parts) for parts in zip(*found))  # type: ignore[return-value]
 
 
 class Runs:

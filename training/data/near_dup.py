@@ -372,11 +372,9 @@ class NearDuplicates(Filter):
         self.window = {r.source: i for i, r in enumerate(records)}, sigs
         rec, keys = bands(sigs, self.cfg.bands)
         earlier = [s for s in self.segments if s.sources is None]  # not the batch being written
-        found = [corpus_index.find(s.keys, keys[:, None], self.reads) for s in earlier]
-        q = np.concatenate([np.zeros(0, np.int64)] + [q for q, _ in found])
-        rows = np.concatenate([np.zeros(0, np.int64)] + [r + s.start for s, (_, r) in zip(earlier, found)])
-        self.earlier = {}
-        for i, row, e in self._scored(sigs, rec[q], rows):
+        q, files, rows = corpus_index.find([s.keys for s in earlier], keys[:, None], self.reads)
+        rows = rows + np.array([s.start for s in earlier] + [0], np.int64)[files]
+        for i, row, e in self._scored(sigs, rec[q], rows):  # kept for the whole batch: a chunk may span two windows
             self.earlier.setdefault(records[i].source, (row, e))
 
     @contextlib.contextmanager
