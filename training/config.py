@@ -324,8 +324,8 @@ class TokenizerConfig:
     about 1.3 MB/s on 2 cores on text with a crawl's long tail of rare words (its merges, on many
     distinct words, dominate; 7.8 MB/s on text of few distinct words) and its memory grows with the
     distinct words sampled, so the whole corpus would make every retrain slower and larger as batches
-    land. 128 MB fits in about 1.5 minutes and under 1 GB resident on 2 cores whatever the corpus size
-    (bench/tokenizer_scale.py), and is plenty for the frequent merges a vocabulary is made of; the rarest
+    land. 128 MB takes 1.5 to 4.5 minutes on 2 cores, the trainer under 1 GB resident whatever the corpus
+    size (bench/tokenizer_scale.py; the held-out index's memory grows with the corpus), and is plenty for the frequent merges a vocabulary is made of; the rarest
     merges of a 65,536 vocabulary are the ones a larger sample would change. The sample is a deterministic
     function of each record's (modality, id) and of the training split's size, streamed from the corpus
     (`training/curriculum/tokenizer.py`); a training split that fits (the demo's 3 MB) is used whole, in
