@@ -4,9 +4,10 @@ trained on, and whether that is enough to retrain (`RetrainingPolicy`)."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
-from training.config import RetrainingPolicy
+from training.config import KilnConfig, RetrainingPolicy
 from training.data.clean import lineage
 from training.curriculum.schedule import Pool
 from training.fsutil import fingerprint, sha256_file
@@ -44,6 +45,14 @@ def retrain_reason(policy: RetrainingPolicy, new: dict) -> str | None:
         f"{new['bytes']:,} new kept bytes since {since} (policy: {policy.min_new_kept_bytes:,}) "
         f"in {len(new['batches'])} batch(es): {', '.join(new['batches'][:5])}{' ...' if len(new['batches']) > 5 else ''}"
     )
+
+
+def starting_from(cfg: KilnConfig, start: str | None) -> KilnConfig:
+    """`cfg` with its retraining starting from `start` (None: as it is); a retraining from a release
+    also takes the release's tokenizer, so token ids mean what they meant to its weights."""
+    policy = cfg.operation.retraining if start is None else replace(cfg.operation.retraining, start_from=start)
+    tokenizer = replace(cfg.tokenizer, source="release") if policy.start_from == "release" else cfg.tokenizer
+    return replace(cfg, operation=replace(cfg.operation, retraining=policy), tokenizer=tokenizer)
 
 
 def start_tag(policy: RetrainingPolicy, release: str | None) -> str:

@@ -32,7 +32,7 @@ def test_every_step_of_the_graph_ran_once_in_the_shared_run(lifecycle, release):
     assert instance.get_dynamic_partitions("landing_batches") == ["batch-0001", "batch-0002"]  # batch-0003: no _SUCCESS
     for partitioned in ("cleaned_batch", "difficulty_scores"):
         assert instance.get_materialized_partitions(dg.AssetKey(partitioned)) == {"batch-0001", "batch-0002"}, partitioned
-    keys = ["clip_model", "cleaned_corpus", "difficulty_scores", "tokenizer", "curriculum", "pretrain_stage_1",
+    keys = ["clip_model", "cleaned_corpus", "difficulty_scores", "tokenizer", "tokenized_corpus", "curriculum", "pretrain_stage_1",
             "pretrain_stage_2", "base_model", "evaluation", "quantized_model", "gguf_model", "release"]
     for key in keys:
         assert instance.get_latest_materialization_event(dg.AssetKey(key)) is not None, key
