@@ -118,22 +118,70 @@ def test_accounting_on_a_corpus_with_planted_overlaps(tmp_path):
     assert summary["heldout_records"] == pq.read_table(cur / HELDOUT).num_rows == 21
 
 
-def test_an_index_over_chunks_matches_a_plain_set_of_ngrams():
-    """The hashed, chunked index finds exactly what a set of word tuples finds (the reference)."""
-    rng = random.Random(7)
-    vocab = [f"v{i}" for i in range(12)]  # a small vocabulary, so 13-grams do repeat by chance
-    text = lambda: " ".join(rng.choice(vocab) for _ in range(rng.randint(0, 40)))  # noqa: E731
-    heldout, train = [text() for _ in range(60)], [text() for _ in range(1500)]
-
-    def grams(t: str) -> set[tuple]:
+def _reference(train: list, heldout: list, n: int = 13) -> list[tuple[int, int, int, int]]:
+    """(train, heldout, start, words) from sets of word tuples: a training record's first window (in word
+    order) that some held-out record holds, with the first held-out record holding it; a record of under
+    n words matches only a held-out record of the same words."""
+    def grams(t) -> list[tuple[int, tuple]]:
         w = words(t)
-        return {tuple(w[i : i + 13]) for i in range(len(w) - 12)} if len(w) >= 13 else ({("whole", *w)} if w else set())
+        return [(i, tuple(w[i : i + n])) for i in range(len(w) - n + 1)] if len(w) >= n else ([(0, ("whole", *w))] if w else [])
 
-    reference = set().union(*map(grams, heldout))
-    expected = [i for i, t in enumerate(train) if grams(t) & reference]
-    assert 0 < len(expected) < len(train)
-    assert [o.train for o in find_overlaps(train, heldout, 13)] == expected
-    assert [o.train for o in HeldoutIndex(heldout, 13, max_chars=100).overlaps(iter(train))] == expected
+    first: dict[tuple, int] = {}
+    for row, t in enumerate(heldout):
+        for _, g in grams(t):
+            first.setdefault(g, row)
+    found = []
+    for i, t in enumerate(train):
+        if hit := next(((s, g) for s, g in grams(t) if g in first), None):
+            found.append((i, first[hit[1]], hit[0], min(len(words(t)), n)))
+    return found
+
+
+@pytest.mark.parametrize(
+    "vocab, heldout_records, train_records, max_chars, heldout_as, bucket_start",
+    [
+        (12, 60, 1500, 100, "list", None),  # short records of 12 words repeat by chance
+        (3, 60, 600, 100, "list", None),  # 3 words: 13-grams repeat by chance, several in a record
+        (12, 60, 600, 1, "list", None),  # a record per chunk
+        (30, 300, 600, 250, "list", None),  # many held-out chunks
+        (30, 300, 600, 250, "chunked", 2),  # an Arrow input; buckets that start tiny and grow many times
+        (12, 60, 400, 1 << 21, "array", None),  # one chunk
+        (12, 0, 50, 100, "list", None),  # nothing held out but the two records below
+    ],
+)
+def test_an_index_over_chunks_matches_a_plain_set_of_ngrams(monkeypatch, vocab, heldout_records, train_records, max_chars, heldout_as, bucket_start):
+    """The hashed, chunked index finds exactly what sets of word tuples find (the reference): the same
+    training records, held-out record, first shared word and count, whatever the chunking."""
+    import training.curriculum.contamination as contamination
+
+    if bucket_start:
+        monkeypatch.setattr(contamination, "_BUCKET_START", bucket_start)
+    rng = random.Random(vocab * 1000 + heldout_records + max_chars)
+    names = [f"v{i}" for i in range(vocab)]
+    text = lambda: [rng.choice(names) for _ in range(rng.randint(0, 40))]  # noqa: E731
+
+    def with_span_of(records: list) -> str:
+        """A new text holding 13 to 15 words of one of `records` (when it has them): a planted overlap."""
+        w, source = text(), words(rng.choice(records) or "") if records else []
+        at = rng.randint(0, max(0, len(source) - 15))
+        into = rng.randint(0, len(w))
+        w[into:into] = source[at : at + rng.randint(13, 15)]
+        return " ".join(w)
+
+    heldout: list = []
+    for i in range(heldout_records):  # every 5th holds words of an earlier one: an n-gram of several rows
+        heldout.append(with_span_of(heldout) if i % 5 == 4 else None if i % 17 == 1 else " ".join(text()))
+    train = [with_span_of(heldout) if i % 4 == 0 else " ".join(text()) for i in range(train_records)]
+    # Chinese, a caption-length record and its copy, 12 shared Han characters (no overlap).
+    heldout += [f"x {HAN} y", "A red circle on the left"]
+    train += [f"前言{HAN[3:16]}后记", "a red circle, on the LEFT", f"{FILLER} {HAN[:12]}"]
+    expected = _reference(train, heldout)
+    assert 1 < len(expected) < len(train) and len({e[1] for e in expected}) > 1
+    given = {"list": heldout, "array": pa.array(heldout), "chunked": pa.chunked_array([heldout[:7], heldout[7:]], pa.string())}[heldout_as]
+    index = HeldoutIndex(given, 13, max_chars=max_chars)
+    assert [(o.train, o.heldout, o.start, o.words) for o in index.overlaps(iter(train))] == expected
+    assert len(index.hashes) == len(set(index.hashes.tolist())) and (index.hashes[1:] > index.hashes[:-1]).all()
+    assert [(o.train, o.heldout, o.start, o.words) for o in find_overlaps(train, heldout, 13)] == expected
     whole, _, _ = fingerprints(heldout, 13)
     assert (whole == [h for t in heldout for h in fingerprints([t], 13)[0]]).all()  # independent of the chunking
 

@@ -14,10 +14,20 @@ words inside a longer record ("a red circle on the left") is too common to mean 
 Memory stays bounded at any scale. A word is a 64-bit id (blake2b of the lowercased word, cached per
 distinct word, the cache cleared past `WORD_CACHE` entries); a window of words is a polynomial hash of
 its ids mod 2^64, computed for all windows of a chunk at once from prefix sums. The held-out side is
-one sorted uint64 array (with the row of a held-out record holding each hash) and a presence table of
-their top bits; training records stream through in chunks, the table ruling out almost every window
-in one lookup and searchsorted testing the rest. A hash match is confirmed on the words themselves,
-so a hash collision never removes a record.
+one sorted uint64 array of distinct hashes, an int32 array of the first held-out row holding each, and
+a presence table of their top bits, one bit per slot; training records stream through in chunks, the
+table ruling out almost every window in one lookup and searchsorted testing the rest. A hash match is
+confirmed on the words themselves, so a hash collision never removes a record; the held-out texts are
+kept for that as one Arrow string array, a record decoded only when a match is confirmed on it.
+
+The index holds 12 bytes per distinct held-out n-gram, a presence table of at most 16 MB, the texts'
+UTF-8 and the word cache (about 9 MB when full). At 50K held-out records of 1 KB (10.7M n-grams) it adds
+about 185 MB to the resident set when given the texts as an Arrow array (Arrow arrays are kept as they
+are, without a copy), 240 MB when given a list (converted, while the caller still holds its list). It
+is built a chunk at a time: each chunk's hashes deduplicated (keeping the first row of each) and split
+by their top bits into buckets, each bucket in memory maps of its own, then merged bucket by bucket into
+the two arrays, each bucket's maps returned to the system once merged; so the build peaks little above
+what the index keeps, with no temporary as large as the whole set.
 """
 
 from __future__ import annotations
@@ -25,16 +35,19 @@ from __future__ import annotations
 import functools
 import hashlib
 import itertools
+import mmap
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 
 from training.data.filters.text import WORD
 
-WORD_CACHE = 1 << 20
-"""Distinct words whose ids are kept (about 150 MB); past it the cache starts over."""
-CHUNK_CHARS = 1 << 23
+WORD_CACHE = 1 << 16
+"""Distinct words whose ids are kept (about 9 MB); past it the cache starts over. On Zipf-distributed
+words (bench/tokenizer_scale.py's records) a cache of 2^16 is as fast as one of 2^20 (150 MB)."""
+CHUNK_CHARS = 1 << 21
 """Characters of text hashed at once (a chunk holds at least one record): bounds the per-chunk arrays
 whatever the corpus size and however long its records."""
 
@@ -42,6 +55,11 @@ _U64 = 1 << 64
 _BASE = 0x9E3779B97F4A7C15  # odd, so invertible mod 2^64: window hashes come from prefix sums
 _BASE_INV = pow(_BASE, -1, _U64)
 _LENGTH_SALT = np.uint64(0xD6E8FEB86659FD93)  # keeps a short record's whole-sequence hash apart from n-grams
+_BUCKET_BITS = 4  # the build's buckets: the top 4 bits of a hash
+_BUCKET_EDGES = np.arange(1, 1 << _BUCKET_BITS, dtype=np.uint64) << np.uint64(64 - _BUCKET_BITS)
+_BIT = np.array([1 << b for b in range(8)], dtype=np.uint8)
+_BUCKET_START = 1 << 12  # a bucket's first capacity, in hashes; it doubles as it fills
+_BLOCK = 1 << 20  # hashes set into the presence table at once
 
 
 @dataclass(frozen=True)
@@ -110,9 +128,15 @@ def fingerprints(texts: Sequence[str | None], n: int, ids: dict | None = None) -
     """(hash, row, start) of every n-gram of every text, and of the whole word sequence of a text of
     1 to n-1 words; rows index `texts`, starts count words. Hashes do not depend on the chunking."""
     ids = _WordIds() if ids is None else ids
-    tokens = [WORD.findall(t or "") for t in texts]
-    lengths = np.fromiter(map(len, tokens), dtype=np.int64, count=len(tokens))
-    flat = np.fromiter(map(ids.__getitem__, itertools.chain.from_iterable(tokens)), dtype=np.uint64, count=int(lengths.sum()))
+    lengths = np.zeros(len(texts), dtype=np.int64)
+
+    def each_word() -> Iterator[str]:  # one text's words at a time, not the chunk's as Python strings
+        for i, text in enumerate(texts):
+            found = WORD.findall(text or "")
+            lengths[i] = len(found)
+            yield from found
+
+    flat = np.fromiter(map(ids.__getitem__, each_word()), dtype=np.uint64)
     counts = np.where(lengths >= n, lengths - n + 1, np.minimum(lengths, 1))
     row = np.repeat(np.arange(len(texts)), counts)
     start = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
@@ -134,32 +158,103 @@ def _chunks(texts: Iterable[str | None], max_chars: int) -> Iterator[list[str | 
         yield batch
 
 
-class HeldoutIndex:
-    """The n-gram hashes of the held-out records, sorted, and a held-out row holding each."""
+def _mapped(count: int, dtype) -> np.ndarray:
+    """An uninitialised array in an anonymous memory map of its own: pages never written take no memory,
+    and dropping the array returns its pages to the system at once (malloc may keep freed memory)."""
+    dtype = np.dtype(dtype)
+    return np.frombuffer(mmap.mmap(-1, max(count, 1) * dtype.itemsize), dtype=dtype, count=count)
 
-    def __init__(self, texts: Sequence[str | None], n: int, max_chars: int = CHUNK_CHARS):
+
+class _Bucket:
+    """The (hash, row) pairs of one range of hashes, appended a chunk at a time (each chunk's sorted and
+    distinct), in memory maps that grow by doubling."""
+
+    def __init__(self):
+        self.hashes, self.rows, self.size = _mapped(_BUCKET_START, np.uint64), _mapped(_BUCKET_START, np.int32), 0
+
+    def extend(self, hashes: np.ndarray, rows: np.ndarray) -> None:
+        end = self.size + len(hashes)
+        if end > len(self.hashes):
+            capacity = max(end, 2 * len(self.hashes))
+            for name in ("hashes", "rows"):
+                old = getattr(self, name)
+                grown = _mapped(capacity, old.dtype)
+                grown[: self.size] = old[: self.size]
+                setattr(self, name, grown)
+        self.hashes[self.size : end] = hashes
+        self.rows[self.size : end] = rows
+        self.size = end
+
+    def distinct(self) -> tuple[np.ndarray, np.ndarray]:
+        """Its distinct hashes, sorted, each with its row from the earliest chunk holding it."""
+        order = np.argsort(self.hashes[: self.size], kind="stable")  # stable: chunk order among equal hashes
+        hashes = self.hashes[order]
+        first = np.ones(len(hashes), dtype=bool)
+        np.not_equal(hashes[1:], hashes[:-1], out=first[1:])
+        return hashes[first], self.rows[order[first]]
+
+
+def _compact(texts: Sequence[str | None] | pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """The texts as one Arrow string array (their UTF-8 and an 8-byte offset each, where a Python str costs
+    57 bytes over its text); an Arrow array or chunked array is kept as it is."""
+    if isinstance(texts, (pa.Array, pa.ChunkedArray)):
+        return texts
+    return pa.array(texts if isinstance(texts, list) else list(texts), pa.large_string())
+
+
+def _each_text(texts: pa.Array | pa.ChunkedArray, block: int = 4096) -> Iterator[str | None]:
+    for lo in range(0, len(texts), block):
+        yield from texts.slice(lo, block).to_pylist()
+
+
+class HeldoutIndex:
+    """The distinct n-gram hashes of the held-out records, sorted, each with the first held-out row holding it."""
+
+    def __init__(self, texts: Sequence[str | None] | pa.Array | pa.ChunkedArray, n: int, max_chars: int = CHUNK_CHARS):
         if n < 1:
             raise ValueError(f"n-gram length must be at least 1, not {n}")
-        self.texts, self.n, self.max_chars = texts, n, max_chars
+        self.texts, self.n, self.max_chars = _compact(texts), n, max_chars
         self._ids = _WordIds()
-        hashes, rows, base = [np.zeros(0, np.uint64)], [np.zeros(0, np.int64)], 0
-        for batch in _chunks(texts, max_chars):
-            h, row, _ = fingerprints(batch, n, self._ids)
-            hashes.append(h)
-            rows.append(row + base)
-            base += len(batch)
-        self.hashes, first = np.unique(np.concatenate(hashes), return_index=True)
-        self.rows = np.concatenate(rows)[first].astype(np.int32)
+        self.hashes, self.rows = self._build()
         # A presence table of at least 16 slots per held-out hash (so at most ~6% of other windows go
-        # on to searchsorted), of 64 KB to 128 MB.
-        self._shift = np.uint64(64 - int(np.clip(np.ceil(np.log2(16 * len(self.hashes) + 1)), 16, 27)))
-        self._present = np.zeros(1 << (64 - int(self._shift)), dtype=bool)
-        self._present[(self.hashes >> self._shift).astype(np.int64)] = True
+        # on to searchsorted), of 2^16 to 2^27 slots, one bit each (8 KB to 16 MB).
+        bits = int(np.clip(np.ceil(np.log2(16 * len(self.hashes) + 1)), 16, 27))
+        self._shift = np.uint64(64 - bits)
+        self._present = np.zeros(1 << (bits - 3), dtype=np.uint8)
+        for lo in range(0, len(self.hashes), _BLOCK):
+            slot = self.hashes[lo : lo + _BLOCK] >> self._shift
+            np.bitwise_or.at(self._present, (slot >> np.uint64(3)).astype(np.intp), _BIT[(slot & np.uint64(7)).astype(np.intp)])
         self._heldout = functools.lru_cache(maxsize=256)(self._heldout_fingerprints)
 
+    def _build(self) -> tuple[np.ndarray, np.ndarray]:
+        """(hashes, rows): each chunk's distinct hashes (with the first row of each, as a unique over all
+        the chunks' hashes in order would keep) split into buckets by their top bits, then the buckets
+        merged in order; a bucket's maps are freed once it is merged."""
+        buckets, base = [_Bucket() for _ in range(1 << _BUCKET_BITS)], 0
+        for batch in _chunks(_each_text(self.texts), self.max_chars):
+            h, row, _ = fingerprints(batch, self.n, self._ids)
+            h, first = np.unique(h, return_index=True)
+            rows = (row[first] + base).astype(np.int32)
+            cuts = [0, *np.searchsorted(h, _BUCKET_EDGES).tolist(), len(h)]
+            for bucket, lo, hi in zip(buckets, cuts, cuts[1:]):
+                bucket.extend(h[lo:hi], rows[lo:hi])
+            base += len(batch)
+        total = sum(b.size for b in buckets)
+        hashes, rows, end = np.empty(total, dtype=np.uint64), np.empty(total, dtype=np.int32), 0
+        for i in range(len(buckets)):
+            h, r = buckets[i].distinct()
+            buckets[i] = None  # its maps go back to the system before the next bucket is merged
+            hashes[end : end + len(h)], rows[end : end + len(h)] = h, r
+            end += len(h)
+        # Shrinking in place: the pages past `end` were never written.
+        hashes.resize(end, refcheck=False)
+        rows.resize(end, refcheck=False)
+        return hashes, rows
+
     def _heldout_fingerprints(self, row: int) -> tuple[list[str], np.ndarray, np.ndarray]:
-        h, _, start = fingerprints([self.texts[row]], self.n, self._ids)
-        return words(self.texts[row]), h, start
+        text = self.texts[row].as_py()
+        h, _, start = fingerprints([text], self.n, self._ids)
+        return words(text), h, start
 
     def _confirm(self, train_words: list[str], start: int, size: int, h: np.uint64, row: int) -> bool:
         held_words, held_h, held_start = self._heldout(row)
@@ -186,7 +281,8 @@ class HeldoutIndex:
         """Indices of the hashes present among the held-out ones, in order."""
         if not len(self.hashes):
             return np.zeros(0, np.int64)
-        maybe = np.flatnonzero(self._present[(h >> self._shift).astype(np.int64)])
+        slot = h >> self._shift
+        maybe = np.flatnonzero(self._present[(slot >> np.uint64(3)).astype(np.intp)] & _BIT[(slot & np.uint64(7)).astype(np.intp)])
         at = np.minimum(np.searchsorted(self.hashes, h[maybe]), len(self.hashes) - 1)
         return maybe[self.hashes[at] == h[maybe]]
 
