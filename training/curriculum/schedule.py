@@ -67,7 +67,7 @@ def _groups(table: pa.Table, columns: list[str]) -> Iterator[tuple[list[str], np
         yield values[g].split("\0"), np.flatnonzero(codes == g)
 
 
-def stream_texts(corpus_dir: Path, keys: pa.Table, chunk: int = CHUNK) -> Iterator[tuple[np.ndarray, list[str]]]:
+def stream_texts(corpus_dir: Path, keys: pa.Table, chunk: int = CHUNK) -> Iterator[tuple[np.ndarray, pa.Array]]:
     """(rows of `keys`, their texts) for records named by batch, file and row in the corpus, a chunk at
     a time, in the corpus's file order."""
     rows = keys["row"].to_numpy()
@@ -77,17 +77,18 @@ def stream_texts(corpus_dir: Path, keys: pa.Table, chunk: int = CHUNK) -> Iterat
         for part in pq.ParquetFile(corpus_dir / batch / file).iter_batches(batch_size=chunk, columns=["text"]):
             lo, hi = np.searchsorted(wanted, [base, base + part.num_rows])
             if hi > lo:
-                yield pick[lo:hi], part.column(0).take(pa.array(wanted[lo:hi] - base)).to_pylist()
+                yield pick[lo:hi], part.column(0).take(pa.array(wanted[lo:hi] - base)).cast(pa.large_string())
             base += part.num_rows
 
 
-def texts_of(corpus_dir: Path, keys: pa.Table) -> list[str]:
-    """The texts of the records `keys` names, in its order (for few records: the held-out share)."""
-    out: list = [None] * keys.num_rows
-    for rows, texts in stream_texts(corpus_dir, keys):
-        for r, t in zip(rows.tolist(), texts):
-            out[r] = t
-    return out
+def texts_of(corpus_dir: Path, keys: pa.Table) -> pa.Array:
+    """The texts of the records `keys` names, in its order, as one Arrow array (for few records: the
+    held-out share, the contaminated ones)."""
+    rows, parts = [np.zeros(0, np.int64)], [pa.array([], pa.large_string())]
+    for r, texts in stream_texts(corpus_dir, keys):
+        rows.append(r)
+        parts.append(texts)
+    return pa.concat_arrays(parts).take(pa.array(np.argsort(np.concatenate(rows), kind="stable")))
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,7 @@ class Pool:
 def start_line(start: dict) -> str:
     """Where a curriculum's training starts, in words (the asset's metadata, the model card)."""
     if start.get("from") != "release":
-        return "from scratch: a tokenizer trained on the corpus, random weights, every training record"
+        return "from scratch: random weights, every training record"
     return (
         f"from release {start['release']} (its weights and tokenizer): {start['new_records']:,} records landed since it, "
         f"and {start['replayed_records']:,} earlier ones replayed ({start['replay_share']:.0%} of them)"
@@ -140,7 +141,7 @@ def record_keys(scores: Sequence[Path], tokens_dir: Path, batches: list[str]) ->
     return scored.join(index, keys=["modality", "id"]).sort_by([("modality", "ascending"), ("id", "ascending")])
 
 
-def decontaminate(train: pa.Table, heldout: pa.Table, heldout_texts: list[str], corpus_dir: Path, n: int) -> tuple[np.ndarray, pa.Table]:
+def decontaminate(train: pa.Table, heldout: pa.Table, heldout_texts: pa.Array, corpus_dir: Path, n: int) -> tuple[np.ndarray, pa.Table]:
     """(the rows of `train` that stay, the contaminated records): training records sharing n words with
     a held-out record, with the reason and a detail naming one held-out record and the shared words.
     Training texts stream through the held-out index a chunk at a time."""
@@ -150,21 +151,21 @@ def decontaminate(train: pa.Table, heldout: pa.Table, heldout_texts: list[str], 
     def texts() -> Iterator[str]:
         for rows, chunk in stream_texts(corpus_dir, train):
             order.append(rows)
-            yield from chunk
+            yield from chunk.to_pylist()
 
     found = list(index.overlaps(texts()))
     streamed = np.concatenate(order) if order else np.zeros(0, np.int64)
     hits = sorted(zip(streamed[[o.train for o in found]].tolist(), found), key=lambda t: t[0])
     rows = pa.array([r for r, _ in hits], pa.int64())
     contaminated = train.take(rows).select(["id", "modality", "level"])
-    texts_found = texts_of(corpus_dir, train.take(rows))
+    texts_found = texts_of(corpus_dir, train.take(rows)).to_pylist()
     keys = heldout.select(["modality", "id"]).to_pylist()
     details = [
         f"shares {o.words} words with held-out {keys[o.heldout]['modality']}/{keys[o.heldout]['id']}: "
         f"\"{shared_text(text, o.start, o.words)}\""
         for (_, o), text in zip(hits, texts_found)
     ]
-    contaminated = contaminated.append_column("text", pa.array(texts_found, pa.string()))
+    contaminated = contaminated.append_column("text", pa.array(texts_found, pa.large_string()))
     contaminated = contaminated.append_column("reason", pa.array([OVERLAP] * len(hits), pa.string()))
     mask = np.ones(train.num_rows, dtype=bool)
     mask[rows.to_numpy()] = False
@@ -211,7 +212,7 @@ def verify_stages(out_dir: Path, tokens_dir: Path, tokenizer, n: int) -> dict:
     heldout = pq.read_table(out_dir / HELDOUT, columns=["modality", "id", "text"])
 
     texts = (t for lo in range(0, len(distinct), CHUNK) for t in texts_at(tokens_dir, tokenizer, names, distinct[lo : lo + CHUNK]))
-    found = list(HeldoutIndex(heldout["text"].to_pylist(), n).overlaps(texts))
+    found = list(HeldoutIndex(heldout["text"], n).overlaps(texts))
     shown = found[:10]
     wanted = {tuple(distinct[o.train].tolist()) for o in shown}
     named = _named(stages, names, wanted) if wanted else {}
@@ -257,7 +258,7 @@ def build_curriculum(
     split = keys.filter(pc.equal(keys["split"], "train")).drop_columns(["split"])
     heldout_keys = keys.filter(pc.equal(keys["split"], "heldout")).drop_columns(["split"])
     heldout_texts = texts_of(corpus_dir, heldout_keys)
-    heldout = heldout_keys.select(["id", "modality", "level"]).append_column("text", pa.array(heldout_texts, pa.string()))
+    heldout = heldout_keys.select(["id", "modality", "level"]).append_column("text", heldout_texts)
     kept, contaminated = decontaminate(split, heldout, heldout_texts, corpus_dir, cfg.ngram)
     train = split.filter(pa.array(kept))
     if pool is None:
