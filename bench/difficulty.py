@@ -42,7 +42,7 @@ LABELS = {
 # --- inside a child ----------------------------------------------------------------------------------
 
 
-def _status_kb(field: str) -> int:
+def status_kb(field: str) -> int:
     line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith(field + ":"))
     return int(line.split()[1])
 
@@ -105,12 +105,12 @@ def child_pairs(kind: str, n: int) -> dict:
     cands, refs = _pairs(n)
     score = _scorer(kind)
     score(cands[:32], refs[:32])  # warm-up: lazy allocations, kernels chosen
-    base_kb = _status_kb("VmRSS")
+    base_kb = status_kb("VmRSS")
     reset = _reset_peak()
     start, cpu = time.perf_counter(), time.process_time()
     score(cands, refs)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
-    peak_kb = _status_kb("VmHWM")
+    peak_kb = status_kb("VmHWM")
     return {
         "kind": kind, "pairs": n, "seconds": round(seconds, 2), "cpu_seconds": round(cpu, 2),
         "pairs_per_s": round(n / seconds, 1), "rss_before_mb": round(base_kb / 1024, 1),
@@ -159,7 +159,7 @@ def child_batch(records_file: str, out_file: str) -> dict:
     return {
         "records": stats["records"], "scored": stats["scored"], "seconds": round(seconds, 1), "load_seconds": round(loaded - start, 1),
         "records_per_s": stats["records_per_second"], "pairs_per_s": round(stats["scored"] / seconds, 1),
-        "peak_rss_mb": round(_status_kb("VmHWM") / 1024, 1),
+        "peak_rss_mb": round(status_kb("VmHWM") / 1024, 1),
         # getrusage as the brief of this benchmark asked; it survives exec, so it can report the parent's peak.
         "ru_maxrss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }

@@ -31,14 +31,14 @@ BATCHES = 20
 
 
 def child(step: str, landing: str, out: str) -> dict:
-    from bench.difficulty import _status_kb
+    from bench.difficulty import status_kb
     from training.config import CleaningConfig
     from training.data.clean import build_corpus, clean_batch
     from training.data.landing import ready_batches
     from training.layout import Layout
 
     cfg, layout, batches = CleaningConfig(), Layout(Path(out)), ready_batches(Path(landing))
-    base_kb = _status_kb("VmRSS")
+    base_kb = status_kb("VmRSS")
     start = time.perf_counter()
     if step == "alone":
         for batch in batches:
@@ -47,7 +47,7 @@ def child(step: str, landing: str, out: str) -> dict:
     seconds = time.perf_counter() - start
     text = report.reads.get("text")
     return {
-        "seconds": round(seconds, 3), "peak_rss_mb": round(_status_kb("VmHWM") / 1024, 1), "rss_before_mb": round(base_kb / 1024, 1),
+        "seconds": round(seconds, 3), "peak_rss_mb": round(status_kb("VmHWM") / 1024, 1), "rss_before_mb": round(base_kb / 1024, 1),
         "deduplicated": [f"{r.batch}/{r.modality}" for r in report.results if not r.cached],
         "key_files_read": text.key_files if text else 0, "key_mb_read": round(text.key_bytes / 2**20, 1) if text else 0,
         "earlier_text_records_read": sum(r.text_records for r in report.reads.values()),

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.difficulty import _status_kb
+from bench.difficulty import status_kb
 from bench.tokenizer_scale import write_corpus
 from training.fsutil import remove
 from training.markdown import markdown_table
@@ -99,7 +99,7 @@ def child(step: str, root: str) -> dict:
         out.mkdir(exist_ok=True)
         rows = [pack_stage(p, layout.tokenized_corpus, SEQ_LEN, out / f"{p.stem}.npy") for p in sorted(layout.curriculum.glob(STAGE_FILES))]
         detail = {"stages": len(rows), "rows": sum(rows), "packed_gb": round(sum(p.stat().st_size for p in out.iterdir()) / 1e9, 2)}
-    return {"seconds": round(time.perf_counter() - start, 1), "peak_rss_mb": round(_status_kb("VmHWM") / 1024, 1), **detail}
+    return {"seconds": round(time.perf_counter() - start, 1), "peak_rss_mb": round(status_kb("VmHWM") / 1024, 1), **detail}
 
 
 # --- the parent -------------------------------------------------------------------------------------------

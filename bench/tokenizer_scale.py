@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.difficulty import _status_kb
+from bench.difficulty import status_kb
 
 BATCHES = 10
 ROW_GROUP = 2048
@@ -106,12 +106,12 @@ def child_fit(corpus: str, sample_bytes: str) -> dict:
     from training.curriculum.tokenizer import fit_corpus_tokenizer
 
     cfg = TokenizerConfig() if sample_bytes == "default" else TokenizerConfig(sample_bytes=int(sample_bytes))
-    base_kb = _status_kb("VmRSS")
+    base_kb = status_kb("VmRSS")
     start = time.perf_counter()
     tok, result = fit_corpus_tokenizer(Path(corpus), cfg, DifficultyConfig().heldout_share, CurriculumConfig().ngram)
     seconds = time.perf_counter() - start
     return {
-        "seconds": round(seconds, 1), "peak_rss_mb": round(_status_kb("VmHWM") / 1024, 1), "rss_before_mb": round(base_kb / 1024, 1),
+        "seconds": round(seconds, 1), "peak_rss_mb": round(status_kb("VmHWM") / 1024, 1), "rss_before_mb": round(base_kb / 1024, 1),
         "vocab_size": len(tok), "sample": result["sample"], "left_out_overlapping_heldout": result["left_out_overlapping_heldout"],
         "sampled_mb_per_s": round(result["sample"]["bytes"] / 1e6 / seconds, 2),
     }
@@ -128,9 +128,9 @@ def child_index(corpus: str) -> dict:
 
     texts = [t for chunk in heldout_records(Path(corpus), DifficultyConfig().heldout_share) for _, _, t in chunk]
     gc.collect()
-    before_kb = _status_kb("VmRSS")
+    before_kb = status_kb("VmRSS")
     index = HeldoutIndex(texts, CurriculumConfig().ngram)
-    after_kb = _status_kb("VmRSS")
+    after_kb = status_kb("VmRSS")
     arrays = index.hashes.nbytes + index.rows.nbytes + index._present.nbytes
     return {
         "heldout_records": len(texts),
@@ -138,7 +138,7 @@ def child_index(corpus: str) -> dict:
         "arrays_mb": round(arrays / 2**20, 1),
         "hashes": len(index.hashes),
         "rss_growth_mb": round((after_kb - before_kb) / 1024, 1),
-        "peak_rss_mb": round(_status_kb("VmHWM") / 1024, 1),
+        "peak_rss_mb": round(status_kb("VmHWM") / 1024, 1),
     }
 
 
