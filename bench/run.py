@@ -27,7 +27,7 @@ from bench.corpus import write_code_batch, write_text_batch
 from training.markdown import markdown_table
 
 ROOT = Path(__file__).resolve().parent
-SECTIONS = ("cleaning", "incremental", "near_dup", "tree_sitter", "clip", "difficulty", "tokenizer", "scale", "e2e", "training")
+SECTIONS = ("cleaning", "incremental", "near_dup", "tree_sitter", "clip", "difficulty", "tokenizer", "data_path", "e2e", "training")
 
 
 @dataclass(frozen=True)
@@ -57,13 +57,13 @@ class Scale:
     near_dup_docs: int = 2_000
     """Base documents of the near-duplicate quality set (each with 4 light edits and 2 distinct
     documents on its topic); the cost is measured on the whole text corpus."""
-    scale_records: tuple[int, ...] = (100_000, 1_000_000)
+    data_path_records: tuple[int, ...] = (100_000, 1_000_000)
     """Corpus sizes of the data path's steps (tokenizer, tokenized_corpus, curriculum and its check, packing)."""
 
 
 SCALES = {
     "full": Scale(1_000_000, 50_000, 20_000, 100_000, 5_000, 1_024, 128, (2_000, 20_000), 1_000, 50, 20, True),
-    "smoke": Scale(300, 20, 100, 100, 20, 8, 8, (40, 80), 16, 0.1, 1, False, (10, 20), 10, near_dup_docs=20, scale_records=(300,)),
+    "smoke": Scale(300, 20, 100, 100, 20, 8, 8, (40, 80), 16, 0.1, 1, False, (10, 20), 10, near_dup_docs=20, data_path_records=(300,)),
 }
 GPU_SCALE = {"clip_pairs": 8_192}
 
@@ -129,11 +129,11 @@ def run(sections: list[str], scale: Scale, repeats: int, work: Path) -> dict:
         results["difficulty"] = {**row, "markdown": difficulty.markdown(row)}
     if "tokenizer" in sections:
         results["tokenizer"] = models.tokenizer_row(text, work, scale.tokenizer_mb, repeats)
-    if "scale" in sections:
+    if "data_path" in sections:
         from bench import scale as data_path
 
-        row = data_path.run(work / "scale", scale.scale_records)
-        results["scale"] = {**row, "markdown": data_path.markdown(row)}
+        row = data_path.run(work / "data_path", scale.data_path_records)
+        results["data_path"] = {**row, "markdown": data_path.markdown(row)}
     if "e2e" in sections:
         from bench import e2e
 
@@ -182,8 +182,8 @@ def markdown(results: dict) -> str:
     if "tokenizer" in results:
         r = results["tokenizer"]
         table("Tokenizer training (byte-level BPE)", ["MB", "MB/s", "vocabulary", "threads"], [[r["mb"], r["mb_per_s"], r["vocab_size"], r["threads"]]])
-    if "scale" in results:
-        out.extend(["## The data path at scale: cleaned corpus to packed tokens", "", results["scale"]["markdown"], ""])
+    if "data_path" in results:
+        out.extend(["## The data path at scale: cleaned corpus to packed tokens", "", results["data_path"]["markdown"], ""])
     if "e2e" in results:
         out.extend(["## End to end: `make demo` (tiny preset)", "", results["e2e"]["markdown"], ""])
     for t in results.get("training", []):

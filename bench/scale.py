@@ -1,5 +1,5 @@
 """The data path from the cleaned corpus to packed training tokens at two corpus sizes: seconds and peak
-resident set of each step, each in a fresh child process, side by side (`make bench`'s scale section).
+resident set of each step, each in a fresh child process, side by side (`make bench`'s data_path section).
 
 Steps, as the assets run them: `tokenizer` (fit on the bounded sample), `tokenized_corpus` (every
 record encoded once), `curriculum` (stages as selections, decontamination streamed), its blocking check
