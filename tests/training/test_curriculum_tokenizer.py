@@ -95,3 +95,13 @@ def test_tokenizer_round_trip_and_loading(tmp_path):
     assert tok("hello")["input_ids"] == tok("hello", add_special_tokens=False)["input_ids"]
     [ids] = encode_records(tok, ["hello"])
     assert ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id and ids[1:-1] == tok("hello")["input_ids"]
+
+
+def test_scores_in_another_order_than_the_corpus_make_the_same_curriculum(scored, tmp_path):
+    """Scores row for row with the corpus are put side by side; in any other order they are joined."""
+    aligned = _build(scored, tmp_path / "aligned", CurriculumConfig())
+    shuffled = tmp_path / "shuffled.parquet"
+    table = pq.read_table(scored[0])
+    pq.write_table(table.take(list(reversed(range(table.num_rows)))), shuffled)
+    joined = _build((shuffled, scored[1]), tmp_path / "joined", CurriculumConfig())
+    assert joined["stages"] == aligned["stages"]  # records, tokens and each stage file's sha256

@@ -131,14 +131,30 @@ def replayed(modality: str, record_id: str, share: float) -> bool:
     return h / 2**64 < share
 
 
+KEY_SCHEMA = pa.schema([
+    ("id", pa.string()), ("modality", pa.string()), ("split", pa.string()), ("level", pa.int8()), ("batch", pa.string()),
+    ("file", pa.string()), ("row", pa.int64()), ("offset", pa.int64()), ("tokens", pa.int64()),
+])
+
+
 def record_keys(scores: Sequence[Path], tokens_dir: Path, batches: list[str]) -> pa.Table:
-    """Every scored record's keys and where its tokens are, sorted by (modality, id), with its split: no text."""
-    columns = ["id", "modality", "split", "level"]
-    scored = ds.dataset(list(scores), format="parquet").to_table(columns=columns) if scores else pa.table(
-        {"id": pa.array([], pa.string()), "modality": pa.array([], pa.string()), "split": pa.array([], pa.string()), "level": pa.array([], pa.int8())}
-    )
-    index = read_index(tokens_dir, batches, ["file", "row", "modality", "id", "offset", "tokens"])
-    return scored.join(index, keys=["modality", "id"]).sort_by([("modality", "ascending"), ("id", "ascending")])
+    """Every scored record's keys and where its tokens are, sorted by (modality, id), with its split: no
+    text. Batch by batch: a batch's scores lie row for row with its shard's index, as the difficulty step
+    writes them, and are put side by side; other scores are joined on (modality, id), a batch at a time."""
+    scored = ds.dataset(list(scores), format="parquet") if scores else None
+    parts = []
+    for batch in batches:
+        index = read_index(tokens_dir, [batch], ["file", "row", "modality", "id", "offset", "tokens"])
+        part = scored.to_table(columns=["id", "modality", "split", "level"], filter=pc.field("batch") == batch) if scored else None
+        if part is None or part.num_rows == 0:
+            continue
+        if part.select(["modality", "id"]).equals(index.select(["modality", "id"])):
+            part = index.append_column("split", part["split"]).append_column("level", part["level"])
+        else:
+            part = part.join(index, keys=["modality", "id"])
+        parts.append(part.select(KEY_SCHEMA.names).cast(KEY_SCHEMA))
+    keys = pa.concat_tables(parts) if parts else KEY_SCHEMA.empty_table()
+    return keys.sort_by([("modality", "ascending"), ("id", "ascending")])
 
 
 def decontaminate(train: pa.Table, heldout: pa.Table, heldout_texts: pa.Array, corpus_dir: Path, n: int) -> tuple[np.ndarray, pa.Table]:
@@ -257,10 +273,12 @@ def build_curriculum(
     keys = record_keys(scores, tokens_dir, batches)
     split = keys.filter(pc.equal(keys["split"], "train")).drop_columns(["split"])
     heldout_keys = keys.filter(pc.equal(keys["split"], "heldout")).drop_columns(["split"])
+    del keys  # what follows holds the two sides, never a third copy of the keys
     heldout_texts = texts_of(corpus_dir, heldout_keys)
     heldout = heldout_keys.select(["id", "modality", "level"]).append_column("text", heldout_texts)
     kept, contaminated = decontaminate(split, heldout, heldout_texts, corpus_dir, cfg.ngram)
-    train = split.filter(pa.array(kept))
+    train, split_records = split.filter(pa.array(kept)), split.num_rows
+    del split
     if pool is None:
         start = {"from": "scratch"}
     else:
@@ -303,7 +321,7 @@ def build_curriculum(
                 "ngram": cfg.ngram,
                 "removed": contaminated.num_rows,
                 "by_modality": by_modality(contaminated),
-                "training_split_records": split.num_rows,
+                "training_split_records": split_records,
                 "file": CONTAMINATED,
             },
         }
