@@ -198,12 +198,12 @@ def _distinct_selections(stages: list[Path]) -> tuple[list[str], np.ndarray]:
     distinct = np.zeros((0, 3), np.int64)
     for path in stages:
         t = pq.read_table(path, columns=["batch", "offset", "tokens"])
-        batch = t["batch"].to_pylist() if t.num_rows else []
-        for b in dict.fromkeys(batch):
-            if b not in names:
-                names.append(b)
-        code = {b: i for i, b in enumerate(names)}
-        rows = np.stack([np.fromiter((code[b] for b in batch), np.int64, len(batch)), t["offset"].to_numpy(), t["tokens"].to_numpy()], axis=1)
+        batch = t["batch"].combine_chunks().dictionary_encode()
+        found = batch.dictionary.to_pylist()
+        names += [b for b in found if b not in names]
+        codes = np.array([names.index(b) for b in found], np.int64)[batch.indices.to_numpy(zero_copy_only=False)]
+        rows = np.stack([codes, t["offset"].to_numpy(), t["tokens"].to_numpy()], axis=1)
+        del t, batch
         distinct = np.unique(np.concatenate([distinct, rows]), axis=0)
     return names, distinct
 
@@ -212,8 +212,10 @@ def _named(stages: list[Path], names: list[str], wanted: set[tuple[int, int, int
     """modality/id of the stage rows selecting `wanted` (batch code, offset, tokens)."""
     code = {b: i for i, b in enumerate(names)}
     out: dict[tuple[int, int, int], str] = {}
+    offsets = pa.array(sorted({k[1] for k in wanted}), pa.int64())
     for path in stages:
-        for r in pq.read_table(path, columns=["modality", "id", "batch", "offset", "tokens"]).to_pylist():
+        table = pq.read_table(path, columns=["modality", "id", "batch", "offset", "tokens"])
+        for r in table.filter(pc.is_in(table["offset"], offsets)).to_pylist():
             if (k := (code[r["batch"]], r["offset"], r["tokens"])) in wanted:
                 out.setdefault(k, f"{r['modality']}/{r['id']}")
     return out
