@@ -145,7 +145,7 @@ def test_packing_copies_the_stage_tokens_in_training_order(corpus, tmp_path, chu
     stream = np.array([t for ids in encode_records(tok, [texts[i] for i in order]) for t in ids], np.int32)
     assert pack_stage(root / "curriculum" / "stage_02.parquet", root / "tokenized_corpus", 64, tmp_path / "p.npy", chunk) == len(stream) // 64
     rows = np.load(tmp_path / "p.npy")
-    assert rows.dtype == np.int32 and rows.shape == (plan["stages"][1]["tokens"] // 64, 64)
+    assert rows.dtype == np.uint16 and rows.shape == (plan["stages"][1]["tokens"] // 64, 64)  # a vocabulary of 512
     assert (rows.ravel() == stream[: rows.size]).all()  # the same tokens as encoding the stage's texts in its order
 
 

@@ -172,6 +172,7 @@ def gather(out_root: Path, batch: np.ndarray, offset: np.ndarray, tokens: np.nda
     dest = np.cumsum(tokens) - tokens
     for name in np.unique(batch):
         pick = np.flatnonzero(batch == name)
+        pick = pick[np.argsort(offset[pick], kind="stable")]  # read the file in order: fewer page faults
         counts = tokens[pick]
         n = int(counts.sum())
         if not n:

@@ -26,7 +26,7 @@ from pydantic import ConfigDict, TypeAdapter, with_config
 from training.cache import key_of, reused
 from training.config import ModelConfig, TrainingConfig
 from training.fsutil import atomic_path, sha256_file
-from training.curriculum.tokens import gather
+from training.curriculum.tokens import batch_names, gather, shard_dtype
 from training.layout import STAGE_JSON, TOKENIZER_JSON, Layout, stage_file
 from training.pretrain.deepspeed_config import StagePlan, plan_stages
 
@@ -126,21 +126,23 @@ def completed(spec: StageSpec) -> dict | None:
 
 
 def pack_stage(records: str | Path, tokens_dir: str | Path, seq_len: int, out: Path, chunk: int = 4096) -> int:
-    """Write the stage's tokens to `out` (.npy, int32, rows of `seq_len`) atomically: its records'
-    tokens from the token shards (each record <|begin_of_text|> ... <|end_of_text|>), concatenated in
-    training order; the incomplete last row is dropped. Streams `chunk` records at a time, so memory
-    holds a chunk's tokens whatever the stage's size. Returns the rows written."""
+    """Write the stage's tokens to `out` (.npy, rows of `seq_len`, in the shards' token type: uint16
+    while the vocabulary fits) atomically: its records' tokens from the token shards (each record
+    <|begin_of_text|> ... <|end_of_text|>), concatenated in training order; the incomplete last row is
+    dropped. Streams `chunk` records at a time, so memory holds a chunk's tokens whatever the stage's
+    size. Returns the rows written."""
     stage = pq.ParquetFile(records)
     total = int(pc.sum(stage.read(columns=["tokens"])["tokens"]).as_py() or 0)
     rows = total // seq_len
     left = rows * seq_len
+    dtype = np.result_type(np.uint16, *(shard_dtype(Path(tokens_dir) / b) for b in batch_names(Path(tokens_dir))))
     with atomic_path(out) as tmp, open(tmp, "wb") as f:
-        np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.int32)), "fortran_order": False, "shape": (rows, seq_len)})
+        np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (rows, seq_len)})
         for part in stage.iter_batches(batch_size=chunk, columns=["batch", "offset", "tokens"]):
             if left <= 0:
                 break
             batch, offset, tokens = (part.column(c).to_numpy(zero_copy_only=False) for c in ("batch", "offset", "tokens"))
             data = gather(Path(tokens_dir), batch, offset, tokens)[:left]
-            data.tofile(f)
+            data.astype(dtype).tofile(f)
             left -= len(data)
     return rows
