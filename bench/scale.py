@@ -38,11 +38,12 @@ def _stand_in_scores(corpus: Path, out: Path) -> list[Path]:
 
     from training.config import DifficultyConfig
     from training.curriculum.difficulty import is_heldout
-    from training.curriculum.tokens import batch_names, corpus_files
+    from training.curriculum.tokens import corpus_files
+    from training.layout import batch_folders
     from training.layout import SCORES
 
     share, paths = DifficultyConfig().heldout_share, []
-    for batch in batch_names(corpus):
+    for batch in batch_folders(corpus):
         path = out / batch / SCORES
         paths.append(path)
         if path.is_file():

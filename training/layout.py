@@ -59,6 +59,11 @@ HISTOGRAMS_JSON = "_histograms.json"
 """Written beside HISTOGRAMS_PNG: the numbers drawn, so a rerun with equal numbers keeps the picture."""
 
 
+def batch_folders(root: Path) -> list[str]:
+    """The batch folders under an output root, in order (hidden and temporary ones aside)."""
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and p.name[0] not in "._") if root.is_dir() else []
+
+
 def records_file(modality: str) -> str:
     """A modality's records in a batch folder (kept, rejected, or kept in the corpus)."""
     return f"{modality}.parquet"

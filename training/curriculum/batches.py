@@ -26,9 +26,8 @@ from pathlib import Path
 from training.cache import key_of, reused
 from training.config import DifficultyConfig
 from training.curriculum.difficulty import STEP, VERSION, Persistence, Predictor, ReleasedModel, score_difficulty
-from training.data.clean import batch_folders
 from training.fsutil import fingerprint, write_json
-from training.layout import BATCH_MANIFEST, PREDICTOR_JSON, SCORES, STEP_JSON, Layout, latest
+from training.layout import BATCH_MANIFEST, PREDICTOR_JSON, SCORES, STEP_JSON, Layout, batch_folders, latest
 
 PERSISTENCE = "persistence"
 RELEASE = "release"

@@ -43,10 +43,10 @@ import pyarrow.parquet as pq
 from training.cache import record
 from training.config import CurriculumConfig
 from training.curriculum.contamination import HeldoutIndex, shared_text
-from training.curriculum.tokens import batch_names, gather, read_index
+from training.curriculum.tokens import gather, read_index
 from training.data.stats import level_histograms
 from training.fsutil import atomic_path, sha256_file
-from training.layout import CONTAMINATED, CURRICULUM_JSON, HELDOUT, LEVELS_PNG, STAGE_FILES, stage_file
+from training.layout import CONTAMINATED, CURRICULUM_JSON, HELDOUT, LEVELS_PNG, STAGE_FILES, batch_folders, stage_file
 
 OVERLAP = "heldout_overlap"
 STEP, VERSION = "curriculum", 3
@@ -271,7 +271,7 @@ def build_curriculum(
     curriculum.json's content."""
     if not cfg.schedule:
         raise ValueError("the curriculum schedule is empty")
-    batches = sorted(shards) if shards is not None else batch_names(tokens_dir)
+    batches = sorted(shards) if shards is not None else batch_folders(tokens_dir)
     keys = record_keys(scores, tokens_dir, batches)
     split = keys.filter(pc.equal(keys["split"], "train")).drop_columns(["split"])
     heldout_keys = keys.filter(pc.equal(keys["split"], "heldout")).drop_columns(["split"])

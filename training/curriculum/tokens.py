@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 from training.cache import input_hash, key_of, record, reused
 from training.fsutil import atomic_path, remove
-from training.layout import BATCH_MANIFEST, STEP_JSON, TOKENIZER_JSON
+from training.layout import BATCH_MANIFEST, STEP_JSON, TOKENIZER_JSON, batch_folders
 
 STEP, VERSION = "tokenized_corpus", 1
 """The shards' step name and logic version in each batch's key: bump VERSION when what is written changes."""
@@ -51,10 +51,6 @@ def token_dtype(vocab_size: int) -> np.dtype:
 def corpus_files(batch_dir: Path) -> list[Path]:
     """A corpus part's record files, in order (kiln's own files start with `_`)."""
     return sorted(p for p in batch_dir.glob("*.parquet") if p.name[0] not in "._")
-
-
-def batch_names(root: Path) -> list[str]:
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and p.name[0] not in "._") if root.is_dir() else []
 
 
 def shard_key(batch_dir: Path, tokenizer_dir: Path) -> str:
@@ -112,8 +108,8 @@ def encode_corpus(corpus_dir: Path, tokenizer_dir: Path, out_root: Path, log=lam
     from transformers import AutoTokenizer
 
     tokenizer = None
-    batches = batch_names(corpus_dir)
-    for old in set(batch_names(out_root)) - set(batches):
+    batches = batch_folders(corpus_dir)
+    for old in set(batch_folders(out_root)) - set(batches):
         remove(out_root / old)
     out: dict[str, dict] = {}
     for batch in batches:
@@ -136,7 +132,7 @@ def current_shards(corpus_dir: Path, tokenizer_dir: Path, out_root: Path) -> dic
     """Per corpus batch: the key and result of its shard, which must be current; otherwise `StaleShards`
     naming the batches."""
     shards, stale = {}, []
-    for batch in batch_names(corpus_dir):
+    for batch in batch_folders(corpus_dir):
         key = shard_key(corpus_dir / batch, tokenizer_dir)
         result = reused(out_root / batch, key)
         if result is None:

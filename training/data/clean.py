@@ -68,7 +68,7 @@ from training.data.near_dup import NearDuplicates
 from training.data.readers import read_code, read_image_pairs, read_text
 from training.data.records import MODALITIES, Record, RecordWriter
 from training.fsutil import atomic_path, remove, write_json
-from training.layout import BATCH_MANIFEST, Layout, duplicates_file, exact_keys_file, records_file
+from training.layout import BATCH_MANIFEST, Layout, batch_folders, duplicates_file, exact_keys_file, records_file
 
 # Bump when what a filter decides changes, so every cached batch is cleaned again. The keys are the cache
 # rule's (training/cache.py) on this version, the modality, the settings and the batch's content hash.
@@ -296,11 +296,6 @@ def remove_batch(name: str, *roots: Path) -> bool:
             remove(root / name)
             found = True
     return found
-
-
-def batch_folders(root: Path) -> list[str]:
-    """The batch folders under an output root, in order (hidden and temporary ones aside)."""
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and p.name[0] not in "._") if root.is_dir() else []
 
 
 def sweep_batches(keep: Iterable[str], batches_dir: Path, rejected_dir: Path) -> list[str]:

@@ -26,8 +26,8 @@ from pydantic import ConfigDict, TypeAdapter, with_config
 from training.cache import key_of, reused
 from training.config import ModelConfig, TrainingConfig
 from training.fsutil import atomic_path, sha256_file
-from training.curriculum.tokens import batch_names, gather, shard_dtype
-from training.layout import STAGE_JSON, TOKENIZER_JSON, Layout, stage_file
+from training.curriculum.tokens import gather, shard_dtype
+from training.layout import STAGE_JSON, TOKENIZER_JSON, Layout, batch_folders, stage_file
 from training.pretrain.deepspeed_config import StagePlan, plan_stages
 
 STEP = "pretrain_stage"
@@ -135,7 +135,7 @@ def pack_stage(records: str | Path, tokens_dir: str | Path, seq_len: int, out: P
     total = int(pc.sum(stage.read(columns=["tokens"])["tokens"]).as_py() or 0)
     rows = total // seq_len
     left = rows * seq_len
-    dtype = np.result_type(np.uint16, *(shard_dtype(Path(tokens_dir) / b) for b in batch_names(Path(tokens_dir))))
+    dtype = np.result_type(np.uint16, *(shard_dtype(Path(tokens_dir) / b) for b in batch_folders(Path(tokens_dir))))
     with atomic_path(out) as tmp, open(tmp, "wb") as f:
         np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (rows, seq_len)})
         for part in stage.iter_batches(batch_size=chunk, columns=["batch", "offset", "tokens"]):
