@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
+import errno
 import glob
 import hashlib
 import json
@@ -49,10 +51,14 @@ def tree_fingerprint(root: Path, files: list[Path]) -> str:
 
 
 _HOST = socket.gethostname()
+_TEMP = ".tmp-"
+_ASIDE = ".aside"
+"""Suffix of a folder's previous version moved aside by the two-rename swap (where the filesystem
+cannot exchange two names atomically): `<temp>.aside` beside the complete `<temp>` that replaces it."""
 
 
 def _temp_prefix(path: Path) -> str:
-    return f".{path.name}.tmp-{_HOST}-"
+    return f".{path.name}{_TEMP}{_HOST}-"
 
 
 def _temp_sibling(path: Path) -> Path:
@@ -70,15 +76,48 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _remove_dead_temps(path: Path) -> None:
-    """Temporary siblings of `path` left by writers on this machine that died (kill -9, OOM) before
-    they could rename or remove them. A writer still running, or on another machine sharing the
-    folder, keeps its own."""
-    prefix = _temp_prefix(path)
-    for old in path.parent.glob(glob.escape(prefix) + "*"):
-        pid = old.name[len(prefix):].split("-")[0]
+def _dead_temps(folder: Path, name: str = "*") -> list[Path]:
+    """Temporary siblings (`_temp_sibling`, and their `.aside` twins) in `folder` of `name` (a glob)
+    whose writer ran on this machine and is no longer running: killed (kill -9, OOM) before it could
+    rename or remove them. A writer still running, or on another machine sharing the folder, keeps its own."""
+    dead = []
+    for old in folder.glob(f".{name}{_TEMP}{glob.escape(_HOST)}-*"):
+        pid = old.name.rsplit(f"{_TEMP}{_HOST}-", 1)[1].split("-")[0]
         if pid.isdigit() and not _alive(int(pid)):
-            remove(old)
+            dead.append(old)
+    return sorted(dead)
+
+
+def _recover(path: Path) -> None:
+    """Finish a two-rename swap of `path` whose writer died between its renames: the previous version
+    lies at `<temp>.aside` and the complete new one at `<temp>`, and nothing at `path`; the new one is
+    renamed in (it was complete before the previous one was moved aside)."""
+    if os.path.lexists(path):
+        return
+    for aside in _dead_temps(path.parent, glob.escape(path.name)):
+        new = aside.with_name(aside.name.removesuffix(_ASIDE))
+        if aside.name.endswith(_ASIDE) and new.exists():
+            os.rename(new, path)
+            return
+
+
+def remove_dead_temps(folder: Path) -> list[Path]:
+    """Remove what writers that died left in `folder` (every path's temporaries, `_dead_temps`), after
+    finishing any swap they died in the middle of; returns the removed paths."""
+    for aside in _dead_temps(folder):
+        if aside.name.endswith(_ASIDE):
+            _recover(folder / aside.name[1:].rsplit(f"{_TEMP}{_HOST}-", 1)[0])
+    removed = _dead_temps(folder)
+    for old in removed:
+        remove(old)
+    return removed
+
+
+def _remove_dead_temps(path: Path) -> None:
+    """What dead writers of `path` left, after finishing a swap one died in the middle of."""
+    _recover(path)
+    for old in _dead_temps(path.parent, glob.escape(path.name)):
+        remove(old)
 
 
 @contextlib.contextmanager
@@ -96,15 +135,49 @@ def atomic_path(path: Path) -> Iterator[Path]:
         remove(tmp)
 
 
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_AT_FDCWD = -100
+_renameat2 = None
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap the names `a` and `b` in one step (Linux renameat2 with RENAME_EXCHANGE, through the C
+    library); False where the kernel, C library or filesystem cannot (then nothing changed)."""
+    global _renameat2
+    if _renameat2 is None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            _renameat2 = libc.renameat2
+            _renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+        except (AttributeError, OSError):  # not Linux, or a C library before glibc 2.28
+            _renameat2 = False
+    if _renameat2 is False:
+        return False
+    if _renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EXDEV):  # this filesystem cannot exchange
+        return False
+    raise OSError(err, os.strerror(err), str(a), None, str(b))
+
+
 def replace(src: Path, dst: Path) -> None:
-    """Rename `src` over `dst`; a folder at `dst` is moved aside first (rename cannot replace one)."""
-    if dst.is_dir() and not dst.is_symlink():
-        old = _temp_sibling(dst)
-        os.replace(dst, old)
+    """Rename `src` over `dst`, atomically: `dst` is the previous version or the new one at every
+    moment, also when the writer is killed midway. A folder at `dst` (which rename cannot replace) is
+    exchanged with `src` in one step and the previous version, now at `src`'s name, deleted; a killed
+    writer's leftover is that previous version under its temporary name, which the next writer removes.
+    Where the filesystem cannot exchange (NFS, for one), the previous version is renamed aside to
+    `<src>.aside` first: a writer killed between the two renames leaves nothing at `dst` until the next
+    writer of `dst` (or `remove_dead_temps`) renames the complete `src` in."""
+    if not (dst.is_dir() and not dst.is_symlink()):
         os.replace(src, dst)
-        shutil.rmtree(old)
+    elif _exchange(src, dst):
+        remove(src)
     else:
-        os.replace(src, dst)
+        aside = src.with_name(src.name + _ASIDE)
+        os.rename(dst, aside)
+        os.rename(src, dst)
+        remove(aside)
 
 
 def remove(path: Path) -> None:
