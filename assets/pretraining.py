@@ -1,7 +1,6 @@
 """Pretraining: one asset per curriculum stage, each a DeepSpeed run in its own process group launched
 through Dagster Pipes, then `base_model`, the final weights with the tokenizer in Hugging Face format."""
 
-import base64
 import json
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import torch
 from assets.curriculum import curriculum
 from assets.gpus import gpu_slots, gpu_step
 from assets.kubernetes import run_stage_on_pods
-from assets.metadata import md_table
+from assets.metadata import md_image, md_table
 from assets.steps import key_metadata
 from assets.tokenizer import tokenizer
 from assets.tokens import tokenized_corpus
@@ -38,9 +37,8 @@ def stage_metadata(summary: dict, out: Path, key: str, was_reused: bool) -> dict
     metrics = read_metrics(out / METRICS_JSONL)
     # Twelve evenly spaced steps, the first and last included.
     sampled = [metrics[i] for i in sorted({k * (len(metrics) - 1) // 11 for k in range(12)})] if metrics else []
-    picture = base64.b64encode(png.read_bytes()).decode() if png.is_file() else None
     return {
-        "loss_curve": dg.MetadataValue.md(f"![loss curve](data:image/png;base64,{picture})" if picture else "no steps"),
+        "loss_curve": md_image(png, "loss curve", "no steps"),
         "loss_curve_path": dg.MetadataValue.path(png),
         "metrics": md_table(
             ["step", "global step", "loss", "learning rate", "grad norm", "tokens/s"],
