@@ -1,6 +1,8 @@
 """Release packaging: manifest, tamper detection, atomic publication, version order, loading, int8."""
 
 import json
+import os
+import tarfile
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -8,7 +10,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+import training.release.assemble as assemble
 import training.release.publish as rel
+from training import fsutil
 from training.config import ModelConfig, TokenizerConfig
 from training.layout import Layout
 from training.presets import tiny
@@ -94,12 +98,17 @@ def test_an_interrupted_packaging_leaves_latest_and_the_releases_unchanged(model
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == [first.name]
 
 
-def test_a_dead_packagings_leftovers_are_removed_by_the_next(model_dirs, tmp_path):
-    leftover = tmp_path / ".20261122-130000-bbbbbbbb.tmp-1234abcd"
-    leftover.mkdir(parents=True)
-    (leftover / "model.safetensors").write_bytes(b"half")
+def test_packaging_removes_only_dead_packagings_leftovers(model_dirs, tmp_path):
+    """A packaging killed midway leaves its hidden folder, which the next removes; a packaging still
+    running (here: this process) or on another machine sharing releases/ keeps its own."""
+    dead = tmp_path / f".20261122-130000-bbbbbbbb.tmp-{fsutil._HOST}-999999999-0123abcd"
+    running = tmp_path / f".20261122-133000-bbbbbbbb.tmp-{fsutil._HOST}-{os.getpid()}-0123abcd"
+    remote = tmp_path / ".20261122-133000-bbbbbbbb.tmp-another-host-1-0123abcd"
+    for leftover in (dead, running, remote):
+        leftover.mkdir(parents=True)
+        (leftover / "model.safetensors").write_bytes(b"half")
     _release(tmp_path, model_dirs, "20261122-140000-cccccccc")
-    assert not leftover.exists()
+    assert not dead.exists() and running.is_dir() and remote.is_dir()
 
 
 def test_versions_are_unique_and_in_time_order(model_dirs, tmp_path):
@@ -126,6 +135,9 @@ def test_int8_is_smaller_and_within_the_perplexity_bound(model_dirs, tmp_path):
     assert torch.tensor(sum(nll) / sum(count)).exp().item() == pytest.approx(stats["int8_perplexity"], rel=1e-4)
     recorded = json.loads((tmp_path / "int8" / "quantization.json").read_text())
     assert recorded["bound"] == 0.02 and recorded["weights_sha256"] == rel.sha256_file(base / "model.safetensors")
+    # Every other file of the int8 folder is pinned, so that packaging publishes only what was measured.
+    assert recorded["files"] == {n: f for n, f in rel.file_manifest(tmp_path / "int8").items() if n != "quantization.json"}
+    assert "model.safetensors" in recorded["files"]
     weight = AutoModelForCausalLM.from_pretrained(tmp_path / "int8").model.layers[0].mlp.up_proj.weight
     assert "Int8" in type(weight).__name__
 
@@ -176,17 +188,19 @@ def _regressed(change: float):
         (lambda ev, q: (_regressed(0.5)(ev, q), _set("q.perplexity_change", 0.03)(ev, q)),
          ["byte perplexity 50.00% worse than release 20261122-120000-aaaaaaaa (margin 5%)",
           "int8 perplexity +3.00% against the full model (bound 2%)"]),
+        (lambda ev, q: q.pop("files"),  # written before kiln pinned the int8 files: they could not be pinned
+         ["quantization.json is unreadable (KeyError: 'files'): materialize quantized_model again"]),
     ],
     ids=["pass", "first-release", "within-margin", "at-margin", "better", "regressed", "nan", "int8-beyond-bound",
          "int8-at-bound", "int8-inf", "evaluation-of-other-weights", "int8-of-other-weights",
-         "evaluation-unrecorded-weights", "stale-and-regressed", "regressed-and-int8"],
+         "evaluation-unrecorded-weights", "stale-and-regressed", "regressed-and-int8", "int8-files-unpinned"],
 )
 def test_the_release_gate_names_every_reason(tmp_path, damage, reasons):
     weights = tmp_path / "model.safetensors"
     weights.write_bytes(WEIGHTS)
     sha = rel.sha256_file(weights)
     ev = {"candidate": {}, "previous": None, "margin": 0.05, "weights_sha256": sha}
-    q = {"perplexity_change": 0.001, "bound": 0.02, "weights_sha256": sha}
+    q = {"perplexity_change": 0.001, "bound": 0.02, "weights_sha256": sha, "files": {"model.safetensors": {"sha256": OTHER, "bytes": 1}}}
     damage(ev, q)
     (tmp_path / "evaluation.json").write_text(json.dumps(ev))
     (tmp_path / "quantization.json").write_text(json.dumps(q))
@@ -235,7 +249,7 @@ def test_the_release_gate_judges_the_gguf_record(tmp_path, record, reasons):
     weights.write_bytes(WEIGHTS)
     sha = rel.sha256_file(weights)
     (tmp_path / "evaluation.json").write_text(json.dumps({"candidate": {}, "previous": None, "margin": 0.05, "weights_sha256": sha}))
-    (tmp_path / "quantization.json").write_text(json.dumps({"perplexity_change": 0.0, "bound": 0.02, "weights_sha256": sha}))
+    (tmp_path / "quantization.json").write_text(json.dumps({"perplexity_change": 0.0, "bound": 0.02, "weights_sha256": sha, "files": {}}))
     (tmp_path / "gguf.json").write_text(json.dumps(record(sha)))
     got = rel.release_blockers(tmp_path / "evaluation.json", tmp_path / "quantization.json", weights, tmp_path / "gguf.json")
     assert len(got) == len(reasons) and all(g.startswith(r.format(base=sha[:8])) for g, r in zip(got, reasons)), got
@@ -332,3 +346,89 @@ def test_weights_changed_while_packaging_are_not_released(model_dirs, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == [first.name]
     rel.write_release(tmp_path, "20261122-130000-bbbbbbbb", {"": base, "int8": int8}, {}, expect_sha256={"model.safetensors": judged})
     assert (tmp_path / "LATEST").read_text().strip() == "20261122-130000-bbbbbbbb"
+
+
+def _gated_layout(root: Path) -> Layout:
+    """The records and files a release is assembled from, as the pipeline's steps write them (small
+    stand-in bytes for the weights: packaging copies and hashes them, it does not load them), passing the gate."""
+    layout = Layout(root)
+    files = {
+        layout.base_model / "model.safetensors": b"full weights", layout.base_model / "config.json": b"{}",
+        layout.quantized_model / "model.safetensors": b"int8 weights", layout.quantized_model / "config.json": b"{}",
+        layout.gguf_model / "kiln-f32.gguf": b"GGUF f32", layout.gguf_model / "kiln-q8_0.gguf": b"GGUF q8_0",
+    }
+    for path, data in files.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    sha = rel.sha256_file(layout.base_model / "model.safetensors")
+    q = {"perplexity_change": 0.001, "bound": 0.02, "full_perplexity": 10.0, "int8_perplexity": 10.01, "full_bytes": 12,
+         "weights_sha256": sha, "files": {n: f for n, f in rel.file_manifest(layout.quantized_model).items()}}
+    (layout.quantized_model / "quantization.json").write_text(json.dumps(q))
+    gguf = _gguf_record(sha)
+    for name in gguf["files"]:
+        gguf["files"][name]["sha256"] = rel.sha256_file(layout.gguf_model / name)
+    (layout.gguf_model / "gguf.json").write_text(json.dumps(gguf))
+    layout.evaluation.mkdir(parents=True)
+    (layout.evaluation / "evaluation.json").write_text(
+        json.dumps({"candidate": {"perplexity": 9.0}, "previous": None, "margin": 0.05, "weights_sha256": sha}))
+    layout.curriculum.mkdir(parents=True)
+    (layout.curriculum / "curriculum.json").write_text(json.dumps({"stages": [{"stage": 1}]}))
+    return layout
+
+
+# Files rewritten after the gate read its records and before packaging: what is released.
+@pytest.mark.parametrize(
+    ("rewrite", "refused"),
+    [
+        (None, None),
+        # The gate read a passing evaluation; a regressed one written later is not what is released.
+        ("evaluation/evaluation.json", None),
+        ("quantized_model/model.safetensors", "int8/model.safetensors changed while it was packaged"),
+        ("quantized_model/quantization.json", "int8/quantization.json changed while it was packaged"),
+        ("gguf_model/kiln-q8_0.gguf", "gguf/kiln-q8_0.gguf changed while it was packaged"),
+        ("gguf_model/gguf.json", "gguf/gguf.json changed while it was packaged"),
+        ("base_model/model.safetensors", "model.safetensors changed while it was packaged"),
+    ],
+    ids=["nothing", "evaluation", "int8-weights", "int8-record", "gguf-file", "gguf-record", "weights"],
+)
+def test_a_release_is_packaged_from_what_the_gate_read(tmp_path, monkeypatch, rewrite, refused):
+    layout = _gated_layout(tmp_path)
+    gate_read = (layout.evaluation / "evaluation.json").read_bytes()
+
+    def lineage_meanwhile(_):  # read after the gate: the moment another run could rewrite a step's output
+        if rewrite:
+            path = tmp_path / rewrite
+            if path.suffix == ".json":
+                record = json.loads(path.read_text())
+                record["previous"] = {"version": "20261122-120000-aaaaaaaa", "change": 0.5}
+                path.write_text(json.dumps(record))
+            else:
+                path.write_bytes(b"rewritten")
+        return []
+
+    monkeypatch.setattr(assemble, "lineage", lineage_meanwhile)
+    monkeypatch.setattr(assemble, "read_summary", lambda folder: {"parameters": 1})
+    monkeypatch.setattr(assemble, "model_card", lambda *a, **k: "# card\n")
+    if refused:
+        with pytest.raises(ValueError, match=refused):
+            assemble.assemble_release(layout, tiny())
+        assert not rel.latest(layout.releases)
+        return
+    released = assemble.assemble_release(layout, tiny())
+    assert (released.path / "evaluation.json").read_bytes() == gate_read
+    assert rel.verify(released.path) == []
+    assert {"int8/model.safetensors", "int8/quantization.json", "gguf/kiln-q8_0.gguf", "gguf/gguf.json"} <= set(released.files)
+
+
+def test_the_archive_is_hashed_as_it_is_read_not_loaded_whole(model_dirs, tmp_path, monkeypatch):
+    """A release of several GB: its archive's sha256 comes from a streamed read (a bounded buffer), never
+    from the whole file in memory."""
+    def whole_file(self):
+        raise AssertionError(f"{self} read whole into memory")
+
+    monkeypatch.setattr(Path, "read_bytes", whole_file)
+    path = _release(tmp_path, model_dirs, "20261122-120000-aaaaaaaa")
+    monkeypatch.undo()
+    [archive] = [p for p in tmp_path.iterdir() if p.is_file() and p.name.startswith(path.name) and not p.name.endswith(".sha256")]
+    digest, name = (tmp_path / f"{archive.name}.sha256").read_text().split()
+    assert (digest, name) == (rel.sha256_file(archive), archive.name)

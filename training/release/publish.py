@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from training.fsutil import atomic_path, remove, sha256_file
+from training.fsutil import atomic_path, remove_dead_temps, sha256_file
 from training.layout import LATEST, RELEASE_MANIFEST, archive_name, latest
 
 WEIGHTS_SHA256 = "weights_sha256"
@@ -109,34 +109,71 @@ def gguf_gate(record: dict) -> Gate:
     return Gate(passed, "; ".join(d for ok, d in verdicts if passed or not ok))
 
 
-def release_blockers(evaluation: Path, quantization: Path, weights: Path, gguf: Path) -> list[str]:
-    """Why the base_model `weights` may not be released, given the evaluation's evaluation.json, the
+MAX_RECORD_BYTES = 16 << 20
+"""Largest evaluation.json, quantization.json or gguf.json the gate reads: kiln writes a few KB."""
+EVALUATION, QUANTIZATION, GGUF = "evaluation", "quantized_model", "gguf_model"
+"""The assets whose records the gate reads (Judged.records' keys)."""
+
+
+@dataclass(frozen=True)
+class Judged:
+    """The release gate's verdict and what it was reached on: packaging uses these very records (the
+    bytes the gate read) and weights hash, never a second read of files that may have changed since."""
+
+    blockers: list[str]
+    """Why the weights may not be released; empty: they may."""
+    weights_sha256: str | None
+    records: dict[str, bytes]
+    """EVALUATION, QUANTIZATION, GGUF -> the record's bytes as the gate read them (those it could read)."""
+
+    def record(self, asset: str) -> dict:
+        return json.loads(self.records[asset])
+
+
+def _read_record(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        raw = f.read(MAX_RECORD_BYTES + 1)
+    if len(raw) > MAX_RECORD_BYTES:
+        raise ValueError(f"larger than {MAX_RECORD_BYTES} bytes, not a record kiln writes")
+    return raw
+
+
+def judge(evaluation: Path, quantization: Path, weights: Path, gguf: Path) -> Judged:
+    """Whether the base_model `weights` may be released, given the evaluation's evaluation.json, the
     int8 variant's quantization.json and the GGUF files' gguf.json: each measurement must exist, be of
-    these very weights (a stale one says nothing about them) and pass its gate. Empty: it may be released."""
+    these very weights (a stale one says nothing about them) and pass its gate; the int8 record must
+    name the sha256 of each int8 file it measured (the GGUF record always does), so that packaging can
+    pin them."""
     if not weights.is_file():
-        return [f"{weights.name} is missing ({weights}): materialize base_model first"]
+        return Judged([f"{weights.name} is missing ({weights}): materialize base_model first"], None, {})
     current = sha256_file(weights)
-    reasons = []
-    gates = (
-        (evaluation, "evaluation", regression_gate), (quantization, "quantized_model", quantization_gate),
-        (gguf, "gguf_model", gguf_gate),
-    )
+    reasons, records = [], {}
+    gates = ((evaluation, EVALUATION, regression_gate), (quantization, QUANTIZATION, quantization_gate), (gguf, GGUF, gguf_gate))
     for path, asset, gate in gates:
         if not path.is_file():
             reasons.append(f"{path.name} is missing ({path}): materialize {asset} first")
             continue
         try:
-            measured = json.loads(path.read_text())
+            raw = _read_record(path)
+            measured = json.loads(raw)
             measured_sha, verdict = measured.get(WEIGHTS_SHA256), gate(measured)
+            if asset == QUANTIZATION and not isinstance(measured.get("files"), dict):
+                raise KeyError("files")  # written before kiln pinned the int8 files
         except (ValueError, KeyError, TypeError, AttributeError) as e:  # half a file, or one from before these fields
             reasons.append(f"{path.name} is unreadable ({type(e).__name__}: {e}): materialize {asset} again")
             continue
+        records[asset] = raw
         if measured_sha != current:
             of = f"weights {str(measured_sha)[:8]}" if measured_sha else "unrecorded weights"
             reasons.append(f"{path.name} is of {of}, base_model is {current[:8]}: materialize {asset} first")
         elif not verdict.passed:
             reasons.append(verdict.description)
-    return reasons
+    return Judged(reasons, current, records)
+
+
+def release_blockers(evaluation: Path, quantization: Path, weights: Path, gguf: Path) -> list[str]:
+    """`judge`'s reasons alone. Empty: the weights may be released."""
+    return judge(evaluation, quantization, weights, gguf).blockers
 
 
 def version_name(weights: Path, now: datetime | None = None) -> str:
@@ -179,8 +216,7 @@ def write_release(
     `expect_sha256` (relative path -> sha256) is checked on the copies before publication: weights
     replaced after the gate looked at them are not released under the gate's verdict."""
     releases.mkdir(parents=True, exist_ok=True)
-    for stale in releases.glob(".*.tmp-*"):  # left by a packaging that died
-        remove(stale)
+    remove_dead_temps(releases)  # what packagings that died left; a running one's folder stays
     target = releases / version
     if target.exists():
         raise FileExistsError(f"release {version} exists already; versions are never overwritten")
@@ -215,7 +251,7 @@ def write_archive(release: Path) -> Path:
     with atomic_path(tarball) as tmp:
         with tarfile.open(tmp, "w:gz") as tar:
             tar.add(release, arcname=release.name)
-    digest = hashlib.sha256(tarball.read_bytes()).hexdigest()
+        digest = sha256_file(tmp)  # streamed in bounded reads: a release's archive is several GB at GPU scale
     with atomic_path(tarball.with_name(tarball.name + ".sha256")) as tmp:
         tmp.write_text(f"{digest}  {tarball.name}\n")
     return tarball

@@ -18,6 +18,7 @@ from training.release.evaluate import record_nll
 from training.fsutil import atomic_path, sha256_file
 from training.layout import QUANTIZATION_JSON, WEIGHTS
 from training.release.package import copy_tokenizer, folder_bytes
+from training.release.publish import file_manifest
 
 METHOD = "torchao Int8WeightOnlyConfig via transformers TorchAoConfig (quantize_ on every linear but the output head)"
 
@@ -29,13 +30,16 @@ def load_int8(model_dir: Path):
     return AutoModelForCausalLM.from_pretrained(model_dir, quantization_config=TorchAoConfig(Int8WeightOnlyConfig()))
 
 
-def save_model(model, model_dir: Path, out: Path, texts: dict[str, str] | None = None) -> None:
-    """The model, the tokenizer files of `model_dir`, and `texts`, into `out` atomically."""
+def save_model(model, model_dir: Path, out: Path, stats: dict | None = None) -> None:
+    """The model and the tokenizer files of `model_dir` into `out` atomically, with `stats` (when
+    given) as quantization.json, which also pins every other file of the folder by sha256 and size
+    ("files"): what the release gate vouches for is packaged only while these hashes hold."""
     with atomic_path(out) as tmp:
         model.save_pretrained(tmp)
         copy_tokenizer(model_dir, tmp)
-        for name, content in (texts or {}).items():
-            (tmp / name).write_text(content)
+        if stats is not None:
+            stats = stats | {"files": file_manifest(tmp)}
+            (tmp / QUANTIZATION_JSON).write_text(json.dumps(stats, indent=2) + "\n")
         for f in tmp.iterdir():
             f.chmod(0o644)
 
@@ -69,5 +73,5 @@ def quantize_int8(model_dir: Path, out: Path, texts: list[str], batch_size: int,
         "method": METHOD,
         "weights_sha256": weights_sha256,
     }
-    save_model(int8.to("cpu"), model_dir, out, {QUANTIZATION_JSON: json.dumps(stats, indent=2) + "\n"})
+    save_model(int8.to("cpu"), model_dir, out, stats)
     return stats | {"int8_bytes": folder_bytes(out)}
