@@ -55,9 +55,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def request(url: str, body: bytes | dict | None = None, timeout: float = 60) -> tuple[int, dict]:
+def request(url: str, body: bytes | dict | None = None, timeout: float = 60, method: str | None = None) -> tuple[int, dict]:
     data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"}, method=method)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.status, json.load(r)
@@ -166,21 +166,109 @@ def test_generation_stays_within_the_context(server, max_tokens, generated):
     assert out["usage"] == {"prompt_tokens": n, "completion_tokens": generated, "total_tokens": n + generated}
 
 
+COMPLETION_ROUTES = ["/v1/completions", "/v1/engines/copilot-codex/completions"]
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("route", COMPLETION_ROUTES, ids=["completions", "copilot-codex"])
 @pytest.mark.parametrize(
     "prompt, max_tokens, message",
     [
         (PROMPT * 4, 1, "the prompt is {n} tokens (with <|begin_of_text|>), the model's context 64 tokens: shorten the prompt"),
         (PROMPT, "room + 1", "the prompt ({n} tokens) and max_tokens ({m}) exceed the model's context of 64 tokens: ask for at most {room}"),
     ],
+    ids=["prompt", "prompt-and-max-tokens"],
 )
-def test_requests_beyond_the_context_get_a_clear_400(server, prompt, max_tokens, message):
+def test_requests_beyond_the_context_get_a_clear_400(server, route, prompt, max_tokens, message):
+    """On every route that generates."""
     n = prompt_tokens(server, prompt)
     room = MODEL.max_seq_len - n
     body = {"prompt": prompt, "max_tokens": max_tokens if isinstance(max_tokens, int) else room + 1}
-    status, out = request(server.url + "/v1/completions", body)
+    status, out = request(server.url + route, body)
     assert status == 400 and out["error"]["code"] == "context_length_exceeded", out
     assert out["error"]["message"] == message.format(n=n, room=room, m=body["max_tokens"])
+
+
+# Every route the server answers, and what it answers; any other path is a 404, before llama-cpp-python.
+CHAT = {"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 8}
+REFUSED = {"model": FIRST, "messages": [{"role": "user", "content": "the " * 200}], "max_tokens": 1000}  # past the context too
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "method, path, body, status, code",
+    [
+        ("GET", "/v1/models", None, 200, None),
+        ("POST", "/v1/completions", {"prompt": "def", "max_tokens": 2}, 200, None),
+        ("POST", "/v1/completions/", {"prompt": "def", "max_tokens": 2}, 200, None),
+        ("POST", "/v1/engines/copilot-codex/completions", {"prompt": "def", "max_tokens": 2}, 200, None),
+        ("POST", "/v1/engines/copilot-codex/completions", {"prompt": "def", "max_tokens": "2"}, 400, None),
+        ("POST", "/v1/engines/copilot-codex/completions", {"prompt": "def", "model": "gpt-4"}, 404, "model_not_found"),
+        ("POST", "/v1/chat/completions", CHAT, 400, "base_model"),
+        ("POST", "/v1/chat/completions", REFUSED, 400, "base_model"),
+        ("POST", "/v1/embeddings", {"input": "def"}, 404, "not_found"),
+        ("POST", "/extras/tokenize", {"input": "def"}, 404, "not_found"),
+        ("POST", "/extras/tokenize/count", {"input": "def"}, 404, "not_found"),
+        ("POST", "/extras/detokenize", {"tokens": [1, 2]}, 404, "not_found"),
+        ("POST", "/v1/engines/davinci/completions", {"prompt": "def"}, 404, "not_found"),
+        ("GET", "/docs", None, 404, "not_found"),
+        ("GET", "/openapi.json", None, 404, "not_found"),
+        ("GET", "/", None, 404, "not_found"),
+        ("GET", "/v1/completions", None, 405, "method_not_allowed"),
+        ("POST", "/v1/models", {}, 405, "method_not_allowed"),
+        ("DELETE", "/v1/models", None, 405, "method_not_allowed"),
+    ],
+)
+def test_every_route(server, method, path, body, status, code):
+    got, out = request(server.url + path, body, method=method)
+    assert got == status, out
+    if status == 200:
+        assert out.get("model", FIRST) == FIRST and ("choices" in out or "data" in out), out
+    else:
+        assert out["error"]["code"] == code and out["error"]["message"], out
+    if code == "base_model":
+        assert out["error"]["message"].startswith(f"release {FIRST} is a base model") and "POST /v1/completions" in out["error"]["message"]
+    if code == "not_found":
+        assert "this server answers GET /v1/models, POST /v1/completions" in out["error"]["message"]
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    from openai import OpenAI
+
+    return OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+@pytest.mark.slow
+def test_the_openai_sdk_lists_the_model_and_completes(server, client):
+    assert [m.id for m in client.models.list()] == [FIRST]
+    done = client.completions.create(model=FIRST, prompt="def main():", max_tokens=8, temperature=0)
+    assert done.model == FIRST and 1 <= done.usage.completion_tokens <= 8 and isinstance(done.choices[0].text, str)
+    # Streamed, the same text as in one answer (greedy decoding), token by token.
+    parts = list(client.completions.create(model=FIRST, prompt="def main():", max_tokens=8, temperature=0, stream=True))
+    assert len(parts) > 1 and "".join(p.choices[0].text for p in parts if p.choices) == done.choices[0].text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "call, error, code",
+    [
+        (lambda c: c.completions.create(model=FIRST, prompt=PROMPT * 4, max_tokens=4), "BadRequestError", "context_length_exceeded"),
+        (lambda c: c.completions.create(model=FIRST, prompt=PROMPT, max_tokens=60, stream=True), "BadRequestError",
+         "context_length_exceeded"),
+        (lambda c: c.completions.create(model="gpt-3.5-turbo-instruct", prompt="def"), "NotFoundError", "model_not_found"),
+        (lambda c: c.chat.completions.create(model=FIRST, messages=[{"role": "user", "content": "Hi"}]), "BadRequestError",
+         "base_model"),
+        (lambda c: c.embeddings.create(model=FIRST, input="def"), "NotFoundError", "not_found"),
+    ],
+    ids=["past-context", "past-context-streamed", "other-model", "chat", "embeddings"],
+)
+def test_the_openai_sdk_gets_a_clear_error(client, call, error, code):
+    import openai
+
+    with pytest.raises(openai.APIStatusError) as refused:
+        call(client)
+    assert type(refused.value).__name__ == error and refused.value.code == code, refused.value
 
 
 @pytest.mark.slow

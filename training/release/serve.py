@@ -3,12 +3,16 @@
 
     python -m training.release.serve   # KILN_DATA_DIR (./data), KILN_SERVE_PORT (8000), KILN_SERVE_GGUF (q8_0 | f32)
 
-`POST /v1/completions` (prompt, max_tokens, temperature, ...) continues a prompt; `GET /v1/models`
-lists one model named after the release version. Requests are answered one at a time in order of
-arrival (at most MAX_PENDING in the server; more get 503). `CompletionChecks`, in front of the
-server, answers bad requests with a 400 that says what is wrong (not JSON, no prompt, max_tokens or
-temperature of the wrong type or range, a prompt and max_tokens beyond the model's context) and
-404 for another model's name; the context is the model's own (config.json `max_position_embeddings`),
+The routes (ROUTES; any other path is a 404, another method a 405):
+- `POST /v1/completions` (prompt, max_tokens, temperature, stream, ...) continues a prompt, and
+  `POST /v1/engines/copilot-codex/completions` (the legacy route of Codex clients) likewise;
+- `GET /v1/models` lists one model named after the release version;
+- `POST /v1/chat/completions` answers 400 (CHAT_REFUSAL): a kiln release is a base model.
+Requests are answered one at a time in order of arrival (at most MAX_PENDING in the server; more get
+503). `RequestChecks`, in front of the server, answers a bad completion request on either route with
+a 400 that says what is wrong (not JSON, no prompt, max_tokens or temperature of the wrong type or
+range, a prompt and max_tokens beyond the model's context: code "context_length_exceeded") and 404
+for another model's name; the context is the model's own (config.json `max_position_embeddings`),
 so nothing is generated past what the model was trained on.
 
 Why llama.cpp: measured on a 2-core CPU with the tiny preset's release (20 completions of 16 tokens),
@@ -173,21 +177,60 @@ def generation_budget(body: dict, prompt_tokens: int, context: int) -> int | str
     return wanted
 
 
-class CompletionChecks:
-    """ASGI middleware in front of the server: reads a POST /v1/completions body (at most
-    MAX_BODY_BYTES), answers 400 with an OpenAI-style error when it is not JSON, fails
-    `completion_problem` or the server's own request schema (`schema`, a pydantic model), 404 when it
-    names another model than the release served, 400 when it does not fit the context
-    (`generation_budget`, the prompt counted by `count_tokens`), and otherwise hands it on with the
-    model and max_tokens set (without a model, llama-cpp-python would answer with the GGUF file's path
-    as the model name). Every other route goes straight through."""
+COMPLETION, CHAT, MODELS = "completion", "chat", "models"
+ROUTES: dict[tuple[str, str], str] = {
+    ("GET", "/v1/models"): MODELS,
+    ("POST", "/v1/completions"): COMPLETION,
+    # The legacy engine route OpenAI's Codex clients (and editor plug-ins) call: llama-cpp-python
+    # answers it with the same completion, so it gets the same checks.
+    ("POST", "/v1/engines/copilot-codex/completions"): COMPLETION,
+    # Answered with a 400 that says why, never generated: see CHAT_REFUSAL.
+    ("POST", "/v1/chat/completions"): CHAT,
+}
+"""Every route the server answers (a trailing slash is the same route). Any other path is a 404 and
+another method on these paths a 405, before llama-cpp-python sees the request: its embeddings (the
+model is not loaded for them), tokenizer extras and FastAPI's /docs and /openapi.json are not served."""
+CHAT_REFUSAL = (
+    "release {version} is a base model: it continues text, it does not chat, and it has no chat template; "
+    "send the text to continue as the prompt of POST /v1/completions"
+)
+"""What POST /v1/chat/completions answers (400, code "base_model"). A kiln release is a base model
+trained on documents; llama-cpp-python would otherwise wrap the messages in another model family's
+chat template (Llama 2's) the model never saw and answer with text that only looks like a reply."""
+
+
+class RequestChecks:
+    """ASGI middleware in front of the server. Only ROUTES reach it (404 or 405 for the rest). A
+    completion request (both completion routes) has its body read (at most MAX_BODY_BYTES) and is
+    answered 400 with an OpenAI-style error when it is not JSON, fails `completion_problem` or the
+    server's own request schema (`schema`, a pydantic model), 404 when it names another model than the
+    release served, 400 when it does not fit the context (`generation_budget`, the prompt counted by
+    `count_tokens`), and otherwise handed on with the model and max_tokens set (without a model,
+    llama-cpp-python would answer with the GGUF file's path as the model name). A chat request gets
+    CHAT_REFUSAL; GET /v1/models goes straight through."""
 
     def __init__(self, app, served: Served, schema, count_tokens: Callable[[str], int]) -> None:
         self.app, self.served, self.schema, self.count_tokens = app, served, schema, count_tokens
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"].rstrip("/") != "/v1/completions":
+        if scope["type"] == "lifespan":  # the server's start-up and shutdown
             return await self.app(scope, receive, send)
+        if scope["type"] != "http":  # websockets: nothing is served over them
+            return await send({"type": "websocket.close", "code": 1008})
+        path, method = scope["path"].rstrip("/") or "/", scope["method"]
+        route = ROUTES.get((method, path))
+        if route is None:
+            allowed = sorted(m for m, p in ROUTES if p == path)
+            if allowed:
+                return await _error(send, 405, f"{method} is not served on {path}: use {' or '.join(allowed)}",
+                                    "method_not_allowed", [(b"allow", ", ".join(allowed).encode())])
+            served = ", ".join(f"{m} {p}" for m, p in ROUTES)
+            return await _error(send, 404, f"no route {method} {scope['path']}: this server answers {served}", "not_found")
+        scope = dict(scope, path=path, raw_path=path.encode())
+        if route == MODELS:
+            return await self.app(scope, receive, send)
+        if route == CHAT:
+            return await _error(send, 400, CHAT_REFUSAL.format(version=self.served.version), "base_model")
         chunks, size = [], 0
         while True:
             message = await receive()
@@ -242,15 +285,15 @@ class CompletionChecks:
         return None
 
 
-async def _error(send, status: int, message: str, code: str | None = None) -> None:
+async def _error(send, status: int, message: str, code: str | None = None, headers: list | None = None) -> None:
     body = json.dumps({"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *(headers or [])]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
 def build_app(served: Served, threads: int | None = None):
-    """llama-cpp-python's FastAPI app for `served` (model loaded), behind CompletionChecks.
+    """llama-cpp-python's FastAPI app for `served` (model loaded), behind RequestChecks.
     `threads`: llama.cpp's threads for prompt and generation (default: every core; llama-cpp-python's
     own default is half of them)."""
     from llama_cpp import Llama
@@ -275,7 +318,7 @@ def build_app(served: Served, threads: int | None = None):
     def count_tokens(text: str) -> int:
         return len(vocab.tokenize(text.encode("utf-8"), add_bos=True, special=True)) if text else 1
 
-    return CompletionChecks(app, served, CreateCompletionRequest, count_tokens)
+    return RequestChecks(app, served, CreateCompletionRequest, count_tokens)
 
 
 def main() -> None:
@@ -291,7 +334,7 @@ def main() -> None:
     app = build_app(served)
     print(
         f"kiln serve: release {served.version} ({served.gguf.name}, context {served.context} tokens) on "
-        f"http://{HOST}:{port}/v1 (POST /v1/completions, GET /v1/models)",
+        f"http://{HOST}:{port}/v1 ({', '.join(f'{m} {p}' for m, p in ROUTES)})",
         flush=True,
     )
     # Host and port from here only: llama-cpp-python's own entry point lets HOST and PORT in the
