@@ -27,7 +27,7 @@ from bench.corpus import write_code_batch, write_text_batch
 from training.markdown import markdown_table
 
 ROOT = Path(__file__).resolve().parent
-SECTIONS = ("cleaning", "incremental", "near_dup", "tree_sitter", "clip", "difficulty", "tokenizer", "data_path", "e2e", "training")
+SECTIONS = ("cleaning", "incremental", "near_dup", "tree_sitter", "code_check", "clip", "difficulty", "tokenizer", "data_path", "e2e", "training")
 
 
 @dataclass(frozen=True)
@@ -59,11 +59,13 @@ class Scale:
     documents on its topic); the cost is measured on the whole text corpus."""
     data_path_records: tuple[int, ...] = (100_000, 1_000_000)
     """Corpus sizes of the data path's steps (tokenizer, tokenized_corpus, curriculum and its check, packing)."""
+    code_check_files: int = 300
+    """Installed packages' source files sampled per language to measure the code check (bench/code_check.py)."""
 
 
 SCALES = {
     "full": Scale(1_000_000, 50_000, 20_000, 100_000, 5_000, 1_024, 128, (2_000, 20_000), 1_000, 50, 20, True),
-    "smoke": Scale(300, 20, 100, 100, 20, 8, 8, (40, 80), 16, 0.1, 1, False, (10, 20), 10, near_dup_docs=20, data_path_records=(300,)),
+    "smoke": Scale(300, 20, 100, 100, 20, 8, 8, (40, 80), 16, 0.1, 1, False, (10, 20), 10, near_dup_docs=20, data_path_records=(300,), code_check_files=5),
 }
 GPU_SCALE = {"clip_pairs": 8_192}
 
@@ -117,6 +119,11 @@ def run(sections: list[str], scale: Scale, repeats: int, work: Path) -> dict:
         results["corpus_code"] = write_code_batch(code / "batch-0001", scale.code_files)
         results["tree_sitter"] = cleaning.tree_sitter_table(code, scale.code_sample, repeats, 2048)
         results["code_cleaning"] = cleaning.whole_cleaning(code, work, "kiln")
+    if "code_check" in sections:
+        from bench import code_check
+
+        row = code_check.run(scale.code_check_files)
+        results["code_check"] = {**row, "markdown": code_check.markdown(row)}
     if "clip" in sections:
         pairs = GPU_SCALE["clip_pairs"] if cuda else scale.clip_pairs
         images = models.write_image_batch(work / "images" / "batch-0001", pairs)
@@ -174,6 +181,8 @@ def markdown(results: dict) -> str:
         r = results["code_cleaning"]
         out.extend([f"Whole code cleaning of {r['kept'] + r['rejected']} files ({r['input_mb']} MB, one run): {r['seconds']} s, "
                     f"{r['records_per_s']} files/s, {r['mb_per_s']} MB/s, peak RSS {r['peak_rss_mb']} MB.", ""])
+    if "code_check" in results:
+        out.extend(["## Code check on installed packages' files and on copies cut inside a bracket", "", results["code_check"]["markdown"], ""])
     if "clip" in results:
         table("CLIP scoring end to end (ViT-B/32 size, JPEG files to CLIPScores)", ["path", "model", "pairs", "pairs/s", "device", "batch"],
               [[r["path"], "yes" if r["model"] else "no (decode + preprocess)", r["pairs"], r["pairs_per_s"], r["device"], r["batch_size"]] for r in results["clip"]])

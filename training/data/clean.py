@@ -200,7 +200,7 @@ def _modality_filters(modality: str, cfg: CleaningConfig, clip: Clip | None, sco
         return text_filters(cfg.text)
     workers = cfg.workers or os.cpu_count() or 1
     if modality == "code":
-        return [TreeSitterParse(workers)]
+        return [TreeSitterParse(workers, cfg.code)]
     decode = ImageDecode(cfg.image.max_image_bytes, cfg.image.max_image_pixels, workers)
     if clip is None:
         return [decode, ClipUnavailable()]

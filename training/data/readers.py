@@ -16,7 +16,7 @@ from training.config import CodeFilterConfig, ImageFilterConfig, TextFilterConfi
 from training.data.landing import CAPTIONS_FILE, IMAGE_EXTENSIONS, MODALITY_DIRS, Batch, entry_problem, is_jsonl, read_lines, source_of
 from training.data.records import Record, Reject
 
-# Extension -> Tree-sitter grammar. `.h` is parsed as C: C++ headers belong in .hpp/.hh.
+# Extension -> Tree-sitter grammar. `.h` holds C or C++: the code filter tries both and records which.
 CODE_LANGUAGES = {
     ".py": "python",
     ".pyi": "python",
@@ -30,7 +30,7 @@ CODE_LANGUAGES = {
     ".tsx": "tsx",
     ".java": "java",
     ".c": "c",
-    ".h": "c",
+    ".h": "c_or_cpp",
     ".cc": "cpp",
     ".cpp": "cpp",
     ".cxx": "cpp",

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from training.config import EvaluationConfig
 from training.curriculum.difficulty import split_record
-from training.data.filters.code import parser_for
+from training.data.filters.code import grammars, parser_for
 from training.data.filters.text import WORD
 from training.data.readers import CODE_LANGUAGES
 from training.generate import device_for, encode_records, greedy_continuations
@@ -86,14 +86,13 @@ def cut_to_words(text: str, words: int) -> str:
 
 
 def parses(language: str, source: str) -> bool:
-    """True when Tree-sitter finds no ERROR node in `source` cut after its last complete line."""
+    """True when Tree-sitter finds no ERROR node in `source` cut after its last complete line (`.h`: with C or C++)."""
     complete = source[: source.rfind("\n") + 1] or source
-    root = parser_for(language).parse(complete.encode()).root_node
 
     def has_error(node) -> bool:
         return node.is_error or (node.has_error and any(has_error(c) for c in node.children))
 
-    return not has_error(root)
+    return any(not has_error(parser_for(g).parse(complete.encode()).root_node) for g in grammars(language))
 
 
 def load_heldout(path: Path, max_records: int | None) -> list[dict]:
