@@ -25,7 +25,7 @@ imported: every module may import this one.
         evaluation/               evaluation.json, eval_tasks/, _step.json
         quantized_model/          quantization.json and the int8 model (Hugging Face)
         gguf_model/               gguf.json, Modelfile, kiln-<file type>.gguf
-        releases/                 LATEST, <version>/, <version>.tar.gz
+        releases/                 LATEST, <version>/, <version>.tar
         releases/<version>/       base_model's files, README.md, manifest.json, lineage.json,
                                   evaluation.json, int8/, gguf/, eval_tasks/
 """
@@ -183,8 +183,8 @@ RELEASE_GGUF = "gguf"
 
 
 def archive_name(version: str) -> str:
-    """releases/: a release folder as one file, written by `training.release.publish.write_archive`."""
-    return f"{version}.tar.gz"
+    """releases/: a release folder as one file (an uncompressed tar), written by `training.release.publish.write_archive`."""
+    return f"{version}.tar"
 
 
 @dataclass(frozen=True)

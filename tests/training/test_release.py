@@ -1,5 +1,6 @@
 """Release packaging: manifest, tamper detection, atomic publication, version order, loading, int8."""
 
+import hashlib
 import json
 import os
 import tarfile
@@ -57,9 +58,14 @@ def test_a_release_loads_generates_and_holds_no_pickle(model_dirs, tmp_path):
         tok, model = AutoTokenizer.from_pretrained(variant), AutoModelForCausalLM.from_pretrained(variant)
         ids = tok("The ", return_tensors="pt", add_special_tokens=False)
         assert model.generate(**ids, max_new_tokens=5, do_sample=False).shape[1] == ids["input_ids"].shape[1] + 5
-    tarball = tmp_path / f"{path.name}.tar.gz"
-    digest = (tmp_path / f"{path.name}.tar.gz.sha256").read_text().split()[0]
-    assert rel.hashlib.sha256(tarball.read_bytes()).hexdigest() == digest
+    # The archive beside it: an uncompressed tar (weights barely compress) of the same files, and its sha256.
+    tarball = tmp_path / f"{path.name}.tar"
+    assert (tmp_path / f"{path.name}.tar.sha256").read_text() == f"{rel.sha256_file(tarball)}  {tarball.name}\n"
+    with tarfile.open(tarball, "r:") as tar:  # "r:": refuses a compressed file
+        members = {m.name: m for m in tar.getmembers() if m.isfile()}
+        assert set(members) == {f"{path.name}/{n}" for n in names}
+        weights = tar.extractfile(members[f"{path.name}/model.safetensors"]).read()
+    assert hashlib.sha256(weights).hexdigest() == rel.sha256_file(path / "model.safetensors")
 
 
 @pytest.mark.parametrize(
@@ -429,6 +435,5 @@ def test_the_archive_is_hashed_as_it_is_read_not_loaded_whole(model_dirs, tmp_pa
     monkeypatch.setattr(Path, "read_bytes", whole_file)
     path = _release(tmp_path, model_dirs, "20261122-120000-aaaaaaaa")
     monkeypatch.undo()
-    [archive] = [p for p in tmp_path.iterdir() if p.is_file() and p.name.startswith(path.name) and not p.name.endswith(".sha256")]
-    digest, name = (tmp_path / f"{archive.name}.sha256").read_text().split()
-    assert (digest, name) == (rel.sha256_file(archive), archive.name)
+    archive = tmp_path / f"{path.name}.tar"
+    assert (tmp_path / f"{archive.name}.sha256").read_text().split() == [rel.sha256_file(archive), archive.name]
