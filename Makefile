@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_VERBOSITY ?= error
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: demo test test-fast bench ui serve landing clean-data lock
+.PHONY: demo test test-fast bench ui serve landing clean-data lock tools-lock
 
 # llama-cpp-python has no wheel on PyPI: pip compiles llama.cpp. Only the CPU library it loads (no tools,
 # tests, examples or multimodal library), for any x86-64 with AVX2 rather than -march=native, so that a
@@ -57,6 +57,26 @@ lock:
 	if grep -qiE '^(nvidia-|triton==)' "$$tmp/lock"; then echo "lock: CUDA packages in the lock" >&2; exit 1; fi; \
 	sed -i 's/^torch==2.13.0+cpu$$/torch==2.13.0/' "$$tmp/lock"; mv "$$tmp/lock" requirements.lock
 
+# Tools the tests run that cannot share the project's venv: checkov (the policy checks of deploy/ in
+# tests/test_deploy.py) pins networkx<2.7, which the project's scikit-image refuses. It gets its own venv,
+# .venv-tools/, installed exactly from requirements-tools.lock (--no-deps: the lock is complete), which
+# `make tools-lock` regenerates from the one pin below. uv installs it (the uv of `make lock`, itself in
+# that venv): about 15 s from scratch where pip took 100 s (96 packages, botocore's many files among them).
+TOOLS_VENV := .venv-tools
+CHECKOV_VERSION := 3.3.30
+$(TOOLS_VENV)/bin/.installed: requirements-tools.lock
+	test -x $(TOOLS_VENV)/bin/python || $(PYTHON) -m venv $(TOOLS_VENV)
+	$(TOOLS_VENV)/bin/pip install -q uv==$(UV_VERSION)
+	$(TOOLS_VENV)/bin/uv pip install -q --python $(TOOLS_VENV)/bin/python --compile-bytecode --no-deps -r requirements-tools.lock
+	touch $@
+
+tools-lock:
+	set -euo pipefail; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	$(PYTHON) -m venv "$$tmp/venv"; "$$tmp/venv/bin/pip" install -q uv==$(UV_VERSION); \
+	echo 'checkov==$(CHECKOV_VERSION)' | "$$tmp/venv/bin/uv" pip compile -q - --python-version 3.11 \
+		--python-platform x86_64-manylinux_2_28 --custom-compile-command 'make tools-lock' -o "$$tmp/lock"; \
+	mv "$$tmp/lock" requirements-tools.lock
+
 $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 	mkdir -p $(DAGSTER_HOME)
 	cp dagster.yaml $@
@@ -77,7 +97,7 @@ demo: $(BIN)/.installed $(DAGSTER_HOME)/dagster.yaml landing
 		$(DAGSTER_RUN) --select difficulty_scores --partition "$$batch"; done
 	$(BIN)/dagster job execute -m pipelines.definitions -j retraining
 
-test: $(BIN)/.installed
+test: $(BIN)/.installed $(TOOLS_VENV)/bin/.installed
 	$(BIN)/python -m pytest
 
 # The inner loop: every test but those marked slow (multi-process, end-to-end, training, several assets

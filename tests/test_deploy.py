@@ -1,7 +1,15 @@
 """The Kubernetes deployment under deploy/: schema-valid manifests, a loadable instance config with
-Postgres storage and the Kubernetes run launcher, and the k8s executor with GPU requests."""
+Postgres storage and the Kubernetes run launcher, the k8s executor with GPU requests; every pod, those
+Dagster and kiln create at run time included, locked down and passed by checkov's policies; the image
+built from the Makefile's lock and llama.cpp flags."""
 
 import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import kubernetes_validate
@@ -10,6 +18,10 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = ROOT / "deploy" / "kubernetes" / "kiln.yaml"
+DOCKERFILE = ROOT / "deploy" / "Dockerfile"
+CHECKOV = ROOT / ".venv-tools" / "bin" / "checkov"
+"""checkov from its own venv (`make .venv-tools/bin/.installed`, which `make test` runs first): its pins
+conflict with the project's."""
 K8S_VERSION = "1.30.0"
 
 
@@ -139,3 +151,213 @@ def test_the_step_pods_account_may_create_and_delete_what_a_multi_node_stage_nee
 
     assert KubernetesConfig().service_account in {s["name"] for s in binding["subjects"]}
     assert KubernetesConfig().data_claim in {d["metadata"]["name"] for d in docs if d["kind"] == "PersistentVolumeClaim"}
+
+
+# --- Who runs what: the pods' security settings and the Role ------------------------------------------
+
+SECURITY_CHECKS = {
+    "CKV_K8S_20": "no privilege escalation",
+    "CKV_K8S_22": "read-only root filesystem",
+    "CKV_K8S_23": "not root",
+    "CKV_K8S_28": "no NET_RAW",
+    "CKV_K8S_31": "seccomp RuntimeDefault",
+    "CKV_K8S_37": "capabilities dropped",
+    "CKV_K8S_40": "a high uid",
+}
+"""The checks every workload (the Deployments, and the Jobs of runs, steps and a stage's nodes) must pass."""
+RUN_TIME_EXCEPTIONS = {
+    "CKV_K8S_10": "a step's CPU depends on the preset and the batch; GPU steps request their GPUs",
+    "CKV_K8S_11": "as CKV_K8S_10",
+    "CKV_K8S_12": "a step's memory depends on the preset and the batch",
+    "CKV_K8S_13": "as CKV_K8S_12",
+    "CKV_K8S_38": "a run pod launches its steps' Jobs, a stage's step pod its nodes' Job, through the API",
+    "CKV_K8S_21": "Dagster and kiln set the namespace when they create the Job",
+}
+"""What the Jobs made at run time may fail, and why: they are not written by hand in deploy/."""
+
+
+def _pods(docs):
+    for deployment in (d for d in docs if d["kind"] == "Deployment"):
+        yield deployment["metadata"]["name"], deployment["spec"]["template"]["spec"]
+
+
+def test_every_pod_runs_unprivileged_on_a_read_only_root_with_somewhere_to_write(docs):
+    from training.pretrain.cluster import CONTAINER_SECURITY, POD_SECURITY
+
+    launcher = yaml.safe_load(next(d for d in docs if d["metadata"]["name"] == "kiln-instance")["data"]["dagster.yaml"])["run_launcher"]["config"]
+    for name, pod in _pods(docs):
+        assert pod["securityContext"] == POD_SECURITY, name  # the nodes' pods run as these do
+        for container in pod["containers"]:
+            assert container["securityContext"] == CONTAINER_SECURITY, name
+            mounts = {m["mountPath"] for m in container["volumeMounts"]}
+            assert {"/tmp", "/home/kiln"} <= mounts, name
+    # Run and step pods: the run launcher's settings, the same ones.
+    assert launcher["security_context"] == CONTAINER_SECURITY
+    assert launcher["run_k8s_config"]["pod_spec_config"]["security_context"] == POD_SECURITY
+    assert {"/tmp", "/home/kiln", "/data"} <= {m["mountPath"] for m in launcher["volume_mounts"]}
+    dockerfile = DOCKERFILE.read_text()
+    assert f"USER {POD_SECURITY['runAsUser']}:{POD_SECURITY['runAsGroup']}" in dockerfile
+    assert f"--uid {POD_SECURITY['runAsUser']} " in dockerfile and "HOME=/home/kiln" in dockerfile
+
+
+def test_the_pods_read_only_kilns_own_secret(docs):
+    [role] = [d for d in docs if d["kind"] == "Role"]
+    secret_rules = [r for r in role["rules"] if "secrets" in r["resources"] or "*" in r["resources"]]
+    used = {e["secretRef"]["name"] for _, pod in _pods(docs) for c in pod["containers"] for e in c.get("envFrom", ()) if "secretRef" in e}
+    assert used == {"kiln-postgres"}
+    for rule in secret_rules:
+        assert rule["resources"] == ["secrets"] and rule["verbs"] == ["get"], rule
+        assert set(rule.get("resourceNames", ())) == used, "every Secret of the namespace is readable"
+    for rule in role["rules"]:  # no other rule reaches ConfigMaps or Secrets by kind
+        if "configmaps" in rule["resources"]:
+            assert rule.get("resourceNames"), rule
+
+
+def _run_time_jobs(docs, out: Path) -> list[Path]:
+    """The Jobs created at run time, as the API receives them: a run's pod and a GPU step's pod (dagster-k8s,
+    from the instance's run launcher settings and the step's own tags), a 2-node stage's Job and Service
+    (kiln)."""
+    import kubernetes
+
+    from dagster import DagsterRun
+    from dagster._config import process_config
+    from dagster_k8s import K8sRunLauncher
+    from dagster_k8s.container_context import K8sContainerContext
+    from dagster_k8s.job import construct_dagster_k8s_job, get_user_defined_k8s_config
+
+    from assets.gpus import gpu_step
+    from training.config import KubernetesConfig, TrainingConfig
+    from training.pretrain.cluster import stage_objects
+
+    instance = yaml.safe_load(next(d for d in docs if d["metadata"]["name"] == "kiln-instance")["data"]["dagster.yaml"])
+    kubeconfig = out / "kubeconfig"  # the launcher loads one; nothing is sent anywhere
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "c", "users": [{"name": "u", "user": {}}],
+        "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:1"}}],
+        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+    }))
+    config = process_config(K8sRunLauncher.config_type(), instance["run_launcher"]["config"] | {"load_incluster_config": False, "kubeconfig_file": str(kubeconfig)})
+    assert config.success, config.errors
+    launcher = K8sRunLauncher.from_config_value(None, config.value)
+    run = DagsterRun(job_name="retraining", run_id="0b5e9c1a-77f2-4d0e-9a51-3f1d2c4b5a69")
+    # As K8sRunLauncher.launch_run and the k8s_job_executor's step handler build them.
+    run_context = K8sContainerContext.create_for_run(run, launcher, include_run_tags=True)
+    step_tags = {k: v if isinstance(v, str) else json.dumps(v) for k, v in gpu_step(1)["op_tags"].items()}  # as Dagster stores them
+    step_context = K8sContainerContext.create_for_run(run, launcher, include_run_tags=False).merge(
+        K8sContainerContext(run_k8s_config=get_user_defined_k8s_config(step_tags)))
+    objects = []
+    for name, context, component in (("dagster-run-x", run_context, "run_worker"), ("dagster-step-x", step_context, "step_worker")):
+        job = construct_dagster_k8s_job(context.get_k8s_job_config(None, launcher), ["dagster", "api", "execute_run"], name,
+                                        user_defined_k8s_config=context.run_k8s_config, pod_name=name, component=component)
+        objects.append(kubernetes.client.ApiClient().sanitize_for_serialization(job))
+    image = instance["run_launcher"]["config"]["job_image"]
+    objects += stage_objects("kiln-stage-3-0b5e9c1a77f2", ["torchrun"], {}, TrainingConfig(nodes=2, gpus_per_node=4), KubernetesConfig(), image, "kiln", "/data/x")
+    paths = []
+    for i, obj in enumerate(objects):
+        obj["metadata"]["name"] += f"-{i}"
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+        paths.append(out / f"run-time-{i}.yaml")
+        paths[-1].write_text(yaml.safe_dump(obj))
+    return paths
+
+
+def _checkov() -> Path:
+    if not os.access(CHECKOV, os.X_OK):
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{CHECKOV} is missing: `make .venv-tools/bin/.installed` installs it (`make test` does)")
+        pytest.skip("checkov is not installed here: make .venv-tools/bin/.installed")
+    return CHECKOV
+
+
+@pytest.mark.slow  # checkov's start-up and pip's: several seconds
+def test_checkov_passes_the_manifests_the_image_and_every_pod_made_at_run_time(docs, tmp_path):
+    """checkov's Kubernetes and Dockerfile policies, offline (--skip-download), with deploy/checkov.yaml's
+    documented skips; the resources' own `checkov.io/skip` annotations say why where one is skipped."""
+    checkov = _checkov()
+    generated = _run_time_jobs(docs, tmp_path)
+    files = [MANIFESTS, DOCKERFILE, *generated]
+    result = subprocess.run(
+        [str(checkov), "--framework", "kubernetes", "dockerfile", "--skip-download", "--config-file", str(ROOT / "deploy" / "checkov.yaml"),
+         "--output", "json", *(arg for f in files for arg in ("--file", str(f)))],
+        capture_output=True, text=True, timeout=120, env={"PATH": os.environ["PATH"], "HOME": str(tmp_path)},
+    )
+    assert result.returncode in (0, 1), result.stderr[-2000:]
+    reports = {r["check_type"]: r for r in json.loads(result.stdout)}
+    assert set(reports) == {"kubernetes", "dockerfile"}
+    failed = [c for r in reports.values() for c in r["results"]["failed_checks"]]
+    by_hand = [f"{c['check_id']} {c['resource']}: {c['check_name']}" for c in failed if not c["file_path"].startswith(str(tmp_path))
+               and "/run-time-" not in c["file_path"]]
+    assert not by_hand, "\n".join(by_hand)
+    at_run_time = {c["check_id"] for c in failed} - set(RUN_TIME_EXCEPTIONS)
+    assert not at_run_time, [f"{c['check_id']} {c['resource']}" for c in failed if c["check_id"] in at_run_time]
+    assert all(r["summary"]["parsing_errors"] == 0 for r in reports.values())
+    passed = {(c["resource"], c["check_id"]) for c in reports["kubernetes"]["results"]["passed_checks"]}
+    workloads = {c["resource"] for c in reports["kubernetes"]["results"]["passed_checks"] if c["resource"].split(".")[0] in ("Deployment", "Job")}
+    assert len(workloads) == 3 + 3  # the three Deployments; a run's, a step's and a stage's Jobs
+    missing = [(w, check) for w in sorted(workloads) for check in SECURITY_CHECKS if (w, check) not in passed]
+    assert not missing, missing
+    assert any(c["check_id"] == "CKV_DOCKER_3" for c in reports["dockerfile"]["results"]["passed_checks"])  # a user of its own
+
+
+# --- The image ----------------------------------------------------------------------------------------
+
+def _run_steps() -> list[str]:
+    """The shell of every RUN of deploy/Dockerfile, continuation lines joined."""
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    return [m.group(1) for m in re.finditer(r"(?m)^RUN\s+(.*)$", text)]
+
+
+def _pip_installs() -> list[list[str]]:
+    """The arguments of every `pip install` in the RUN steps."""
+    return [shlex.split(part)[2:] if shlex.split(part)[0] == "pip" else shlex.split(part)[shlex.split(part).index("pip") + 2:]
+            for run in _run_steps() for part in run.split("&&") if re.search(r"\bpip install\b", part)]
+
+
+def test_the_image_starts_from_cuda_devel_with_the_locked_python_and_torch():
+    base = re.search(r"(?m)^FROM\s+(\S+)", DOCKERFILE.read_text()).group(1)
+    assert re.fullmatch(r"nvidia/cuda:13\.0\.\d+-devel-ubuntu22\.04", base), base  # nvcc for DeepSpeed's JIT ops
+    lock = (ROOT / "requirements.lock").read_text()
+    assert re.search(r"(?m)^torch==2\.13\.0$", lock)
+    assert any(run.startswith("python3.11 -m venv") for run in _run_steps())  # the lock is resolved for 3.11
+    assert "--python-version 3.11" in (ROOT / "Makefile").read_text()
+
+
+def test_the_image_compiles_llama_cpp_with_the_makefiles_flags():
+    """The Dockerfile reads LLAMA_CMAKE_ARGS from the Makefile: run that command here and compare it with
+    what make itself holds."""
+    [command] = [m.group(1) for run in _run_steps() for m in [re.search(r'CMAKE_ARGS="\$\((.*?)\)"\s', run)] if m]
+    flags = subprocess.run(["bash", "-c", command], cwd=ROOT, capture_output=True, text=True, check=True, timeout=30).stdout.split()
+    database = subprocess.run(["make", "-pnq"], cwd=ROOT, capture_output=True, text=True, timeout=30).stdout
+    [makefile] = re.findall(r"(?m)^LLAMA_CMAKE_ARGS :?= (.*)$", database)
+    assert flags == makefile.split() and "-DGGML_NATIVE=OFF" in flags
+
+
+@pytest.mark.slow  # four pip resolutions: several seconds
+def test_every_pip_step_of_the_image_installs_what_requirements_lock_pins(tmp_path):
+    """Each `pip install` of the Dockerfile, run here as a dry run without an index in the venv that
+    `make` built from the same lock, in a folder holding what the image's first COPY holds: every one is
+    constrained by the lock, and none would install anything but kiln itself (a pin or an extra the lock
+    does not have fails the resolution)."""
+    steps = _pip_installs()
+    assert len(steps) >= 3
+    lock = {line.split("==")[0].lower(): line for line in (ROOT / "requirements.lock").read_text().splitlines() if "==" in line and not line.startswith(" ")}
+    runs = []
+    for i, args in enumerate(steps):
+        assert any(args[j:j + 2] == ["-c", "requirements.lock"] for j in range(len(args))), args
+        for pin in (a for a in args if "==" in a):
+            assert lock.get(pin.split("==")[0].lower()) == pin, f"{pin} is not the lock's"
+        folder = tmp_path / str(i)
+        folder.mkdir()
+        for name in ("Makefile", "pyproject.toml", "requirements.lock", "README.md"):
+            shutil.copy(ROOT / name, folder / name)
+        runs.append((args, folder, subprocess.Popen(  # side by side: each is mostly pip starting up
+            [sys.executable, "-m", "pip", "install", "--dry-run", "--no-index", "--no-build-isolation", "--quiet",
+             "--report", str(folder / "report.json"), *args],
+            cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env={**os.environ, "PIP_CONFIG_FILE": os.devnull},
+        )))
+    for args, folder, process in runs:
+        output, _ = process.communicate(timeout=120)
+        assert process.returncode == 0, (args, output[-2000:])
+        installs = {item["metadata"]["name"] for item in json.loads((folder / "report.json").read_text())["install"]}
+        assert installs <= {"kiln"}, (args, installs)

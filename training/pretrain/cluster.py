@@ -24,6 +24,19 @@ CONTAINER = "trainer"
 GPU_RESOURCE = "nvidia.com/gpu"
 """The extended resource GPU pods request (the NVIDIA device plugin's): the nodes' pods here, every GPU
 step's pod through its `dagster-k8s/config` tag (assets/gpus.py)."""
+POD_SECURITY = {
+    "runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+"""The nodes' pods run as every kiln pod does (deploy/kubernetes/kiln.yaml): as the image's user kiln
+(deploy/Dockerfile), never root, under the runtime's default seccomp profile."""
+CONTAINER_SECURITY = {
+    "allowPrivilegeEscalation": False, "privileged": False, "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+}
+"""No capabilities (NCCL over TCP sockets needs none; nodes that train over InfiniBand may need IPC_LOCK
+added for RDMA memory registration) and a read-only root filesystem: the trainer writes to the data
+volume, /tmp, /dev/shm and its home (kernel caches)."""
 
 
 def state_label(checkpoints: str) -> str:
@@ -60,12 +73,17 @@ def stage_objects(
     container = {
         "name": CONTAINER,
         "image": image,
+        "imagePullPolicy": "Always",  # as every kiln pod: a moved tag is pulled again (same digest: nothing to pull)
         "command": command,
         "env": [{"name": k, "value": v} for k, v in sorted(env.items())],
         "envFrom": [{"configMapRef": {"name": k8s.env_config_map}}] if k8s.env_config_map else [],
         "ports": [{"name": "rendezvous", "containerPort": training.master_port}],
         "resources": {"requests": {GPU_RESOURCE: gpus}, "limits": {GPU_RESOURCE: gpus}},
-        "volumeMounts": [{"name": "data", "mountPath": k8s.data_mount}, {"name": "shm", "mountPath": "/dev/shm"}],
+        "securityContext": CONTAINER_SECURITY,
+        "volumeMounts": [
+            {"name": "data", "mountPath": k8s.data_mount}, {"name": "shm", "mountPath": "/dev/shm"},
+            {"name": "tmp", "mountPath": "/tmp"}, {"name": "home", "mountPath": "/home/kiln"},
+        ],
     }
     job = {
         "apiVersion": "batch/v1",
@@ -85,10 +103,14 @@ def stage_objects(
                     "subdomain": name,
                     "restartPolicy": "Never",
                     "serviceAccountName": k8s.service_account,
+                    "automountServiceAccountToken": False,  # the trainers never call the API
+                    "securityContext": POD_SECURITY,
                     "containers": [container],
                     "volumes": [
                         {"name": "data", "persistentVolumeClaim": {"claimName": k8s.data_claim}},
                         {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": k8s.shared_memory}},
+                        {"name": "tmp", "emptyDir": {}},
+                        {"name": "home", "emptyDir": {}},
                     ],
                 },
             },
