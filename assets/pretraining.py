@@ -94,7 +94,7 @@ def pretrain_stage(stage: int, training: TrainingConfig, kubernetes: bool = Fals
         per_node = ranks_per_node(cfg, gpus)
         env = launch_env(per_node, gpus)
         # The `gpu` pool counts GPUs: every GPU of every node the stage trains on.
-        with gpu_slots(context, cfg.nodes * per_node if gpus else 1):
+        with gpu_slots(context, cfg.nodes * per_node if gpus else 1, kiln.gpu_slots_wait_seconds):
             if job_of_pods:
                 run_stage_on_pods(context, kiln, stage, spec_path, gpus, env)
             else:

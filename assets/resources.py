@@ -10,7 +10,6 @@ import dagster as dg
 from training.presets import preset
 from training.config import KilnConfig
 from training.layout import Layout
-from training.retraining import starting_from
 
 
 class Kiln(dg.ConfigurableResource):
@@ -23,6 +22,16 @@ class Kiln(dg.ConfigurableResource):
     start_from: str = ""
     """KILN_START_FROM: where a retraining starts, "scratch" or "release" (RetrainingPolicy.start_from),
     over the preset's choice; empty: the preset's. Settable per run in the launchpad (resources.kiln.config)."""
+    output_lock_wait_seconds: float = 600.0
+    """KILN_OUTPUT_LOCK_WAIT_SECONDS: how long a step waits for another run that writes the same output
+    (assets/steps.py `exclusive_outputs`) before it fails naming that run. Long enough for a by-hand
+    tokenizer or curriculum beside the daemon's to wait and then reuse its result; a pretraining stage
+    held by another run takes hours, and such a run fails after this instead of queueing silently."""
+    gpu_slots_wait_seconds: float = 1800.0
+    """KILN_GPU_SLOTS_WAIT_SECONDS: how long a step on several GPUs, holding one slot of the `gpu` pool,
+    waits for the others (assets/gpus.py `gpu_slots`) before it gives its slots back and fails naming
+    their holders. Two such steps each holding part of the pool would otherwise wait for each other
+    forever; a wait this long still lets a one-GPU evaluation or quantization finish first."""
 
     @classmethod
     def from_env(cls) -> "Kiln":
@@ -31,10 +40,14 @@ class Kiln(dg.ConfigurableResource):
         return cls(
             data_dir=str(data), landing_dir=str(landing), preset=os.environ.get("KILN_PRESET", "tiny"),
             start_from=os.environ.get("KILN_START_FROM", ""),
+            output_lock_wait_seconds=float(os.environ.get("KILN_OUTPUT_LOCK_WAIT_SECONDS", "600")),
+            gpu_slots_wait_seconds=float(os.environ.get("KILN_GPU_SLOTS_WAIT_SECONDS", "1800")),
         )
 
     @property
     def config(self) -> KilnConfig:
+        from training.retraining import starting_from  # imports the data library: only when a step asks
+
         return starting_from(preset(self.preset), self.start_from or None)
 
     @property

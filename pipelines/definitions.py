@@ -25,13 +25,10 @@ from pipelines.automation import (
     retraining_sensor,
     weekly_retraining,
 )
-from pipelines.recovery import dead_run_sensor, reap_on_load
+from pipelines.recovery import dead_run_sensor, kiln_executor
 from assets.resources import Kiln
+from assets.steps import exclusive_outputs
 from training.pretrain.launch import check_launch, planned_gpus
-
-# Before anything runs: a run whose process died (kill -9, OOM, a lost machine) is marked failed and
-# its pool slots freed, so `dagster asset materialize` never waits behind a dead run.
-reap_on_load()
 
 # Modules whose assets do not depend on the preset; the pretraining stages are built per schedule.
 MODULES = [cleaning, difficulty, tokenizer, tokens, curriculum, evaluation, gguf, release]
@@ -41,8 +38,10 @@ def executor(name: str) -> dg.ExecutorDefinition:
     if name == "multiprocess":
         # Each step is forked from a server that imported kiln once, instead of a fresh interpreter
         # importing dagster, torch and transformers again: a step starts in about a second, not six.
-        return dg.multiprocess_executor.configured(
-            {"start_method": {"forkserver": {"preload_modules": ["pipelines.definitions"]}}}
+        # When a run starts, before any step claims a slot, its worker is recorded and dead runs of
+        # this machine are reaped (pipelines/recovery.py).
+        return kiln_executor(
+            dg.multiprocess_executor.configured({"start_method": {"forkserver": {"preload_modules": ["pipelines.definitions"]}}})
         )
     if name == "k8s":
         from dagster_k8s import k8s_job_executor
@@ -63,6 +62,8 @@ def build_definitions(kiln: Kiln, executor_name: str = "multiprocess", automatio
     check_launch(config.training, planned_gpus(config.training, kubernetes, torch.cuda.device_count()), kubernetes)
     status = automation_status(automation)
     assets = [*dg.load_assets_from_modules(MODULES), *pretraining.pretraining_assets(stages, config.training, kubernetes)]
+    # Each step holds a lock on its output while it writes it, whoever started the run (assets/steps.py).
+    assets = [exclusive_outputs(asset) for asset in assets]
     return dg.Definitions(
         assets=dg.map_asset_specs(lambda spec: spec.replace_attributes(owners=OWNERS[spec.group_name]), assets),
         asset_checks=[*dg.load_asset_checks_from_modules(MODULES), pretraining.base_model_generates],

@@ -1,73 +1,81 @@
 """Runs whose process died do not wedge kiln: they are marked failed and their pool slots freed.
 
 A run worker that is killed (kill -9, the OOM killer, a second Ctrl-C, a lost machine) writes no
-RUN_FAILURE: its run stays STARTED in the instance and keeps the concurrency-pool slots its steps
-claimed, so with dagster.yaml's `gpu` pool (one slot) every later GPU step waits forever ("blocked by
-limit for pool gpu"). Dagster 1.13 does not recover on its own here (read in its source, measured):
-run monitoring asks the run launcher whether a STARTED run's worker is alive, and the
-DefaultRunLauncher (`dagster dev`) cannot answer (`supports_check_run_worker_health` is False), so
-monitoring only times out runs stuck STARTING or CANCELING. A run the daemon launched is marked
-failed by the code server that spawned its worker, if that code server is still alive to see the
-worker die; a run started by `dagster asset materialize` runs in the CLI process and nothing watches
-it. And marking a run failed never frees its slots (only the optional
-`run_monitoring.free_slots_after_run_end_seconds` does, blindly, for finished runs): the automatic
-retry of a run failed by its code server waits behind its slot forever.
+RUN_FAILURE: its run stays STARTED and keeps the concurrency-pool slots its steps claimed, so with
+dagster.yaml's `gpu` pool every later GPU step waits forever ("blocked by limit for pool gpu").
 
-How a dead run is recognized: every event in the event log carries the pid of the process that
-wrote it; the run worker writes RUN_START (or, launched by a code server, "Started process for run"
-first), so its pid and a moment when it was certainly alive are known. The worker is gone when that
-pid no longer exists on this machine, is a zombie, or belongs to a process that started after that
-moment (the pid was reused). This is only meaningful where the run ran on this machine: kiln decides
-so only for SQLite (or in-memory) instance storage, which lives in files under DAGSTER_HOME that one
-machine's processes share. For other storage (deploy/: Postgres, runs in Kubernetes pods) nothing
-is reaped by guessing: there the K8sRunLauncher's worker health check lets run monitoring fail dead
-runs, and `free_slots_after_run_end_seconds`, where set, frees their slots.
+What Dagster does itself, set in dagster.yaml and not repeated here: run monitoring fails runs stuck
+STARTING past `start_timeout_seconds` and ends runs stuck CANCELING, and
+`free_slots_after_run_end_seconds` frees the slots of runs that ended. Both run in the daemon only.
+What it cannot do, and this module does: tell that the worker of a STARTED run launched by the
+DefaultRunLauncher (`dagster dev`), or started by `dagster asset materialize`, is gone. Run
+monitoring asks the run launcher, and the DefaultRunLauncher cannot answer
+(`supports_check_run_worker_health` is False); a run from the command line has no launcher at all
+and no daemon may be running. Nor does Dagster stop a dead worker's orphaned step processes before
+their slots go to another step.
+
+Which runs are judged: kiln's executor (`kiln_executor`) records, when a run starts, where its worker
+runs: the host, the kernel's boot id, the pid namespace, the pid and the process's start time (the
+`kiln/worker` run tag). Only runs recorded on this host, boot and pid namespace are judged, since only
+there does a pid mean the same process; a run of another machine sharing the instance (a SQLite file
+on a shared volume, a Postgres), or of this one before a reboot, is left alone, and so is a run with
+no record (one started before kiln recorded workers, or by another executor). Its worker is gone when
+no process has that pid, or only a zombie, or one that started at another time (the pid was reused):
+psutil answers.
 
 A killed run worker can leave its step processes behind (the multiprocess executor's children are
 not killed with it) still doing their work, GPU included. A slot is freed only once no process of
 the run is alive: such orphans are interrupted (SIGINT, as Dagster's own termination does, so a
 Pipes trainer is stopped too and the step records its failure) and waited for a few seconds; one
-still alive keeps its slot, freed by a later pass after it exits.
+still alive keeps its slot, freed by a later pass after it exits (or by Dagster's
+`free_slots_after_run_end_seconds`, under the daemon).
 
-Two hooks run this without anyone thinking of it: `reap_on_load()` at the top of
-pipelines/definitions.py (every `dagster asset materialize`, `dagster dev` code server and run
-worker reaps before it runs anything), and `dead_run_sensor()` under the daemon (within a minute).
+When it runs: at defined moments, never when a module is imported. `kiln_executor` reaps when a run
+starts, before any of its steps claims a slot (so the next `dagster asset materialize` after a kill -9
+proceeds), and `dead_run_sensor()` reaps under the daemon (within a minute).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
 import socket
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import dagster as dg
+import psutil
 from dagster._core.events import DagsterEventType, JobFailureData, RunFailureReason
+from dagster._core.executor.base import Executor
 from dagster._core.storage.dagster_run import FINISHED_STATUSES, DagsterRunStatus, RunsFilter
 
 from assets.gpus import EXTRA_SLOT
 
 log = logging.getLogger(__name__)
 
+WORKER_TAG = "kiln/worker"
+"""Run tag written by `kiln_executor` when a run starts: JSON naming the run and where its worker runs
+(host, boot_id, pid_namespace, pid, started)."""
+
 CLOCK_SLACK_SECONDS = 2.0
-"""A process that started this much later than an event its pid wrote is another process (the pid
-was reused). Covers the rounding of /proc start times and small clock adjustments."""
+"""Start times of one process read twice differ by less than this (psutil derives them from the boot
+time and clock ticks); a process that started this much later than an event its pid wrote is another
+process (the pid was reused)."""
 
 ORPHAN_WAIT_SECONDS = 10.0
 """How long one reaping pass waits, in all, for interrupted orphan step processes to exit before
 leaving their slots held for a later pass; Dagster steps exit within a second or two of SIGINT."""
 
-WATCHED = [DagsterRunStatus.STARTING, DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING]
-"""Statuses with a run worker that should be alive. QUEUED/NOT_STARTED runs have none (and hold no
-slots); SUSPENDED ones have none by design."""
+WATCHED = [DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING]
+"""Statuses with a run worker that should be alive. STARTING runs are run monitoring's (its
+start_timeout_seconds); QUEUED/NOT_STARTED runs have no worker and hold no slots."""
 
-_WORKER_STARTED_MESSAGE = "Started process for run"
-"""The engine event a run worker launched by a code server (`dagster api execute_run`) writes before
-RUN_START; it lets a run still STARTING be checked."""
+MAX_BOOT_ID_BYTES = 64
 
 
 @dataclass(frozen=True)
@@ -77,76 +85,75 @@ class _Process:
     """Timestamp of an event this process wrote: it existed then."""
 
 
-def runs_are_local(instance: dg.DagsterInstance) -> bool:
-    """Whether every run of `instance` ran on this machine, so that a pid in its events is one of this
-    machine's: true for SQLite storage (files under DAGSTER_HOME) and the in-memory instance."""
-    from dagster._core.storage.runs import InMemoryRunStorage, SqliteRunStorage
-
-    return isinstance(instance.run_storage, (SqliteRunStorage, InMemoryRunStorage))
-
-
-def _started_at(pid: int) -> float | None:
-    """Wall-clock start time of the live process `pid` on this machine; None when there is none (or
-    only a zombie); +inf when it exists but its start time cannot be read (treated as alive)."""
-    stat = Path(f"/proc/{pid}/stat")
-    if Path("/proc/self/stat").exists():
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (FileNotFoundError, ProcessLookupError, IndexError):
-            return None
-        if fields[0] in ("Z", "X", "x"):  # exited, its parent has not reaped it yet
-            return None
-        # Field 22 of stat: clock ticks after boot, on the boot-time clock; compared with that clock
-        # now, so that wall-clock adjustments since boot do not shift it.
-        since_boot = int(fields[19]) / os.sysconf("SC_CLK_TCK")
-        return time.time() - (time.clock_gettime(time.CLOCK_BOOTTIME) - since_boot)
+@cache
+def this_machine() -> dict[str, str]:
+    """Where a pid names the same process as here: the host name, the kernel's boot id (a reboot
+    reuses pids) and the pid namespace (containers on one kernel number their processes apart)."""
     try:
-        import psutil
-    except ImportError:
-        psutil = None
-    if psutil is not None:
-        try:
-            process = psutil.Process(pid)
-            if process.status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
-                return None
-            return process.create_time()
-        except psutil.NoSuchProcess:
-            return None
-        except psutil.Error:
-            return float("inf")
+        boot = Path("/proc/sys/kernel/random/boot_id").read_bytes()[:MAX_BOOT_ID_BYTES].decode().strip()
+    except OSError:
+        boot = f"booted {psutil.boot_time():.0f}"
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        namespace = ""
+    return {"host": socket.gethostname(), "boot_id": boot, "pid_namespace": namespace}
+
+
+def worker_record(run_id: str, pid: int | None = None) -> str:
+    """The `kiln/worker` tag's value for the run worker `pid` (default: this process) of `run_id`."""
+    pid = os.getpid() if pid is None else pid
+    return json.dumps({"run_id": run_id, **this_machine(), "pid": pid, "started": psutil.Process(pid).create_time()})
+
+
+def _recorded_worker(run: dg.DagsterRun) -> dict | None:
+    """The worker recorded for `run` on this machine; None when there is no record of this run
+    (a retried run inherits its parent's tags: the record names the run it belongs to) or it was
+    recorded elsewhere."""
+    try:
+        record = json.loads(run.tags.get(WORKER_TAG, ""))
+    except ValueError:
         return None
-    except PermissionError:
-        pass
-    return float("inf")
+    if not isinstance(record, dict) or record.get("run_id") != run.run_id:
+        return None
+    if any(record.get(k) != v for k, v in this_machine().items()):
+        return None
+    if not isinstance(record.get("pid"), int) or not isinstance(record.get("started"), (int, float)):
+        return None
+    return record
+
+
+def _start_time(pid: int) -> float | None:
+    """Start time of the live process `pid`; None when there is none or only a zombie; +inf when it
+    exists but cannot be inspected (another user's: treated as alive)."""
+    try:
+        process = psutil.Process(pid)
+        if process.status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
+            return None
+        return process.create_time()
+    except psutil.NoSuchProcess:
+        return None
+    except psutil.Error:
+        return float("inf")
 
 
 def _is_alive(process: _Process) -> bool:
-    start = _started_at(process.pid)
+    start = _start_time(process.pid)
+    return start is not None and (start == float("inf") or start <= process.alive_at + CLOCK_SLACK_SECONDS)
+
+
+def _gone(record: Mapping) -> str | None:
+    """Why the recorded worker is gone, or None while it lives."""
+    pid, host = record["pid"], record["host"]
+    start = _start_time(pid)
     if start is None:
-        return False
-    return start == float("inf") or start <= process.alive_at + CLOCK_SLACK_SECONDS
-
-
-def _worker(instance: dg.DagsterInstance, run_id: str) -> _Process | None:
-    """The run worker: the writer of the latest RUN_START, else of "Started process for run"."""
-    storage = instance.event_log_storage
-    for entry in storage.get_logs_for_run(run_id, of_type=DagsterEventType.RUN_START, limit=1, ascending=False):
-        if entry.dagster_event and entry.dagster_event.pid is not None:
-            return _Process(entry.dagster_event.pid, entry.timestamp)
-    for entry in storage.get_logs_for_run(run_id, of_type=DagsterEventType.ENGINE_EVENT, ascending=False):
-        event = entry.dagster_event
-        if event and (event.message or "").startswith(_WORKER_STARTED_MESSAGE):
-            # Written on the worker's behalf without an event pid; the pid is in its metadata.
-            pid = event.engine_event_data.metadata.get("pid") if event.engine_event_data else None
-            if pid is not None and str(pid.value).isdigit():
-                return _Process(int(pid.value), entry.timestamp)
+        return f"run worker pid {pid} on {host} is gone (killed, OOM or machine lost)"
+    if start != float("inf") and abs(start - record["started"]) > CLOCK_SLACK_SECONDS:
+        return f"run worker pid {pid} on {host} is gone (killed, OOM or machine lost; the pid now belongs to another process)"
     return None
 
 
-def _step_processes(instance: dg.DagsterInstance, run_id: str, worker: _Process | None) -> dict[str, _Process]:
+def _step_processes(instance: dg.DagsterInstance, run_id: str, worker_pid: int | None) -> dict[str, _Process]:
     """Per step key, the process that ran the step when it was not the run worker (the multiprocess
     executor's children write STEP_WORKER_STARTED and STEP_START themselves)."""
     steps: dict[str, _Process] = {}
@@ -155,9 +162,7 @@ def _step_processes(instance: dg.DagsterInstance, run_id: str, worker: _Process 
     )
     for entry in entries:  # oldest first: a retried step's latest process wins
         event = entry.dagster_event
-        if not (event and entry.step_key and event.pid is not None):
-            continue
-        if worker and event.pid == worker.pid:
+        if not (event and entry.step_key and event.pid is not None) or event.pid == worker_pid:
             continue
         known = steps.get(entry.step_key)
         if known is None or known.pid != event.pid:
@@ -211,31 +216,13 @@ def _free_slots(instance: dg.DagsterInstance, run_id: str, steps: Iterable[str],
     return len(freed)
 
 
-def _gone(worker: _Process, host: str) -> str | None:
-    start = _started_at(worker.pid)
-    if start is None:
-        return f"run worker pid {worker.pid} on {host} is gone (killed, OOM or machine lost)"
-    if start != float("inf") and start > worker.alive_at + CLOCK_SLACK_SECONDS:
-        return (
-            f"run worker pid {worker.pid} on {host} is gone (killed, OOM or machine lost; the pid now "
-            "belongs to a process started after the run)"
-        )
-    return None
-
-
-def reap_dead_runs(
-    instance: dg.DagsterInstance,
-    *,
-    start_timeout_seconds: float | None = None,
-    orphan_wait_seconds: float = ORPHAN_WAIT_SECONDS,
-) -> list[str]:
-    """Marks failed every STARTING or STARTED run of `instance` whose run worker is gone (a CANCELING
-    one is marked canceled: it was being stopped, and a failure would be retried), frees the pool
-    slots and queued claims of those runs and of finished runs that still hold some, and returns the
-    ids of the runs it marked. Runs are judged only when they ran on this machine (`runs_are_local`);
-    a live run is never touched. A STARTING run whose worker never reported is failed after
-    `start_timeout_seconds` (default: the instance's run_monitoring start_timeout_seconds)."""
-    return _reap(instance, start_timeout_seconds, orphan_wait_seconds).marked
+def reap_dead_runs(instance: dg.DagsterInstance, *, orphan_wait_seconds: float = ORPHAN_WAIT_SECONDS) -> list[str]:
+    """Marks failed every STARTED run of `instance` whose worker, recorded on this machine, is gone
+    (a CANCELING one is marked canceled: it was being stopped, and a failure would be retried), frees
+    the pool slots and queued claims of those runs and of finished runs of this machine that still
+    hold some, and returns the ids of the runs it marked. A live run, and a run recorded elsewhere or
+    not at all, is never touched."""
+    return _reap(instance, orphan_wait_seconds).marked
 
 
 @dataclass(frozen=True)
@@ -246,37 +233,22 @@ class _Reaped:
     """Runs already finished whose leftover pool slots or claims this pass freed."""
 
 
-def _reap(instance: dg.DagsterInstance, start_timeout_seconds: float | None, orphan_wait_seconds: float) -> _Reaped:
-    if not runs_are_local(instance):
-        return _Reaped([], [])
-    host = socket.gethostname()
-    timeout = instance.run_monitoring_start_timeout_seconds if start_timeout_seconds is None else start_timeout_seconds
+def _reap(instance: dg.DagsterInstance, orphan_wait_seconds: float) -> _Reaped:
     holders = _slot_holders(instance)
     reaped: list[str] = []
     deadline = time.monotonic() + orphan_wait_seconds  # one wait for the whole pass (a sensor tick has 60 s)
 
     for record in instance.get_run_records(filters=RunsFilter(statuses=WATCHED)):
         run = record.dagster_run
-        worker = _worker(instance, run.run_id)
-        if worker is not None:
-            reason = _gone(worker, host)
-        elif run.status == DagsterRunStatus.STARTING:
-            launched = instance.get_run_stats(run.run_id).launch_time or record.create_timestamp.timestamp()
-            waited = time.time() - launched
-            reason = (
-                f"no run worker reported within {waited:.0f} s of the launch (start timeout {timeout:.0f} s)"
-                if waited > timeout
-                else None
-            )
-        else:
-            reason = None  # no pid recorded: nothing to judge by, leave it to run monitoring
+        worker = _recorded_worker(run)
+        reason = _gone(worker) if worker is not None else None
         if reason is None:
             continue
         current = instance.get_run_by_id(run.run_id)
         if current is None or current.status != run.status:  # someone else got there first
             continue
 
-        interrupted, alive = _stop_orphans(_step_processes(instance, run.run_id, worker), deadline)
+        interrupted, alive = _stop_orphans(_step_processes(instance, run.run_id, worker["pid"]), deadline)
         canceling = run.status == DagsterRunStatus.CANCELING
         message = f"kiln: {reason}; marked {'canceled' if canceling else 'failed'} and its pool slots freed."
         if interrupted:
@@ -293,73 +265,67 @@ def _reap(instance: dg.DagsterInstance, start_timeout_seconds: float | None, orp
         log.warning("kiln: reaped run %s: %s", run.run_id, message)
         reaped.append(run.run_id)
 
-    # Finished runs that still hold slots: failed by a code server that saw its run worker die, by run
-    # monitoring or by hand (none of which frees slots), or reaped above while an orphan still ran.
-    # Freed once none of their processes is alive.
+    # Finished runs of this machine that still hold slots: reaped above, or earlier, while an orphan
+    # still ran. Freed once none of their processes is alive; without a daemon nothing else frees them.
     freed_runs: list[str] = []
     for run_id, steps in holders.items():
         run = instance.get_run_by_id(run_id)
-        if run is not None and run.status not in FINISHED_STATUSES:
-            continue
-        worker = _worker(instance, run_id) if run is not None else None
-        if worker is not None and _is_alive(worker):
-            continue  # a live worker frees its own slots
-        interrupted, alive = _stop_orphans(_step_processes(instance, run_id, worker), deadline)
+        worker = _recorded_worker(run) if run is not None else None
+        if run is None or run.status not in FINISHED_STATUSES or worker is None or _gone(worker) is None:
+            continue  # not judged here, still running, or a live worker that frees its own slots
+        interrupted, alive = _stop_orphans(_step_processes(instance, run_id, worker["pid"]), deadline)
         freed = _free_slots(instance, run_id, steps, alive)
         if not freed:
             continue
-        status = run.status.value if run is not None else "deleted"
-        message = f"kiln: no process of this {status} run is alive; freed the {freed} pool slot(s) or claim(s) it held."
+        message = f"kiln: no process of this {run.status.value} run is alive; freed the {freed} pool slot(s) or claim(s) it held."
         if interrupted:
             message += f" Interrupted its orphaned step processes: {', '.join(interrupted)}."
-        if run is not None:
-            instance.report_engine_event(message, run)
+        instance.report_engine_event(message, run)
         log.warning("kiln: run %s: %s", run_id, message)
         freed_runs.append(run_id)
     return _Reaped(reaped, freed_runs)
 
 
-def _sqlite_home(home: Path) -> Path | None:
-    """Where the instance at `home` keeps SQLite runs (its runs.db under history/), None when its
-    storage is a database server."""
-    import yaml
+class _RecordingExecutor(Executor):
+    """An executor that, when a run starts and before any step claims a slot, records the run's worker
+    (`WORKER_TAG`) and reaps dead runs, then runs the plan with the executor it wraps."""
 
-    config_file = home / "dagster.yaml"
-    config = (yaml.safe_load(config_file.read_text()) or {}) if config_file.exists() else {}
-    if "run_storage" in config or "event_log_storage" in config:
-        return None  # legacy per-store settings: only ever used for database servers in practice
-    storage = config.get("storage")
-    if storage is None:
-        return home
-    sqlite = storage.get("sqlite") if isinstance(storage, dict) else None
-    if sqlite is None:
-        return None  # postgres, mysql: runs elsewhere, left to run monitoring
-    base = (sqlite or {}).get("base_dir", str(home))
-    if isinstance(base, dict) and "env" in base:
-        base = os.environ.get(base["env"], "")
-    return Path(base) if base else None
+    def __init__(self, inner: Executor):
+        self.inner = inner
 
+    @property
+    def retries(self):
+        return self.inner.retries
 
-def reap_on_load() -> list[str]:
-    """`reap_dead_runs` on the instance at DAGSTER_HOME, for the top of pipelines/definitions.py.
+    @property
+    def step_dependency_config(self):
+        return self.inner.step_dependency_config
 
-    Does nothing without DAGSTER_HOME, for an instance that has no runs yet (it creates no
-    directory and no instance) and for database-server storage; never raises (logs a warning)."""
-    home = os.environ.get("DAGSTER_HOME")
-    if not home:
-        return []
-    try:
-        base = _sqlite_home(Path(home)) if Path(home).is_dir() else None
-        if base is None or not (base / "history" / "runs.db").exists():
-            return []
-        instance = dg.DagsterInstance.get()
+    def get_step_event_or_retry_event(self, *args, **kwargs):
+        return self.inner.get_step_event_or_retry_event(*args, **kwargs)
+
+    def execute(self, plan_context, execution_plan) -> Iterator[dg.DagsterEvent]:
+        instance, run_id = plan_context.instance, plan_context.run_id
+        instance.add_run_tags(run_id, {WORKER_TAG: worker_record(run_id)})
         try:
-            return reap_dead_runs(instance)
-        finally:
-            instance.dispose()
-    except Exception as error:  # a broken instance must not stop the code location from loading
-        log.warning("kiln: could not check %s for dead runs: %r", home, error)
-        return []
+            reaped = reap_dead_runs(instance)
+        except Exception as error:  # a broken pass must not stop this run; the sensor tries again
+            plan_context.log.warning(f"kiln: could not check for dead runs: {error!r}")
+        else:
+            if reaped:
+                plan_context.log.warning(f"kiln: marked {len(reaped)} dead run(s) failed and freed their pool slots: {', '.join(reaped)}")
+        yield from self.inner.execute(plan_context, execution_plan)
+
+
+def kiln_executor(inner: dg.ExecutorDefinition) -> dg.ExecutorDefinition:
+    """`inner` (same name, config and requirements) with the run-start moment of `_RecordingExecutor`."""
+    return dg.ExecutorDefinition(
+        name=inner.name,
+        config_schema=inner.config_schema,
+        requirements=inner.get_requirements,
+        executor_creation_fn=lambda init_context: _RecordingExecutor(inner.executor_creation_fn(init_context)),
+        description=inner.description,
+    )
 
 
 def dead_run_sensor(minimum_interval_seconds: int = 30) -> dg.SensorDefinition:
@@ -374,7 +340,7 @@ def dead_run_sensor(minimum_interval_seconds: int = 30) -> dg.SensorDefinition:
         description="Marks runs whose run worker process died as failed and frees their pool slots.",
     )
     def _dead_run_sensor(context: dg.SensorEvaluationContext) -> dg.SkipReason:
-        reaped = _reap(context.instance, None, ORPHAN_WAIT_SECONDS)
+        reaped = _reap(context.instance, ORPHAN_WAIT_SECONDS)
         report = []
         if reaped.marked:
             report.append(f"reaped {len(reaped.marked)} dead run(s): {', '.join(reaped.marked)}")

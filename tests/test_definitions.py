@@ -58,3 +58,41 @@ def test_every_asset_has_its_folder_in_the_layout(tmp_path):
     # The Makefile cannot import the layout: it names the same folders.
     makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
     assert f"$(KILN_DATA_DIR)/{DAGSTER_HOME}" in makefile and f"$(KILN_DATA_DIR)/{LANDING}" in makefile
+
+
+def test_importing_the_definitions_changes_no_run(monkeypatch, tmp_path):
+    """No side effect on import: a code-server reload, the forkserver's preload, a notebook or a test
+    that imports the definitions leaves every run as it is, even a run whose worker is gone (reaping
+    happens when a run starts and under the daemon's sensor, pipelines/recovery.py)."""
+    import importlib
+    import json
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    from dagster._core.events import DagsterEvent, DagsterEventType
+    from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
+    from dagster._core.utils import make_new_run_id
+
+    import pipelines.definitions as module
+    from pipelines.recovery import WORKER_TAG, this_machine
+
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(Path(__file__).resolve().parents[1] / "dagster.yaml", home / "dagster.yaml")
+    child = subprocess.Popen(["true"])
+    child.wait()  # a run worker that is gone, recorded on this machine
+    run_id = make_new_run_id()
+    record = {"run_id": run_id, **this_machine(), "pid": child.pid, "started": 0.0}
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        instance.add_run(DagsterRun(job_name="retraining", run_id=run_id, tags={WORKER_TAG: json.dumps(record)}))
+        instance.report_dagster_event(DagsterEvent(DagsterEventType.RUN_START.value, "retraining", pid=child.pid), run_id)
+        instance.event_log_storage.initialize_concurrency_limit_to_default("gpu")
+        assert instance.event_log_storage.claim_concurrency_slot("gpu", run_id, "pretrain_stage_1").is_claimed
+
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    monkeypatch.setenv("KILN_DATA_DIR", str(tmp_path / "data"))
+    importlib.reload(module)
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert instance.get_run_by_id(run_id).status == DagsterRunStatus.STARTED
+        assert instance.event_log_storage.check_concurrency_claim("gpu", run_id, "pretrain_stage_1").is_claimed

@@ -1,32 +1,36 @@
 """Runs that die do not wedge kiln (pipelines/recovery.py): a killed `dagster asset materialize` is
-marked failed and its `gpu` slot freed by the next command; live runs are never touched."""
+marked failed and its `gpu` slot freed when the next run starts; live runs, and runs of another
+machine, are never touched."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import dagster as dg
+import psutil
 import pytest
+import yaml
 from dagster._core.events import DagsterEvent, DagsterEventType, EngineEventData
 from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
 from dagster._core.utils import make_new_run_id
 
 from assets.gpus import EXTRA_SLOT, GPU_POOL, gpu_slots
-from pipelines import recovery
-from pipelines.recovery import dead_run_sensor, reap_dead_runs, reap_on_load
+from pipelines.recovery import WORKER_TAG, dead_run_sensor, reap_dead_runs, this_machine
 
 ROOT = Path(__file__).resolve().parents[2]
 JOB = ROOT / "tests" / "pipelines" / "dead_run_job.py"
 JOB_NAME = "kiln_test"
 
 
-def _home(parent: Path) -> Path:
+def home_for_runs(parent: Path) -> Path:
     home = parent / "dagster_home"
     home.mkdir()
     shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
@@ -36,7 +40,7 @@ def _home(parent: Path) -> Path:
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory):
     """One instance for the unit tests (creating one takes a second), wiped between them."""
-    home = _home(tmp_path_factory.mktemp("recovery"))
+    home = home_for_runs(tmp_path_factory.mktemp("recovery"))
     instance = dg.DagsterInstance.from_config(str(home))
     yield home, instance
     instance.dispose()
@@ -63,10 +67,24 @@ def _event(instance, run_id: str, kind: DagsterEventType, pid: int | None, at: f
     instance.report_dagster_event(event, run_id, timestamp=at)
 
 
-def _run(instance, pid: int | None, *, kind=DagsterEventType.RUN_START, at: float | None = None) -> str:
-    """A run whose worker `pid` wrote `kind` (RUN_START: STARTED) at `at` (default now)."""
-    run_id = instance.add_run(DagsterRun(job_name=JOB_NAME, run_id=make_new_run_id())).run_id
-    _event(instance, run_id, kind, pid, at)
+def _record(run: str, pid: int, started: float | None = None, **elsewhere) -> dict:
+    """The `kiln/worker` tag kiln's executor writes for the worker `pid` (default start time: the live
+    process's); `elsewhere` overrides where it ran (host, boot_id, pid_namespace, run_id)."""
+    started = psutil.Process(pid).create_time() if started is None else started
+    return {WORKER_TAG: json.dumps({"run_id": run, **this_machine(), "pid": pid, "started": started, **elsewhere})}
+
+
+def _run(
+    instance, pid: int | None, *, kind=DagsterEventType.RUN_START, started: float | None = None, recorded=True, **elsewhere
+) -> str:
+    """A run whose worker `pid` (recorded as kiln's executor does, unless not `recorded`) wrote `kind`
+    (RUN_START: STARTED)."""
+    run_id = make_new_run_id()
+    if pid is not None and recorded and started is None and not psutil.pid_exists(pid):
+        started = time.time() - 5  # a dead worker: its start time as recorded
+    tags = _record(run_id, pid, started, **elsewhere) if pid is not None and recorded else {}
+    instance.add_run(DagsterRun(job_name=JOB_NAME, run_id=run_id, tags=tags))
+    _event(instance, run_id, kind, pid)
     return run_id
 
 
@@ -111,7 +129,7 @@ def processes():
 def test_a_live_run_is_never_reaped(instance):
     run_id = _run(instance, os.getpid())  # this process, which started before writing the event
     assert _claim(instance, run_id, "gpu_step")
-    assert reap_dead_runs(instance, start_timeout_seconds=0) == []
+    assert reap_dead_runs(instance) == []
     assert _status(instance, run_id) == DagsterRunStatus.STARTED
     assert _pool(instance)[0] == {(run_id, "gpu_step")}
 
@@ -146,33 +164,43 @@ def test_a_zombie_worker_is_dead(instance, processes):
 
 
 def test_a_reused_pid_is_not_the_worker(instance, processes):
-    child = subprocess.Popen(["sleep", "60"])  # started now, long after the worker's event
+    child = subprocess.Popen(["sleep", "60"])  # started now, long after the recorded worker
     processes.append(child)
-    run_id = _run(instance, child.pid, at=time.time() - 600)
+    run_id = _run(instance, child.pid, started=time.time() - 600)
     assert reap_dead_runs(instance) == [run_id]
-    assert "belongs to a process started after the run" in _failure_message(instance, run_id)
+    assert "the pid now belongs to another process" in _failure_message(instance, run_id)
 
 
-def test_a_starting_run_without_a_worker_fails_only_after_the_start_timeout(instance):
-    fresh = _run(instance, None, kind=DagsterEventType.RUN_STARTING)
-    stale = _run(instance, None, kind=DagsterEventType.RUN_STARTING, at=time.time() - 600)
-    assert _status(instance, stale) == DagsterRunStatus.STARTING
-    assert reap_dead_runs(instance) == [stale]  # the instance's start_timeout_seconds: 180
-    assert _status(instance, fresh) == DagsterRunStatus.STARTING
-    assert "no run worker reported within" in _failure_message(instance, stale)
-    # a STARTING run whose worker reported its pid is judged by it
-    launched = _run(instance, None, kind=DagsterEventType.RUN_STARTING)
-    pid = os.getpid()
-    started = EngineEventData.in_process(pid)  # as `dagster api execute_run` reports itself
-    instance.report_engine_event(f"Started process for run (pid: {pid}).", instance.get_run_by_id(launched), started)
-    assert reap_dead_runs(instance, start_timeout_seconds=0) == [fresh]  # launched: pid of this process
-    assert _status(instance, launched) == DagsterRunStatus.STARTING
+def test_runs_stuck_starting_and_slots_of_ended_runs_are_dagsters(instance):
+    """Run monitoring (the daemon) fails runs stuck STARTING and frees the slots of ended runs; kiln
+    judges neither a STARTING run nor a worker it has no record of."""
+    monitoring = yaml.safe_load((ROOT / "dagster.yaml").read_text())["run_monitoring"]
+    assert monitoring["enabled"] and monitoring["start_timeout_seconds"] > 0
+    assert monitoring["free_slots_after_run_end_seconds"] > 0
+    starting = _run(instance, _dead_pid(), kind=DagsterEventType.RUN_STARTING)
+    unrecorded = _run(instance, _dead_pid(), recorded=False)
+    assert reap_dead_runs(instance) == []
+    assert _status(instance, starting) == DagsterRunStatus.STARTING
+    assert _status(instance, unrecorded) == DagsterRunStatus.STARTED
 
 
-def test_a_started_run_without_a_pid_is_left_alone(instance):
-    run_id = _run(instance, None, at=time.time() - 3600)
-    assert reap_dead_runs(instance, start_timeout_seconds=0) == []
+@pytest.mark.parametrize(
+    "elsewhere",
+    [{"host": "another-host"}, {"boot_id": "an-earlier-boot"}, {"pid_namespace": "pid:[1]"}, {"run_id": "its-parent-run"}],
+    ids=["another host", "another boot", "another pid namespace", "a record inherited from a retried run"],
+)
+def test_a_run_recorded_elsewhere_is_not_reaped(instance, elsewhere):
+    """With the instance on a volume two hosts share, a live run of the other host has a pid that
+    does not exist here: it must not be judged dead (nor one from before a reboot, nor one whose tag
+    a retry copied from its parent)."""
+    run_id = _run(instance, _dead_pid(), **elsewhere)
+    assert _claim(instance, run_id, "gpu_step")
+    assert reap_dead_runs(instance) == []
     assert _status(instance, run_id) == DagsterRunStatus.STARTED
+    assert _pool(instance)[0] == {(run_id, "gpu_step")}
+    # Failed on its own machine with its slot still held: not freed from here either.
+    instance.report_run_failed(instance.get_run_by_id(run_id), "failed on its own machine, its slot still held")
+    assert reap_dead_runs(instance) == [] and _pool(instance)[0] == {(run_id, "gpu_step")}
 
 
 def test_a_run_whose_worker_died_is_retried_and_one_whose_step_failed_is_not(instance):
@@ -267,49 +295,17 @@ def test_the_sensor_reaps_under_the_daemon(instance):
     assert _pool(instance) == (set(), set())
 
 
-def test_reap_on_load_creates_nothing_and_never_raises(tmp_path, monkeypatch, caplog):
-    monkeypatch.delenv("DAGSTER_HOME", raising=False)
-    assert reap_on_load() == []
-
-    missing = tmp_path / "missing"
-    monkeypatch.setenv("DAGSTER_HOME", str(missing))
-    assert reap_on_load() == [] and not missing.exists()
-
-    fresh = tmp_path / "fresh"
-    fresh.mkdir()
-    shutil.copy(ROOT / "dagster.yaml", fresh / "dagster.yaml")
-    monkeypatch.setenv("DAGSTER_HOME", str(fresh))
-    assert reap_on_load() == [] and sorted(p.name for p in fresh.iterdir()) == ["dagster.yaml"]
-
-    (fresh / "dagster.yaml").write_text("storage:\n  postgres: {postgres_url: 'postgresql://nowhere/x'}\n")
-    (fresh / "history").mkdir()
-    (fresh / "history" / "runs.db").touch()
-    assert reap_on_load() == []  # runs on a database server: left to run monitoring
-
-    (fresh / "dagster.yaml").write_text("telemetry: [not, a, mapping\n")
-    assert reap_on_load() == []
-    assert "could not check" in caplog.text
-
-
-def test_reap_on_load_reaps_the_instance_at_dagster_home(home, instance, monkeypatch):
-    dead = _run(instance, _dead_pid())
-    monkeypatch.setenv("DAGSTER_HOME", str(home))
-    assert reap_on_load() == [dead]
-
-
-def test_only_local_storage_is_judged(instance, monkeypatch):
-    dead = _run(instance, _dead_pid())
-    monkeypatch.setattr(recovery, "runs_are_local", lambda _: False)
-    assert reap_dead_runs(instance) == []
-    assert _status(instance, dead) == DagsterRunStatus.STARTED
-
-
 # --- the real thing: kill -9 a `dagster asset materialize` holding the gpu slot ------------------
 
 
-def _materialize(home: Path, sleep: float) -> subprocess.Popen:
-    env = {**os.environ, "DAGSTER_HOME": str(home), "KILN_TEST_SLEEP": str(sleep), "PYTHONPATH": str(ROOT)}
-    command = [sys.executable, "-m", "dagster", "asset", "materialize", "-f", str(JOB), "--select", "gpu_sleeper"]
+def materialize(home: Path, sleep: float, asset: str = "gpu_sleeper", **env: str) -> subprocess.Popen:
+    """`dagster asset materialize` of one asset of dead_run_job.py, in its own session, KILN_DATA_DIR
+    beside DAGSTER_HOME; `env` adds variables (KILN_OUTPUT_LOCK_WAIT_SECONDS, say)."""
+    env = {
+        **os.environ, "DAGSTER_HOME": str(home), "KILN_DATA_DIR": str(home.parent / "data"), "KILN_TEST_SLEEP": str(sleep),
+        "PYTHONPATH": str(ROOT), **env,
+    }
+    command = [sys.executable, "-m", "dagster", "asset", "materialize", "-f", str(JOB), "--select", asset]
     return subprocess.Popen(
         command, cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
@@ -339,9 +335,9 @@ def test_a_killed_materialize_does_not_wedge_the_next_one(tmp_path, kill):
     """`session`: the run worker and its step processes die together (killpg, a lost machine);
     `worker`: only the `dagster` process dies (kill -9 PID, the OOM killer) and its step process
     lives on as an orphan, still holding the GPU."""
-    home = _home(tmp_path)
+    home = home_for_runs(tmp_path)
     dg.DagsterInstance.from_config(str(home)).dispose()  # the storage exists before two processes open it
-    first = _materialize(home, sleep=600)
+    first = materialize(home, sleep=600)
     sessions = [first]
     try:
         dead = _holding_the_slot(home, first, time.monotonic() + 60)
@@ -358,7 +354,7 @@ def test_a_killed_materialize_does_not_wedge_the_next_one(tmp_path, kill):
             assert _pool(instance)[0] == {(dead, "gpu_sleeper")}
 
         killed = time.monotonic()
-        second = _materialize(home, sleep=0)
+        second = materialize(home, sleep=0)
         sessions.append(second)
         out, _ = second.communicate(timeout=120)
         elapsed = time.monotonic() - killed
@@ -411,7 +407,7 @@ def test_a_step_on_several_gpus_holds_one_pool_slot_per_gpu(instance, limit, gpu
 
     @dg.asset(pool=GPU_POOL)
     def stage(context) -> None:
-        with gpu_slots(context, gpus, poll_seconds=0.05):
+        with gpu_slots(context, gpus, wait_seconds=60, poll_seconds=0.05):
             seen["held"] = _pool(instance)[0]
 
     result = dg.materialize([stage], instance=instance, raise_on_error=False)
@@ -422,3 +418,55 @@ def test_a_step_on_several_gpus_holds_one_pool_slot_per_gpu(instance, limit, gpu
         message = failure.step_failure_data.error.message
         assert f"uses {gpus} GPUs but the `gpu` pool has {limit} slot(s)" in message and "concurrency set gpu" in message
     assert _pool(instance) == (set(), set())  # every slot back
+
+
+def test_two_stages_each_holding_part_of_the_pool_do_not_wait_forever(instance):
+    """The deadlock: a pool of 2 GPUs, another run's 2-GPU stage holds one slot and waits for the
+    other; this run's 2-GPU stage gets the second slot and waits for the first. The later one gives up
+    after its wait, names who holds the pool, and gives its slots back, so the other stage goes on."""
+    instance.event_log_storage.set_concurrency_slots(GPU_POOL, 2)
+    other = _run(instance, os.getpid())
+    assert _claim(instance, other, "pretrain_stage_2")
+    seen = {}
+
+    @dg.asset(pool=GPU_POOL)
+    def pretrain_stage_3(context) -> None:
+        # This step holds the pool's other slot: the other stage asks for its second GPU now, and waits.
+        seen["entered"] = not _claim(instance, other, f"pretrain_stage_2{EXTRA_SLOT}2")
+        with gpu_slots(context, 2, wait_seconds=0.3, poll_seconds=0.05):
+            seen["held"] = True
+
+    result = dg.materialize([pretrain_stage_3], instance=instance, raise_on_error=False)
+    assert not result.success and seen == {"entered": True}
+    [failure] = [e for e in result.all_events if e.is_step_failure]
+    message = failure.step_failure_data.error.message
+    assert "gave up after 0.3 s waiting for 1 more of the 2 GPU slots" in message
+    assert f"run {other} step pretrain_stage_2 (1 slot(s), waiting for 1 more)" in message
+    assert "this step (1 slot(s), waiting for 1 more)" in message and "gpu_slots_wait_seconds" in message
+    # Every slot of the stage that gave up is back: the other stage holds the whole pool now.
+    assert _claim(instance, other, f"pretrain_stage_2{EXTRA_SLOT}2")
+    assert _pool(instance)[0] == {(other, "pretrain_stage_2"), (other, f"pretrain_stage_2{EXTRA_SLOT}2")}
+
+
+def test_a_step_waiting_for_more_gpus_gets_them_when_they_are_freed(instance):
+    """A stage on 2 GPUs whose second slot is held by another run's step takes it once that step
+    frees it (the queue assigns it; the waiting step must claim it)."""
+    instance.event_log_storage.set_concurrency_slots(GPU_POOL, 2)
+    other = _run(instance, os.getpid())
+    seen = {}
+
+    @dg.asset(pool=GPU_POOL)
+    def pretrain_stage_3(context) -> None:
+        assert _claim(instance, other, "evaluation")  # the pool's other slot, taken while this step starts
+        threading.Thread(target=free_it_soon, daemon=True).start()  # ...and freed while this step waits
+        with gpu_slots(context, 2, wait_seconds=60, poll_seconds=0.05):
+            seen["held"] = _pool(instance)[0]
+
+    def free_it_soon():
+        time.sleep(0.5)
+        instance.event_log_storage.free_concurrency_slot_for_step(other, "evaluation")
+
+    result = dg.materialize([pretrain_stage_3], instance=instance, raise_on_error=False)
+    assert result.success
+    assert {step for _, step in seen["held"]} == {"pretrain_stage_3", f"pretrain_stage_3{EXTRA_SLOT}2"}
+    assert _pool(instance) == (set(), set())
