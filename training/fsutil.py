@@ -88,36 +88,34 @@ def _dead_temps(folder: Path, name: str = "*") -> list[Path]:
     return sorted(dead)
 
 
-def _recover(path: Path) -> None:
+def _recover(path: Path, dead: list[Path]) -> None:
     """Finish a two-rename swap of `path` whose writer died between its renames: the previous version
     lies at `<temp>.aside` and the complete new one at `<temp>`, and nothing at `path`; the new one is
-    renamed in (it was complete before the previous one was moved aside)."""
+    renamed in (it was complete before the previous one was moved aside). `dead`: `_dead_temps` of `path`."""
     if os.path.lexists(path):
         return
-    for aside in _dead_temps(path.parent, glob.escape(path.name)):
+    for aside in dead:
         new = aside.with_name(aside.name.removesuffix(_ASIDE))
         if aside.name.endswith(_ASIDE) and new.exists():
             os.rename(new, path)
             return
 
 
-def remove_dead_temps(folder: Path) -> list[Path]:
-    """Remove what writers that died left in `folder` (every path's temporaries, `_dead_temps`), after
-    finishing any swap they died in the middle of; returns the removed paths."""
-    for aside in _dead_temps(folder):
-        if aside.name.endswith(_ASIDE):
-            _recover(folder / aside.name[1:].rsplit(f"{_TEMP}{_HOST}-", 1)[0])
-    removed = _dead_temps(folder)
+def _remove_dead_temps(path: Path) -> list[Path]:
+    """What dead writers of `path` left, after finishing a swap one died in the middle of."""
+    dead = _dead_temps(path.parent, glob.escape(path.name))
+    _recover(path, dead)
+    removed = [old for old in dead if os.path.lexists(old)]
     for old in removed:
         remove(old)
     return removed
 
 
-def _remove_dead_temps(path: Path) -> None:
-    """What dead writers of `path` left, after finishing a swap one died in the middle of."""
-    _recover(path)
-    for old in _dead_temps(path.parent, glob.escape(path.name)):
-        remove(old)
+def remove_dead_temps(folder: Path) -> list[Path]:
+    """Remove what writers that died left in `folder` (every path's temporaries, `_dead_temps`), after
+    finishing any swap they died in the middle of; returns the removed paths."""
+    names = {old.name[1:].rsplit(f"{_TEMP}{_HOST}-", 1)[0] for old in _dead_temps(folder)}
+    return sorted(old for name in names for old in _remove_dead_temps(folder / name))
 
 
 @contextlib.contextmanager
