@@ -250,7 +250,7 @@ def _run_time_jobs(docs, out: Path) -> list[Path]:
         job = construct_dagster_k8s_job(context.get_k8s_job_config(None, launcher), ["dagster", "api", "execute_run"], name,
                                         user_defined_k8s_config=context.run_k8s_config, pod_name=name, component=component)
         objects.append(kubernetes.client.ApiClient().sanitize_for_serialization(job))
-    image = instance["run_launcher"]["config"]["job_image"]
+    image = instance["run_launcher"]["config"].get("job_image", "ghcr.io/example/kiln:0.1.0")
     objects += stage_objects("kiln-stage-3-0b5e9c1a77f2", ["torchrun"], {}, TrainingConfig(nodes=2, gpus_per_node=4), KubernetesConfig(), image, "kiln", "/data/x")
     paths = []
     for i, obj in enumerate(objects):
