@@ -87,6 +87,7 @@ def write_corpus(work: Path, records: int, seed: int = 0) -> Path:
                             "text": pa.array(texts, pa.large_string()), "language": ["en"] * n,
                             "entropy": pa.nulls(n, pa.float32()), "clip_score": pa.nulls(n, pa.float32()),
                             "redactions": pa.nulls(n, KEPT_SCHEMA.field("redactions").type),
+                            "metadata": pa.nulls(n, pa.large_string()),
                         },
                         schema=KEPT_SCHEMA,
                     )

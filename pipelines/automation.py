@@ -104,7 +104,7 @@ def landing_sensor(kiln: Kiln, status: dg.DefaultSensorStatus) -> dg.SensorDefin
         for name, batch in ready.items():
             seen = batches.get(name, {})
             files = batch.stat_fingerprint()
-            pairs = seen["pairs"] if seen.get("files") == files else count_records(batch, "image_text", cfg.cleaning.image.max_caption_bytes)
+            pairs = seen["pairs"] if seen.get("files") == files else count_records(batch, "image_text", cfg.cleaning)
             clip = clip_version if pairs else ""
             if name in known and seen.get("files") == files and seen.get("clip") == clip:
                 continue

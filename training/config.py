@@ -34,7 +34,15 @@ class TextFilterConfig:
 
     max_record_bytes: int = 4 * 1024 * 1024
     """A JSONL line or Parquet value larger than this is rejected unread (`record_too_large`), which
-    bounds the memory one malformed record can take."""
+    bounds the memory one malformed record can take. Every line read (the readers' and the record
+    count's, compressed files included) stops here: a decompression bomb is one such record."""
+
+    text_field: str = "text"
+    """The field (JSONL) or column (Parquet) holding the document. Exports name it otherwise
+    (`content`, `raw_content`, `body`): datatrove's `text_key`, NeMo Curator's `text_field`."""
+
+    id_field: str = "id"
+    """The field or column holding a record's id (datatrove's `id_key`); absent: the id is the source."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +66,22 @@ class CodeFilterConfig:
     ERROR node) is not C: 99.4% of installed valid C/C++ files skip less (most skip nothing), 80% of
     Python and JavaScript files parsed as C skip more (median 0.19)."""
 
+    # Code as Parquet rows (`code/*.parquet`, The Stack's and StarCoder's layout): one record per row.
+    content_field: str = "content"
+    """The column holding the source file's text (The Stack, StarCoder data)."""
+
+    path_fields: tuple[str, ...] = ("path", "max_stars_repo_path")
+    """Columns holding the file's path, the first present wins (The Stack v2 `path`, v1
+    `max_stars_repo_path`): its extension gives the language when the language column is absent
+    or empty, and it is kept in the record's metadata."""
+
+    language_field: str = "lang"
+    """The column naming the language (The Stack v1 `lang`, values such as "Python", "C++");
+    absent or null: the path's extension decides, as for a file in code/."""
+
+    id_field: str = "id"
+    """The column holding a row's id (The Stack's `hexsha` is one); absent: the id is the source."""
+
 
 @dataclass(frozen=True)
 class ImageFilterConfig:
@@ -76,7 +100,30 @@ class ImageFilterConfig:
     header before any pixel is decoded."""
 
     max_caption_bytes: int = 64 * 1024
-    """A captions.jsonl line above this is rejected unread; a caption is a sentence or two."""
+    """A captions.jsonl line, or a shard's `.txt`/`.json` member, above this is rejected unread; a
+    caption is a sentence or two."""
+
+    # Pairs as WebDataset shards (`images/*.tar`, `.tar.gz`: img2dataset, LAION, DataComp) and as
+    # Parquet with an image column (Hugging Face image datasets).
+    caption_field: str = "caption"
+    """The Parquet column holding the caption, and the `.json` field a shard's caption is read from
+    when `shard_caption` is "json"."""
+
+    shard_caption: Literal["txt", "json"] = "txt"
+    """Where a shard sample's caption is: its `.txt` member (img2dataset's convention), or the
+    `caption_field` of its `.json` member."""
+
+    image_field: str = "image"
+    """The Parquet column holding the image: its bytes, or a `{bytes, path}` struct (the Hugging
+    Face `Image` feature; the path is a name only, never opened)."""
+
+    id_field: str = "id"
+    """The Parquet column, or the field of a shard sample's `.json`, holding a pair's id; absent: the
+    id is the source."""
+
+    def __post_init__(self) -> None:
+        if self.shard_caption not in ("txt", "json"):
+            raise ValueError(f"image.shard_caption must be 'txt' or 'json', not {self.shard_caption!r}")
 
     batch_size: int = 256
     """Pairs scored per CLIP forward pass."""
@@ -224,6 +271,10 @@ class CleaningConfig:
     placeholder never changes another filter's decision."""
     chunk_size: int = 2048
     """Records held in memory between reading and writing; bounds memory whatever the batch size."""
+    chunk_image_bytes: int = 256 * 1024 * 1024
+    """Image bytes held in memory by one chunk (images read from shards and Parquet rows travel in
+    their records until decoded): a chunk ends early at this much, so a batch of large images is
+    bounded too, not only by `chunk_size` x `ImageFilterConfig.max_image_bytes`."""
     workers: int | None = None
     """Processes parsing code (Tree-sitter holds the GIL, so threads would not help) and threads
     decoding images (Pillow releases it); None: every core. Not part of the cache key: the verdicts

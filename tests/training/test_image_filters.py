@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training.config import ImageFilterConfig
+from training.config import CleaningConfig, ImageFilterConfig
 from training.demo.landing import _png_bomb
 from training.data.filters.image import ClipScore, ImageDecode
 from training.data.landing import Batch, count_records
@@ -94,7 +94,7 @@ def test_image_reader_reasons(batch):
     labelled = recs[n + 4]
     assert labelled.id == "pair-1" and labelled.expected_match is False
     assert recs[0].id == "b/images/captions.jsonl:1"  # a pair's default id is its caption line
-    assert count_records(batch, "image_text", ImageFilterConfig().max_caption_bytes) == len(recs)
+    assert count_records(batch, "image_text", CleaningConfig()) == len(recs)
 
 
 @pytest.mark.parametrize("workers", [1, 3])

@@ -170,26 +170,80 @@ def test_text_files_other_tools_write(tmp_path, name):
 def test_files_that_cannot_be_opened_are_rejected_and_counted(tmp_path, monkeypatch):
     """Permission denied (as another team's umask leaves files) on a JSONL, a code file and the
     captions: one `file_unreadable` record each, the rest of the batch cleans."""
-    import builtins
-
-    from training.data import landing as landing_module
-    from training.data import readers
-
     landing = tmp_path / "landing"
     b = write_batch(landing, "b1", PROSE)
     (b / "text" / "locked.jsonl").write_bytes(_jsonl(DOCS))
     (b / "code" / "locked.py").write_text("z = 3\n")
     locked = {b / "text" / "locked.jsonl", b / "code" / "locked.py", b / "images" / "captions.jsonl"}
 
-    def guarded_open(path, *args, **kwargs):
-        if Path(path) in locked:
-            raise PermissionError(13, "Permission denied", str(path))
-        return builtins.open(path, *args, **kwargs)
+    path_open = Path.open  # the readers open every entry through it (an object store's entries alike)
 
-    monkeypatch.setattr(landing_module, "open", guarded_open, raising=False)
-    monkeypatch.setattr(readers, "open", guarded_open, raising=False)
+    def guarded_open(path, *args, **kwargs):
+        if path in locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return path_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", guarded_open)
     clean(landing, tmp_path)
     got = sources(tmp_path / "rejected" / "b1")
     assert [got.get(s) for s in ("b1/text/locked.jsonl", "b1/code/locked.py", "b1/images/captions.jsonl")] == ["file_unreadable"] * 3
     assert {r["source"] for r in rows(tmp_path / "kept") if r["modality"] == "code"} == {"b1/code/ok.py"}
     assert all(a.ok for a in accounting(landing, tmp_path))
+
+
+def _zstd_bomb(path: Path, line_bytes: int) -> int:
+    """A .jsonl.zst whose second line decompresses to `line_bytes` (zstd frames of 64 MiB of one
+    letter, a couple of KB each, concatenated: seconds to make, whatever the size); returns its size."""
+    frame = 64 << 20
+    head = _compressed("zstd", b'{"text": "' + DOCS[0].encode() + b'"}\n{"text": "' + b"a" * frame)
+    body = _compressed("zstd", b"a" * frame)
+    tail = _compressed("zstd", b'"}\n' + json.dumps({"text": DOCS[1]}).encode() + b"\n")
+    with path.open("wb") as f:
+        f.write(head)
+        for _ in range(line_bytes // frame - 1):
+            f.write(body)
+        f.write(tail)
+    return path.stat().st_size
+
+
+BOMB_RUN = """
+import json, resource, sys
+from pathlib import Path
+import psutil
+from tests.helpers import clean, rows
+from training.config import CleaningConfig, TextFilterConfig
+
+tmp, headroom = Path(sys.argv[1]), int(sys.argv[2])
+limit = psutil.Process().memory_info().vms + headroom  # the imports' address space, and headroom for the work
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+report = clean(tmp / "landing", tmp, cfg=CleaningConfig(workers=1, text=TextFilterConfig(min_words=3)))
+print(json.dumps({
+    "text": {r["source"]: r.get("reason") for r in rows(tmp / "kept") + rows(tmp / "rejected") if r["modality"] == "text"},
+    "accounted": all(r.records_in == r.kept + r.rejected for r in report.results),  # records_in: count_records
+    "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
+}))
+"""
+
+
+def test_a_decompression_bomb_is_one_record_too_large_under_a_memory_limit(tmp_path):
+    """Issue 25: a few KB of .jsonl.zst whose one line decompresses to 4 GiB. The readers and the
+    record count read every line up to `max_record_bytes` and skip the rest while streaming, so the
+    cleaning runs with 1.5 GiB of address space to spare beyond its imports (it needed the 4 GiB and
+    more when the count read lines without a bound)."""
+    import subprocess
+    import sys
+
+    b = write_batch(tmp_path / "landing", "b1", [])
+    (b / "text" / "a.jsonl").unlink()
+    size = _zstd_bomb(b / "text" / "bomb.jsonl.zst", 4 << 30)
+    assert size < 300_000
+    run = subprocess.run(
+        [sys.executable, "-c", BOMB_RUN, str(tmp_path), str(3 << 29)], capture_output=True, text=True, timeout=300,
+        cwd=Path(__file__).parents[2],
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    src = "b1/text/bomb.jsonl.zst"
+    assert out["text"] == {f"{src}:1": None, f"{src}:2": "record_too_large", f"{src}:3": None}
+    assert out["accounted"]
+    print(f"bomb: {size} bytes compressed, 4 GiB line; cleaning's peak RSS {out['peak_rss_mb']} MB")

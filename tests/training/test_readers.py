@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from training.config import TextFilterConfig
+from training.config import CleaningConfig, TextFilterConfig
 from training.data.landing import Batch, count_records
 from training.data.readers import read_text
 
@@ -57,7 +57,7 @@ def test_jsonl_line_numbers_skip_blank_lines_and_survive_oversized_lines(tmp_pat
     recs = list(read_text(batch, TextFilterConfig(max_record_bytes=1000)))
     assert [r.source for r in recs] == ["b/text/a.jsonl:1", "b/text/a.jsonl:4", "b/text/a.jsonl:5"]
     assert [r.reject.reason if r.reject else None for r in recs] == [None, "record_too_large", None]
-    assert count_records(batch, "text", 1000) == 3
+    assert count_records(batch, "text", CleaningConfig(text=TextFilterConfig(max_record_bytes=1000))) == 3
 
 
 def test_parquet_rows_and_bad_files(tmp_path):
@@ -83,4 +83,4 @@ def test_parquet_rows_and_bad_files(tmp_path):
         ("b/text/e.parquet", "b/text/e.parquet", "file_unreadable"),
         ("b/text/f.csv", "b/text/f.csv", "unsupported_extension"),
     ]
-    assert count_records(batch, "text", 1 << 20) == len(recs)
+    assert count_records(batch, "text", CleaningConfig()) == len(recs)

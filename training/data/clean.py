@@ -72,7 +72,7 @@ from training.layout import BATCH_MANIFEST, Layout, batch_folders, duplicates_fi
 
 # Bump when what a filter decides changes, so every cached batch is cleaned again. The keys are the cache
 # rule's (training/cache.py) on this version, the modality, the settings and the batch's content hash.
-LOGIC_VERSION = 4
+LOGIC_VERSION = 5  # 5: shards, Parquet pairs and code rows; column mapping; the metadata column
 # Bump when what the corpus step decides or persists changes, so every batch is deduplicated again
 # (and not cleaned again). 2: earlier batches are matched through their key files (their kept
 # records' keys only), which a corpus from before lacks.
@@ -130,22 +130,29 @@ class CleaningReport:
         return out
 
 
-def chunks(items: Iterable[Record], size: int) -> Iterator[list[Record]]:
+def chunks(items: Iterable[Record], size: int, image_bytes: int = 1 << 62) -> Iterator[list[Record]]:
+    """Records in lists of `size`, a list ending early once its records hold `image_bytes` of
+    encoded images (`Record.image_bytes`)."""
     chunk: list[Record] = []
+    held = 0
     for item in items:
         chunk.append(item)
-        if len(chunk) == size:
+        held += len(item.image_bytes) if item.image_bytes is not None else 0
+        if len(chunk) == size or held >= image_bytes:
             yield chunk
-            chunk = []
+            chunk, held = [], 0
     if chunk:
         yield chunk
 
 
-def run_filters(records: Iterable[Record], filters: list[Filter], chunk_size: int, kept: RecordWriter, rejected: RecordWriter) -> Counter:
+def run_filters(
+    records: Iterable[Record], filters: list[Filter], chunk_size: int, kept: RecordWriter, rejected: RecordWriter,
+    chunk_image_bytes: int = 1 << 62,
+) -> Counter:
     """Pass records through the filters in chunks (the first rejecting filter wins) and stream them
     to the writers in input order. Returns the count of rejections by reason."""
     reasons: Counter = Counter()
-    for chunk in chunks(records, chunk_size):
+    for chunk in chunks(records, chunk_size, chunk_image_bytes):
         pending = [r for r in chunk if r.reject is None]
         for f in filters:
             survivors = []
@@ -162,12 +169,15 @@ def run_filters(records: Iterable[Record], filters: list[Filter], chunk_size: in
     return reasons
 
 
-def _write_filtered(records: Iterable[Record], filters: list[Filter], chunk_size: int, kept_path: Path, rejected_path: Path) -> tuple[RecordWriter, RecordWriter, Counter]:
+def _write_filtered(
+    records: Iterable[Record], filters: list[Filter], chunk_size: int, kept_path: Path, rejected_path: Path,
+    chunk_image_bytes: int = 1 << 62,
+) -> tuple[RecordWriter, RecordWriter, Counter]:
     """`run_filters` into two Parquet files that appear together, whole, or not at all."""
     with atomic_path(kept_path) as kept_tmp, atomic_path(rejected_path) as rej_tmp:
         kept, rejected = RecordWriter(kept_tmp, rejected=False), RecordWriter(rej_tmp, rejected=True)
         try:
-            reasons = run_filters(records, filters, chunk_size, kept, rejected)
+            reasons = run_filters(records, filters, chunk_size, kept, rejected, chunk_image_bytes)
         finally:
             kept.close()
             rejected.close()
@@ -256,10 +266,11 @@ def clean_batch(
         kept, rejected, reasons = _write_filtered(
             _read(modality, batch, cfg), _filters(modality, cfg, clip, score), cfg.chunk_size,
             batches_dir / batch.name / records_file(modality), rejected_dir / batch.name / records_file(modality),
+            cfg.chunk_image_bytes,
         )
         result = ModalityResult(
             batch.name, modality, key, kept.rows, rejected.rows, dict(sorted(reasons.items())), round(time.perf_counter() - start, 3),
-            records_in=count_records(batch, modality, cfg.image.max_caption_bytes),
+            records_in=count_records(batch, modality, cfg),
             languages=dict(sorted((kept.languages + rejected.languages).items(), key=lambda kv: (-kv[1], kv[0]))),
             redactions={t: n for t, n in (kept.redactions + rejected.redactions).items() if n},
         )
@@ -400,6 +411,7 @@ class _Dedup:
                 Record(
                     row["id"], self.modality, row["source"], text=row["text"], language=row["language"],
                     entropy=row["entropy"], clip_score=row["clip_score"], redactions=row.get("redactions"),
+                    metadata=row.get("metadata"),
                 )
                 for row in part.to_pylist()
             ]
@@ -585,7 +597,7 @@ def verify_batch(batch: Batch, batches_dir: Path, rejected_dir: Path, cfg: Clean
     rows actually in its kept and rejected files, per modality."""
     return [
         AccountingRow(
-            batch.name, m, count_records(batch, m, cfg.image.max_caption_bytes),
+            batch.name, m, count_records(batch, m, cfg),
             _rows(batches_dir / batch.name / records_file(m)), _rows(rejected_dir / batch.name / records_file(m)),
         )
         for m in MODALITIES

@@ -10,10 +10,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
-
 from training.config import CodeFilterConfig, ImageFilterConfig, TextFilterConfig
+from training.data import shards
+from training.data.formats import encodable as _encodable
+from training.data.formats import parquet_rows, read_code_parquet, read_image_parquet, read_shard, record_id
 from training.data.landing import CAPTIONS_FILE, IMAGE_EXTENSIONS, MODALITY_DIRS, Batch, entry_problem, is_jsonl, read_lines, source_of
+from training.data.zone import arrow_source
 from training.data.records import Record, Reject
 
 # Extension -> Tree-sitter grammar. `.h` holds C or C++: the code filter tries both and records which.
@@ -49,44 +51,32 @@ def _utf8(raw: bytes) -> tuple[str | None, Reject | None]:
         return None, Reject("utf8_invalid", f"byte {e.start}: {e.reason}")
 
 
-def _encodable(s: str) -> bool:
-    """JSON escapes can smuggle lone surrogates into a str; they cannot be written as UTF-8."""
-    try:
-        s.encode("utf-8")
-        return True
-    except UnicodeEncodeError:
-        return False
-
-
 def _record_id(obj: dict[str, Any], default: str) -> tuple[str, Reject | None]:
-    raw = obj.get("id")
-    if raw is None:
-        return default, None
-    if isinstance(raw, bool) or not isinstance(raw, (str, int)) or raw == "" or not _encodable(str(raw)):
-        return default, Reject("id_invalid", f"id must be a non-empty string or integer, got {type(raw).__name__}")
-    return str(raw), None
+    return record_id(obj, "id", default)
 
 
-def _text_record(obj: Any, source: str, max_bytes: int) -> Record:
+def _text_record(obj: Any, source: str, cfg: TextFilterConfig) -> Record:
+    """A record from a JSONL object or a Parquet row: the text in `cfg.text_field`, the id in `cfg.id_field`."""
     rec = Record(id=source, modality="text", source=source)
     if not isinstance(obj, dict):
         rec.reject = Reject("json_malformed", f"expected an object, got {type(obj).__name__}")
         return rec
-    rec.id, rec.reject = _record_id(obj, source)
-    text = obj.get("text")
+    rec.id, rec.reject = record_id(obj, cfg.id_field, source)
+    field = cfg.text_field
+    text = obj.get(field)
     if rec.reject:
         pass
     elif text is None:
-        rec.reject = Reject("text_missing", "no 'text' field" if "text" not in obj else "'text' is null")
+        rec.reject = Reject("text_missing", f"no {field!r} field" if field not in obj else f"{field!r} is null")
     elif isinstance(text, bytes):
         text, rec.reject = _utf8(text)
     elif not isinstance(text, str):
-        rec.reject = Reject("text_not_string", f"'text' is {type(text).__name__}")
+        rec.reject = Reject("text_not_string", f"{field!r} is {type(text).__name__}")
     if isinstance(text, str) and not rec.reject:
         if not _encodable(text):
-            rec.reject = Reject("utf8_invalid", "lone surrogate in 'text'")
-        elif len(text) > max_bytes:
-            rec.reject = Reject("record_too_large", f"{len(text)} characters > {max_bytes}")
+            rec.reject = Reject("utf8_invalid", f"lone surrogate in {field!r}")
+        elif len(text) > cfg.max_record_bytes:
+            rec.reject = Reject("record_too_large", f"{len(text)} characters > {cfg.max_record_bytes}")
         else:
             rec.text = text
     return rec
@@ -108,32 +98,12 @@ def _read_jsonl(batch: Batch, path: Path, cfg: TextFilterConfig) -> Iterator[Rec
         except ValueError as e:
             yield Record(source, "text", source, text=line.rstrip("\n"), reject=Reject("json_malformed", str(e)))
             continue
-        yield _text_record(obj, source, cfg.max_record_bytes)
+        yield _text_record(obj, source, cfg)
 
 
 def _read_parquet(batch: Batch, path: Path, cfg: TextFilterConfig) -> Iterator[Record]:
-    try:
-        pf = pq.ParquetFile(path)
-    except Exception as e:
-        src = source_of(batch, path)
-        yield Record(src, "text", src, reject=Reject("file_unreadable", str(e)[:500]))
-        return
-    file_source = source_of(batch, path)
-    names = set(pf.schema_arrow.names)
-    columns = [c for c in ("text", "id") if c in names]
-    row = 0
-    for group in range(pf.num_row_groups):
-        n = pf.metadata.row_group(group).num_rows
-        try:
-            rows = pf.read_row_group(group, columns=columns).to_pylist() if columns else [{}] * n
-        except Exception as e:
-            for i in range(n):
-                src = f"{file_source}:{row + i + 1}"
-                yield Record(src, "text", src, reject=Reject("file_unreadable", f"row group {group}: {str(e)[:300]}"))
-        else:
-            for i, obj in enumerate(rows):
-                yield _text_record(obj, f"{file_source}:{row + i + 1}", cfg.max_record_bytes)
-        row += n
+    for source, row in parquet_rows(batch, path, [cfg.text_field, cfg.id_field], "text"):
+        yield row if isinstance(row, Record) else _text_record(row, source, cfg)
 
 
 def _unread(batch: Batch, path: Path, modality: str) -> Record | None:
@@ -171,9 +141,13 @@ def read_text(batch: Batch, cfg: TextFilterConfig) -> Iterator[Record]:
 
 
 def read_code(batch: Batch, cfg: CodeFilterConfig) -> Iterator[Record]:
+    """One record per source file, one per row of a `.parquet` file (`formats.read_code_parquet`)."""
     for path in batch.files("code"):
         if unread := _unread(batch, path, "code"):
             yield unread
+            continue
+        if path.suffix.lower() == ".parquet":
+            yield from read_code_parquet(batch, path, cfg, CODE_LANGUAGES)
             continue
         src = source_of(batch, path)
         rec = Record(src, "code", src, language=CODE_LANGUAGES.get(path.suffix.lower()))
@@ -202,7 +176,7 @@ def read_code(batch: Batch, cfg: CodeFilterConfig) -> Iterator[Record]:
 
 def _read_bytes(path: Path) -> bytes | None:
     try:
-        with open(path, "rb") as f:
+        with path.open("rb") as f:
             return f.read()
     except OSError:
         return None
@@ -210,7 +184,9 @@ def _read_bytes(path: Path) -> bytes | None:
 
 def read_image_pairs(batch: Batch, cfg: ImageFilterConfig) -> Iterator[Record]:
     """One record per captions.jsonl line (source: the image's path), then one per file in images/
-    that no caption line names. Images are not opened here: `ImageDecode` does that in chunks."""
+    that no caption line names, one per sample of a WebDataset shard (`formats.read_shard`) and one
+    per row of a Parquet file (`formats.read_image_parquet`). Images are not decoded here:
+    `ImageDecode` does that in chunks."""
     images_dir = batch.path / MODALITY_DIRS["image_text"]
     captions = images_dir / CAPTIONS_FILE
     files = batch.files("image_text")
@@ -240,6 +216,7 @@ def read_image_pairs(batch: Batch, cfg: ImageFilterConfig) -> Iterator[Record]:
                 continue
             named.add(obj["image"])
             yield _pair_record(batch, images_dir, obj, line_src)
+    names = {p.relative_to(images_dir).as_posix() for p in files}
     for path in files:
         if path == captions:
             continue
@@ -248,6 +225,12 @@ def read_image_pairs(batch: Batch, cfg: ImageFilterConfig) -> Iterator[Record]:
             continue  # its caption line is its record
         if unread := _unread(batch, path, "image_text"):
             yield unread
+        elif shard := shards.companion_of(path.relative_to(images_dir).as_posix(), names):
+            yield Record(src, "image_text", src, reject=Reject("shard_metadata", f"what img2dataset wrote about {shard}, whose samples are the records; not read"))
+        elif shards.is_shard(path.name):
+            yield from read_shard(batch, path, cfg)
+        elif path.suffix.lower() == ".parquet":
+            yield from read_image_parquet(batch, path, cfg)
         elif path.suffix.lower() not in IMAGE_EXTENSIONS:
             yield Record(src, "image_text", src, reject=Reject("unsupported_extension", f"'{path.suffix or path.name}' in images/"))
         else:

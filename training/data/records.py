@@ -42,8 +42,14 @@ class Record:
     reject: Reject | None = None
     redactions: dict[str, int] | None = None
     """Personal data replaced by placeholders in `text`, counted by type; None when nothing was."""
+    metadata: str | None = None
+    """What the landing file said about the record beside its content, as a JSON object: a shard
+    sample's `.json` member (url, original size, ...), a code row's path. None when nothing."""
     # Image pairs only; never written out.
     image_path: Path | None = field(default=None, repr=False)
+    image_bytes: bytes | None = field(default=None, repr=False)
+    """The encoded image when it lies inside a landing file (a shard member, a Parquet value), not
+    at `image_path`; `ImageDecode` decodes it and lets it go."""
     image: Any = field(default=None, repr=False)
     expected_match: bool | None = None
     """Ground truth from an optional `"match"` field in captions.jsonl, used to measure the CLIP filter."""
@@ -66,6 +72,7 @@ KEPT_SCHEMA = pa.schema(
         # A struct, not a map or JSON: fixed, typed fields that polars and pyarrow read as columns
         # (`pl.col("redactions").struct.field("email")`, `.struct.unnest()`), summed without parsing.
         ("redactions", pa.struct([(t, pa.int32()) for t in REDACTED_TYPES])),
+        ("metadata", pa.large_string()),
     ]
 )
 REJECTED_SCHEMA = KEPT_SCHEMA.append(pa.field("reason", pa.string())).append(pa.field("detail", pa.string()))
@@ -99,6 +106,7 @@ class RecordWriter:
             "entropy": [r.entropy for r in records],
             "clip_score": [r.clip_score for r in records],
             "redactions": [r.redactions for r in records],
+            "metadata": [r.metadata for r in records],
         }
         if self.rejected:
             cols["reason"] = [r.reject.reason for r in records]  # type: ignore[union-attr]

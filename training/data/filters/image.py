@@ -7,6 +7,7 @@ in the model. `ClipScore` computes CLIPScore = 2.5 * max(cos(image, caption), 0)
 
 from __future__ import annotations
 
+import io
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -37,9 +38,10 @@ class ImageDecode(Filter):
             return list(pool.map(self.check, records))
 
     def check(self, record: Record) -> Verdict:
-        path = record.image_path
-        assert path is not None
-        size = path.stat().st_size
+        data, path = record.image_bytes, record.image_path  # an image inside a landing file, or a file
+        assert data is not None or path is not None
+        record.image_bytes = None  # decoded once, then let go
+        size = len(data) if data is not None else path.stat().st_size  # type: ignore[union-attr]
         if size == 0:
             return Reject("image_empty", "0 bytes")
         if size > self.max_bytes:
@@ -47,7 +49,7 @@ class ImageDecode(Filter):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                with Image.open(path) as img:
+                with io.BytesIO(data) if data is not None else path.open("rb") as f, Image.open(f) as img:  # type: ignore[union-attr]
                     w, h = img.size
                     if w * h > self.max_pixels:
                         return Reject("image_too_large", f"declared {w}x{h} > {self.max_pixels} pixels")
@@ -56,8 +58,8 @@ class ImageDecode(Filter):
                     rgb = img.convert("RGB")
         except Image.DecompressionBombError as e:
             return Reject("image_too_large", str(e))
-        except UnidentifiedImageError as e:
-            return Reject("image_unreadable", str(e))
+        except UnidentifiedImageError:  # its message names the open file object, which differs per run
+            return Reject("image_unreadable", "not an image format Pillow can identify")
         except (OSError, SyntaxError, ValueError, EOFError) as e:
             msg = str(e)
             truncated = isinstance(e, EOFError) or "truncated" in msg.lower()
