@@ -271,3 +271,21 @@ def test_chunks_end_early_at_the_image_bytes_bound():
     recs = [Record(str(i), "image_text", str(i), image_bytes=b"x" * 100) for i in range(10)]
     assert [len(c) for c in chunks(recs, 8, image_bytes=250)] == [3, 3, 3, 1]
     assert [len(c) for c in chunks(recs, 8)] == [8, 2]
+
+
+def test_a_parquet_row_group_that_cannot_be_read(tmp_path):
+    """Rows are decoded a batch at a time inside each row group: a corrupt row group's rows are
+    `file_unreadable` records, the other groups' rows are read, the count is the footer's."""
+    (tmp_path / "b" / "text").mkdir(parents=True)
+    path = tmp_path / "b" / "text" / "a.parquet"
+    pq.write_table(pa.table({"text": [f"{DOC} Row {i}." for i in range(30)]}), path, row_group_size=10, compression="zstd")
+    column = pq.read_metadata(path).row_group(1).column(0)
+    data = bytearray(path.read_bytes())
+    start = column.data_page_offset + 40  # inside the first page's compressed values
+    data[start : start + 64] = b"\xa5" * 64
+    path.write_bytes(bytes(data))
+    batch = Batch("b", tmp_path / "b")
+    recs = list(read_text(batch, TextFilterConfig()))
+    assert [r.reject.reason if r.reject else None for r in recs] == [None] * 10 + ["file_unreadable"] * 10 + [None] * 10
+    assert [r.source for r in recs] == [f"b/text/a.parquet:{i}" for i in range(1, 31)]
+    assert count_records(batch, "text", CleaningConfig()) == 30

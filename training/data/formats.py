@@ -61,10 +61,14 @@ def _rejected(source: str, modality: str, reason: str, detail: str) -> Record:
 # --- Parquet, a row group at a time -----------------------------------------------------------------
 
 
-def parquet_rows(batch: Batch, path: Path, columns: list[str], modality: str) -> Iterator[tuple[str, dict[str, Any] | Record]]:
+def parquet_rows(
+    batch: Batch, path: Path, columns: list[str], modality: str, batch_rows: int = 1024,
+) -> Iterator[tuple[str, dict[str, Any] | Record]]:
     """(source, row) for each row of a Parquet file, with those of `columns` the file has (a row is
-    `{}` when it has none), read a row group at a time; a rejected `file_unreadable` Record in place
-    of a row whose row group cannot be read, and one for the whole file when it cannot be opened."""
+    `{}` when it has none), decoded `batch_rows` rows at a time within a row group (memory: the row
+    group's compressed columns and one batch, never the file); a rejected `file_unreadable` Record in
+    place of each row of a row group from where it cannot be read, and one for the whole file when it
+    cannot be opened."""
     file_source = source_of(batch, path)
     with contextlib.ExitStack() as stack:
         try:
@@ -79,17 +83,19 @@ def parquet_rows(batch: Batch, path: Path, columns: list[str], modality: str) ->
         present = [c for c in dict.fromkeys(columns) if c in names]
         row = 0
         for group in range(pf.num_row_groups):
-            n = pf.metadata.row_group(group).num_rows
+            end = row + pf.metadata.row_group(group).num_rows
             try:
-                rows = pf.read_row_group(group, columns=present).to_pylist() if present else [{}] * n
+                parts = pf.iter_batches(batch_size=batch_rows, row_groups=[group], columns=present) if present else [[{}] * (end - row)]
+                for part in parts:
+                    for obj in part if isinstance(part, list) else part.to_pylist():
+                        row += 1
+                        yield f"{file_source}:{row}", obj
             except Exception as e:
-                for i in range(n):
-                    src_i = f"{file_source}:{row + i + 1}"
+                while row < end:
+                    row += 1
+                    src_i = f"{file_source}:{row}"
                     yield src_i, _rejected(src_i, modality, "file_unreadable", f"row group {group}: {str(e)[:300]}")
-            else:
-                for i, obj in enumerate(rows):
-                    yield f"{file_source}:{row + i + 1}", obj
-            row += n
+            row = end
 
 
 def record_id(obj: dict[str, Any], field: str, default: str) -> tuple[str, Reject | None]:
@@ -135,7 +141,7 @@ def _caption(value: Any, field: str, max_bytes: int) -> tuple[str | None, Reject
 
 
 def read_image_parquet(batch: Batch, path: Path, cfg: ImageFilterConfig) -> Iterator[Record]:
-    for source, row in parquet_rows(batch, path, [cfg.image_field, cfg.caption_field, cfg.id_field], "image_text"):
+    for source, row in parquet_rows(batch, path, [cfg.image_field, cfg.caption_field, cfg.id_field], "image_text", batch_rows=64):
         if isinstance(row, Record):
             yield row
             continue
@@ -305,7 +311,7 @@ def read_code_parquet(batch: Batch, path: Path, cfg: CodeFilterConfig, languages
     """One record per row; the language from `cfg.language_field` (`LANGUAGE_NAMES`), or from the
     path's extension (`languages`, the code/ folder's extension map) when the column is absent or null."""
     columns = [cfg.content_field, *cfg.path_fields, cfg.language_field, cfg.id_field]
-    for source, row in parquet_rows(batch, path, columns, "code"):
+    for source, row in parquet_rows(batch, path, columns, "code", batch_rows=256):
         if isinstance(row, Record):
             yield row
             continue
