@@ -248,7 +248,7 @@ DOC = "Kilns fire clay at high temperature until it turns hard and dense."
     [
         ("a.jsonl", json.dumps({"content": DOC, "doc_id": "d1"}).encode() + b"\n", TextFilterConfig(text_field="content", id_field="doc_id"), [(None, "d1")]),
         ("a.jsonl", json.dumps({"content": DOC}).encode() + b"\n", TextFilterConfig(), [("text_missing", "b/text/a.jsonl:1")]),
-        ("dolma.jsonl.gz", gzip.compress(json.dumps({"id": "x", "text": DOC, "source": "web", "metadata": {}}).encode() + b"\n"),
+        ("dolma-0000.json.gz", gzip.compress(json.dumps({"id": "x", "text": DOC, "source": "web", "metadata": {}}).encode() + b"\n"),
          TextFilterConfig(), [(None, "x")]),
         ("a.parquet", None, TextFilterConfig(text_field="raw_content"), [(None, "b/text/a.parquet:1"), ("text_missing", "b/text/a.parquet:2")]),
     ],

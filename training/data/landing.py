@@ -265,8 +265,10 @@ def _parquet_row_count(path: Path) -> int:
 
 
 def is_jsonl(path: Path) -> bool:
+    """JSON Lines: `.jsonl`, compressed or not, and compressed `.json` (Dolma's `documents/*.json.gz`
+    hold one document per line). A plain `.json` is one JSON value, not records: not read."""
     name = path.name.lower()
-    return name.endswith(".jsonl") or any(name.endswith(f".jsonl{ext}") for ext in COMPRESSIONS)
+    return name.endswith(".jsonl") or any(name.endswith(f".jsonl{ext}") or name.endswith(f".json{ext}") for ext in COMPRESSIONS)
 
 
 class _Raw(io.RawIOBase):
