@@ -322,6 +322,13 @@ def test_the_image_starts_from_cuda_devel_with_the_locked_python_and_torch():
     assert "--python-version 3.11" in (ROOT / "Makefile").read_text()
 
 
+def test_the_build_context_holds_what_the_image_copies_and_nothing_else():
+    """.dockerignore lets in exactly the COPY sources (not the venvs, data or .git: gigabytes)."""
+    copied = {src.rstrip("/") for line in re.findall(r"(?m)^COPY\s+(.+)$", DOCKERFILE.read_text()) for src in line.split()[:-1]}
+    ignore = (ROOT / ".dockerignore").read_text().splitlines()
+    assert "*" in ignore and {line[1:].rstrip("/") for line in ignore if line.startswith("!")} == copied
+
+
 def test_the_image_compiles_llama_cpp_with_the_makefiles_flags():
     """The Dockerfile reads LLAMA_CMAKE_ARGS from the Makefile: run that command here and compare it with
     what make itself holds."""
