@@ -18,6 +18,7 @@ from tests.byod_zone import CONFIG, byod_batch
 from tests.helpers import accounting, clean, rows
 from training.config import CleaningConfig, CodeFilterConfig, ImageFilterConfig, TextFilterConfig
 from training.data.clean import chunks
+from training.demo.landing import _png_bomb
 from training.data.filters.image import ImageDecode
 from training.data.landing import Batch, count_records
 from training.data.readers import read_code, read_image_pairs, read_text
@@ -88,6 +89,9 @@ SHARDS = {
     "caption over the bound, not read": (
         _tar([("k1.jpg", _jpeg()), ("k1.txt", b"x" * 200)]), ImageFilterConfig(max_caption_bytes=100), {"k1": "record_too_large"}),
     "image over the bound, not read": (_tar(PAIR), ImageFilterConfig(max_image_bytes=100), {"k1": "file_too_large"}),
+    "a PNG bomb, judged from its header": (_tar([("k1.png", _png_bomb(50_000, 50_000)), ("k1.txt", b"a red square")]), ImageFilterConfig(),
+                                           {"k1": "image_too_large"}),
+    "a truncated JPEG": (_tar([("k1.jpg", _jpeg()[:-200]), ("k1.txt", b"a red square")]), ImageFilterConfig(), {"k1": "image_truncated"}),
     "metadata not JSON": (_tar([("k1.jpg", _jpeg()), ("k1.txt", b"cap"), ("k1.json", b"{nope")]), ImageFilterConfig(), {"k1": "json_malformed"}),
     "caption from the .json": (
         _tar([("k1.jpg", _jpeg()), ("k1.json", b'{"caption": "a red square"}'), ("k2.jpg", _jpeg()), ("k2.json", b"{}")]),
@@ -173,6 +177,7 @@ STRUCT = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
         ({"image": [_jpeg(), _jpeg()], "caption": [None, " "]}, ImageFilterConfig(), ["caption_missing", "caption_empty"]),
         ({"image": [_jpeg()], "caption": ["big"]}, ImageFilterConfig(max_image_bytes=50), ["file_too_large"]),
         ({"image": [b"not an image"], "caption": ["garbage bytes"]}, ImageFilterConfig(), ["image_unreadable"]),
+        ({"image": [_png_bomb(60_000, 60_000)], "caption": ["a bomb"]}, ImageFilterConfig(), ["image_too_large"]),
         ({"image": [1], "caption": ["an int"]}, ImageFilterConfig(), ["image_unreadable"]),
     ],
 )
