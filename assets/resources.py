@@ -9,6 +9,7 @@ import dagster as dg
 
 from training.presets import preset
 from training.config import KilnConfig
+from training.data.zone import ObjectPath, landing_root
 from training.layout import Layout
 
 
@@ -16,7 +17,8 @@ class Kiln(dg.ConfigurableResource):
     data_dir: str
     """KILN_DATA_DIR (default ./data): every artifact lives under it, in a folder named after its asset (`layout`)."""
     landing_dir: str
-    """KILN_LANDING_DIR (default $KILN_DATA_DIR/landing): where batches arrive."""
+    """KILN_LANDING_DIR (default $KILN_DATA_DIR/landing): where batches arrive, a folder or an fsspec URL
+    (s3://bucket/prefix, gs://...; training/data/zone.py)."""
     preset: str = "tiny"
     """KILN_PRESET: the name of a function in training/presets.py."""
     start_from: str = ""
@@ -36,7 +38,8 @@ class Kiln(dg.ConfigurableResource):
     @classmethod
     def from_env(cls) -> "Kiln":
         data = Path(os.environ.get("KILN_DATA_DIR", "data")).resolve()
-        landing = Path(os.environ.get("KILN_LANDING_DIR") or Layout(data).landing).resolve()
+        location = os.environ.get("KILN_LANDING_DIR") or str(Layout(data).landing)
+        landing = location if "://" in location else Path(location).resolve()
         return cls(
             data_dir=str(data), landing_dir=str(landing), preset=os.environ.get("KILN_PRESET", "tiny"),
             start_from=os.environ.get("KILN_START_FROM", ""),
@@ -51,8 +54,8 @@ class Kiln(dg.ConfigurableResource):
         return starting_from(preset(self.preset), self.start_from or None)
 
     @property
-    def landing(self) -> Path:
-        return Path(self.landing_dir)
+    def landing(self) -> Path | ObjectPath:
+        return landing_root(self.landing_dir)
 
     @property
     def layout(self) -> Layout:

@@ -219,3 +219,58 @@ def test_automation_is_on_by_default_and_one_setting_turns_it_off(tmp_path):
         assert defs.resolve_schedule_def("weekly_retraining").default_status.name == status
     with pytest.raises(ValueError, match="KILN_AUTOMATION"):
         build_definitions(kiln, automation="sometimes")
+
+
+@pytest.fixture
+def bucket_sensor(tmp_path):
+    """The landing sensor over a zone in a bucket of moto's S3 server on 127.0.0.1."""
+    import uuid
+
+    from tests.object_store import moto_s3
+
+    with moto_s3() as (fs, _):
+        name = f"kiln-{uuid.uuid4().hex[:8]}"
+        fs.mkdir(name)
+        fs.pipe_file(f"{name}/zone/", b"")  # an empty zone
+        pipeline = Pipeline(tmp_path / "data", f"s3://{name}/zone")
+        yield pipeline, pipeline.defs.resolve_sensor_def("landing_sensor"), fs, f"{name}/zone"
+
+
+@pytest.mark.slow
+def test_the_landing_sensor_follows_a_bucket_by_its_listing(bucket_sensor, tmp_path):
+    """A batch that lands in the bucket (`_SUCCESS` written last) is cleaned once; a replaced object
+    brings one more cleaning; a zone that cannot be listed is an error, never a reason to drop every
+    batch's outputs; a batch whose `_SUCCESS` is gone loses its partition."""
+    from tests.object_store import upload
+    from training.data.zone import LandingZoneNotFound
+
+    pipeline, sensor_def, fs, root = bucket_sensor
+    land(tmp_path / "local", "batch-0001", texts=PROSE, code={"ok.py": "x = 1\n"})
+    (tmp_path / "local" / "batch-0001" / "_SUCCESS").unlink()
+    upload(tmp_path / "local", fs, root)  # every object but _SUCCESS: still landing
+    runs, cursor = tick(pipeline, sensor_def, None)
+    assert runs == []
+
+    fs.pipe_file(f"{root}/batch-0001/_SUCCESS", b"")
+    runs, cursor = tick(pipeline, sensor_def, cursor)
+    assert runs == [("batch-0001", ["cleaned_batch"], "landed")]
+    result = pipeline.materialize("cleaned_batch", "batch-0001")
+    assert result.success and all(c.passed for c in result.get_asset_check_evaluations())
+    assert meta(result, "cleaned_batch")["kept"] == len(PROSE) + 1
+    assert tick(pipeline, sensor_def, cursor)[0] == []
+
+    fs.pipe_file(f"{root}/batch-0001/text/docs.jsonl", (json.dumps({"text": PROSE[2]}) + "\n").encode())
+    runs, cursor = tick(pipeline, sensor_def, cursor)
+    assert runs == [("batch-0001", ["cleaned_batch"], "changed")]
+
+    fs.rm(root.split("/")[0], recursive=True)  # the bucket is gone (or unreachable)
+    with pytest.raises(LandingZoneNotFound):
+        tick(pipeline, sensor_def, cursor)
+    assert pipeline.instance.get_dynamic_partitions("landing_batches") == ["batch-0001"]
+    assert (pipeline.data / "cleaned_batch" / "batch-0001").exists()
+
+    fs.mkdir(root.split("/")[0])
+    fs.pipe_file(f"{root}/batch-0001/text/docs.jsonl", b"")  # back, without its _SUCCESS
+    runs, cursor = tick(pipeline, sensor_def, cursor)
+    assert runs == [(None, ["cleaned_corpus"], "removed: batch-0001")]
+    assert pipeline.instance.get_dynamic_partitions("landing_batches") == []
