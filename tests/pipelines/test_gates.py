@@ -117,6 +117,7 @@ def _ready(data: Path, change: float = 0.01, int8_change: float = 0.001, evaluat
     (int8 / "quantization.json").write_text(json.dumps({
         "full_perplexity": 10.0, "int8_perplexity": 10.0 * (1 + int8_change), "perplexity_change": int8_change,
         "bound": 0.02, "full_bytes": 23, "weights_sha256": sha,
+        "files": {"model.safetensors": {"sha256": sha256_file(int8 / "model.safetensors"), "bytes": 4}},
     }))
     (data / "gguf_model").mkdir()
     (data / "gguf_model" / "kiln-f32.gguf").write_bytes(b"GGUF")
