@@ -211,7 +211,7 @@ def read_shard(batch: Batch, path: Path, cfg: ImageFilterConfig) -> Iterator[Rec
         try:
             tar = shards.open_shard(f)
         except shards.ERRORS as e:
-            yield _rejected(file_source, "image_text", "file_unreadable", f"not a tar archive: {e}"[:500])
+            yield _rejected(file_source, "image_text", "file_unreadable", f"cannot be read as a tar archive: {type(e).__name__}: {e}"[:500])
             return
         with tar:
             while broken is None:
