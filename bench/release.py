@@ -37,7 +37,6 @@ GZIP_LEVELS = (1, 6, 9)
 
 def prepare(work: Path) -> Path:
     """`<work>/release-gpu-124m/` with base/, int8/ and gguf/ (reused when already written)."""
-    import numpy as np
     import torch
 
     from training.fsutil import atomic_path
@@ -58,12 +57,12 @@ def prepare(work: Path) -> Path:
         from training.release.quantize import load_int8, save_model
 
         save_model(load_int8(tmp / "base").to("cpu"), tmp / "base", tmp / "int8")
-        _write_gguf(tmp / "base", tmp / "gguf", np)
+        _write_gguf(tmp / "base", tmp / "gguf")
         (tmp / "parts.json").write_text(json.dumps(card) + "\n")
     return root
 
 
-def _write_gguf(model_dir: Path, out: Path, np) -> None:
+def _write_gguf(model_dir: Path, out: Path) -> None:
     import gguf
 
     from training.release.gguf import _hparams, _tensors
