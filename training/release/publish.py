@@ -3,11 +3,12 @@ model card and a manifest of every file's sha256; `releases/LATEST` names the ne
 
 A release is assembled in a hidden temporary folder and renamed into place only when complete; LATEST
 is replaced (atomically) only after that. A crash at any point leaves the previous release and LATEST
-as they were, and at worst a hidden `.<version>.tmp-*` folder that the next packaging removes.
+as they were, and at worst a hidden `.<version>.tmp-<host>-<pid>-*` folder that the next packaging
+removes once that process is gone (`fsutil.remove_dead_temps`: a packaging still running keeps its own).
 Version names are `YYYYMMDD-HHMMSS-<first 8 hex of the weights' sha256>` (UTC): unique, and in time
 order when sorted.
 
-The release gate (`release_blockers`) decides whether a candidate may be released at all.
+The release gate (`judge`, `release_blockers`) decides whether a candidate may be released at all.
 `assemble_release` (training/release/assemble.py, the release asset's body) asks it before reading or
 writing anything, and the asset checks `no_regression`, `quantization_within_bound` and
 `gguf_matches_transformers` apply the same rules (`regression_gate`, `quantization_gate`, `gguf_gate`),
