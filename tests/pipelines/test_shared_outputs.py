@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -87,6 +88,20 @@ def test_a_step_beside_another_runs_writer_of_its_output_fails_naming_that_run(k
     assert message.startswith(f"{what} is being written by run {DAEMON_RUN} (step {asset}, pid ")
     assert f"waited 0 s (lock {lock_file(daemon_run, asset, partition)})" in message and "output_lock_wait_seconds" in message
     assert holder_of(lock_file(daemon_run, asset, partition))["run_id"] == DAEMON_RUN  # untouched
+
+
+def test_a_step_holds_the_lock_of_its_output_while_it_runs(kiln_defs, tmp_path):
+    """With no other writer the step runs (cleaned_corpus of an empty landing zone: the cheapest real
+    step), and its lock file names its run."""
+    _, defs = kiln_defs
+    (definition,) = [a for a in defs.assets if dg.AssetKey("cleaned_corpus") in a.keys]
+    (tmp_path / "landing").mkdir()
+    kiln = Kiln(data_dir=str(tmp_path / "data"), landing_dir=str(tmp_path / "landing"), output_lock_wait_seconds=0)
+    result = dg.materialize([definition], resources={"kiln": kiln, "pipes": dg.PipesSubprocessClient()})
+    assert result.success
+    assert holder_of(lock_file(tmp_path / "data", "cleaned_corpus")) | {"pid": 0, "since": 0} == {
+        "run_id": result.run_id, "step": "cleaned_corpus", "pid": 0, "host": socket.gethostname(), "since": 0
+    }
 
 
 @pytest.mark.parametrize(
