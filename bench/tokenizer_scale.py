@@ -132,12 +132,12 @@ def child_index(corpus: str) -> dict:
     before_kb = status_kb("VmRSS")
     index = HeldoutIndex(texts, CurriculumConfig().ngram)
     after_kb = status_kb("VmRSS")
-    arrays = index.hashes.nbytes + index.rows.nbytes + index._present.nbytes
+    arrays = index.low.nbytes + index.rows.nbytes + index.offsets.nbytes + index._present.nbytes
     return {
         "heldout_records": len(texts),
         "text_mb": round(sum(sys.getsizeof(t) for t in texts) / 2**20, 1),
         "arrays_mb": round(arrays / 2**20, 1),
-        "hashes": len(index.hashes),
+        "hashes": len(index),
         "rss_growth_mb": round((after_kb - before_kb) / 1024, 1),
         "peak_rss_mb": round(status_kb("VmHWM") / 1024, 1),
     }

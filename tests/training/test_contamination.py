@@ -4,6 +4,7 @@ a stage; it moves to contaminated.parquet, and the curriculum's blocking check r
 import random
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -147,9 +148,11 @@ def _reference(train: list, heldout: list, n: int = 13) -> list[tuple[int, int, 
         (30, 300, 600, 250, "chunked", 2),  # an Arrow input; buckets that start tiny and grow many times
         (12, 60, 400, 1 << 21, "array", None),  # one chunk
         (12, 0, 50, 100, "list", None),  # nothing held out but the two records below
+        (30, 300, 600, 250, "parquet", None),  # heldout.parquet, read again a row group at a time to confirm
+        (30, 300, 600, 250, "colliding", None),  # every hash of a slot alike in the 32 bits the index keeps
     ],
 )
-def test_an_index_over_chunks_matches_a_plain_set_of_ngrams(monkeypatch, vocab, heldout_records, train_records, max_chars, heldout_as, bucket_start):
+def test_an_index_over_chunks_matches_a_plain_set_of_ngrams(tmp_path, monkeypatch, vocab, heldout_records, train_records, max_chars, heldout_as, bucket_start):
     """The hashed, chunked index finds exactly what sets of word tuples find (the reference): the same
     training records, held-out record, first shared word and count, whatever the chunking."""
     import training.curriculum.contamination as contamination
@@ -177,10 +180,15 @@ def test_an_index_over_chunks_matches_a_plain_set_of_ngrams(monkeypatch, vocab, 
     train += [f"前言{HAN[3:16]}后记", "a red circle, on the LEFT", f"{FILLER} {HAN[:12]}"]
     expected = _reference(train, heldout)
     assert 1 < len(expected) < len(train) and len({e[1] for e in expected}) > 1
-    given = {"list": heldout, "array": pa.array(heldout), "chunked": pa.chunked_array([heldout[:7], heldout[7:]], pa.string())}[heldout_as]
+    if heldout_as == "colliding":  # keep the top 8 and the low 24 bits: the index's slots (8 bits here) see only equal keys
+        mix = contamination._mix
+        monkeypatch.setattr(contamination, "_mix", lambda h: mix(h) & np.uint64(0xFF00000000FFFFFF))
+    pq.write_table(pa.table({"text": pa.array(heldout, pa.string())}), tmp_path / "heldout.parquet", row_group_size=16)
+    given = {"list": heldout, "colliding": heldout, "array": pa.array(heldout), "parquet": tmp_path / "heldout.parquet",
+             "chunked": pa.chunked_array([heldout[:7], heldout[7:]], pa.string())}[heldout_as]
     index = HeldoutIndex(given, 13, max_chars=max_chars)
     assert [(o.train, o.heldout, o.start, o.words) for o in index.overlaps(iter(train))] == expected
-    assert len(index.hashes) == len(set(index.hashes.tolist())) and (index.hashes[1:] > index.hashes[:-1]).all()
+    assert len(index) == len(set(fingerprints(heldout, 13)[0].tolist())) and index.records == len(heldout)
     assert [(o.train, o.heldout, o.start, o.words) for o in find_overlaps(train, heldout, 13)] == expected
     whole, _, _ = fingerprints(heldout, 13)
     assert (whole == [h for t in heldout for h in fingerprints([t], 13)[0]]).all()  # independent of the chunking

@@ -13,21 +13,23 @@ words inside a longer record ("a red circle on the left") is too common to mean 
 
 Memory stays bounded at any scale. A word is a 64-bit id (blake2b of the lowercased word, cached per
 distinct word, the cache cleared past `WORD_CACHE` entries); a window of words is a polynomial hash of
-its ids mod 2^64, computed for all windows of a chunk at once from prefix sums. The held-out side is
-one sorted uint64 array of distinct hashes, an int32 array of the first held-out row holding each, and
-a presence table of their top bits, one bit per slot; training records stream through in chunks, the
-table ruling out almost every window in one lookup and searchsorted testing the rest. A hash match is
-confirmed on the words themselves, so a hash collision never removes a record; the held-out texts are
-kept for that as one Arrow string array, a record decoded only when a match is confirmed on it.
+its ids mod 2^64, computed for all windows of a chunk at once from prefix sums. The held-out side keeps
+each distinct hash as 4 bytes: the hashes are sorted and cut by their top `bits` bits into slots (an
+offset per slot, about 8 hashes each), so a slot's hashes need only their next 32 bits; beside them an
+int32 array of the first held-out row holding each, and a presence table of the top bits, one bit per
+slot of a finer table. Training records stream through in chunks, the presence table ruling out almost
+every window in one lookup and a binary search within its slot testing the rest: 53 or more bits of
+the hash are compared, so a training corpus of 10^9 windows meets about one false candidate. Every
+candidate is confirmed on the words themselves, so neither a false candidate nor a hash collision ever
+removes a record. The held-out texts are kept for that as one Arrow string array, or read from a
+Parquet file a row group at a time (a Path: kiln's heldout.parquet), so only the row groups of
+confirmed candidates are ever read again.
 
-The index holds 12 bytes per distinct held-out n-gram, a presence table of at most 16 MB, the texts'
-UTF-8 and the word cache (about 9 MB when full). At 50K held-out records of 1 KB (10.7M n-grams) it adds
-about 185 MB to the resident set when given the texts as an Arrow array (Arrow arrays are kept as they
-are, without a copy), 240 MB when given a list (converted, while the caller still holds its list). It
-is built a chunk at a time: each chunk's hashes deduplicated (keeping the first row of each) and split
-by their top bits into buckets, each bucket in memory maps of its own, then merged bucket by bucket into
-the two arrays, each bucket's maps returned to the system once merged; so the build peaks little above
-what the index keeps, with no temporary as large as the whole set.
+The index holds 8 bytes per distinct held-out n-gram, its slot offsets (4 bytes per 8 n-grams), a
+presence table of at most 16 MB and the word cache (about 9 MB when full); given a Parquet file, none
+of the held-out text. It is built a chunk at a time: each chunk's hashes deduplicated (keeping the first
+row of each) and split by their top bits into buckets, each bucket in memory maps of its own, then
+merged bucket by bucket into the arrays, each bucket's maps returned to the system once merged.
 """
 
 from __future__ import annotations
@@ -39,8 +41,11 @@ import mmap
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from training.data.filters.text import WORD
 
@@ -60,6 +65,8 @@ _BUCKET_EDGES = np.arange(1, 1 << _BUCKET_BITS, dtype=np.uint64) << np.uint64(64
 _BIT = np.array([1 << b for b in range(8)], dtype=np.uint8)
 _BUCKET_START = 1 << 12  # a bucket's first capacity, in hashes; it doubles as it fills
 _BLOCK = 1 << 20  # hashes set into the presence table at once
+_SLOT_HASHES = 8  # the mean number of hashes per slot of the sorted index
+_LOW = np.uint64(0xFFFFFFFF)
 
 
 @dataclass(frozen=True)
@@ -208,30 +215,31 @@ def _each_text(texts: pa.Array | pa.ChunkedArray, block: int = 4096) -> Iterator
 
 
 class HeldoutIndex:
-    """The distinct n-gram hashes of the held-out records, sorted, each with the first held-out row holding it."""
+    """The distinct n-gram hashes of the held-out records, sorted, each with the first held-out row holding
+    it. `texts`: the held-out texts (a sequence, an Arrow array) or a Parquet file with a `text` column."""
 
-    def __init__(self, texts: Sequence[str | None] | pa.Array | pa.ChunkedArray, n: int, max_chars: int = CHUNK_CHARS):
+    def __init__(self, texts: Sequence[str | None] | pa.Array | pa.ChunkedArray | Path, n: int, max_chars: int = CHUNK_CHARS):
         if n < 1:
             raise ValueError(f"n-gram length must be at least 1, not {n}")
-        self.texts, self.n, self.max_chars = _compact(texts), n, max_chars
+        self.texts, self.n, self.max_chars = texts if isinstance(texts, Path) else _compact(texts), n, max_chars
         self._ids = _WordIds()
-        self.hashes, self.rows = self._build()
-        # A presence table of at least 16 slots per held-out hash (so at most ~6% of other windows go
-        # on to searchsorted), of 2^16 to 2^27 slots, one bit each (8 KB to 16 MB).
-        bits = int(np.clip(np.ceil(np.log2(16 * len(self.hashes) + 1)), 16, 27))
-        self._shift = np.uint64(64 - bits)
-        self._present = np.zeros(1 << (bits - 3), dtype=np.uint8)
-        for lo in range(0, len(self.hashes), _BLOCK):
-            slot = self.hashes[lo : lo + _BLOCK] >> self._shift
-            np.bitwise_or.at(self._present, (slot >> np.uint64(3)).astype(np.intp), _BIT[(slot & np.uint64(7)).astype(np.intp)])
+        self._build()
         self._heldout = functools.lru_cache(maxsize=256)(self._heldout_fingerprints)
+        self._row_group = functools.lru_cache(maxsize=4)(self._read_row_group)
 
-    def _build(self) -> tuple[np.ndarray, np.ndarray]:
-        """(hashes, rows): each chunk's distinct hashes (with the first row of each, as a unique over all
-        the chunks' hashes in order would keep) split into buckets by their top bits, then the buckets
-        merged in order; a bucket's maps are freed once it is merged."""
+    def _each_heldout(self) -> Iterator[str | None]:
+        if not isinstance(self.texts, Path):
+            yield from _each_text(self.texts)
+            return
+        for part in pq.ParquetFile(self.texts).iter_batches(batch_size=4096, columns=["text"]):
+            yield from part.column(0).to_pylist()
+
+    def _build(self) -> None:
+        """Each chunk's distinct hashes (with the first row of each, as a unique over all the chunks'
+        hashes in order would keep) split into buckets by their top bits, then the buckets merged in
+        order into slots, the presence table set as they are; a bucket's maps are freed once merged."""
         buckets, base = [_Bucket() for _ in range(1 << _BUCKET_BITS)], 0
-        for batch in _chunks(_each_text(self.texts), self.max_chars):
+        for batch in _chunks(self._each_heldout(), self.max_chars):
             h, row, _ = fingerprints(batch, self.n, self._ids)
             h, first = np.unique(h, return_index=True)
             rows = (row[first] + base).astype(np.int32)
@@ -239,20 +247,68 @@ class HeldoutIndex:
             for bucket, lo, hi in zip(buckets, cuts, cuts[1:]):
                 bucket.extend(h[lo:hi], rows[lo:hi])
             base += len(batch)
-        total = sum(b.size for b in buckets)
-        hashes, rows, end = np.empty(total, dtype=np.uint64), np.empty(total, dtype=np.int32), 0
+        self.records, total = base, sum(b.size for b in buckets)
+        # Slots of about _SLOT_HASHES hashes (at least the buckets' top bits); a presence table of at least
+        # 16 bits per hash (so at most ~6% of other windows go on to the search), of 2^16 to 2^27 bits.
+        self._bits = int(np.clip(np.ceil(np.log2(total / _SLOT_HASHES + 1)), _BUCKET_BITS, 32))
+        bits = int(np.clip(np.ceil(np.log2(16 * total + 1)), 16, 27))
+        self._shift, self._present = np.uint64(64 - bits), np.zeros(1 << (bits - 3), dtype=np.uint8)
+        top, low = np.uint64(64 - self._bits), np.uint64(32 - self._bits)
+        self.low, self.rows = np.empty(total, dtype=np.uint32), np.empty(total, dtype=np.int32)
+        counts, end = np.zeros(1 << self._bits, dtype=np.int64), 0
         for i in range(len(buckets)):
             h, r = buckets[i].distinct()
             buckets[i] = None  # its maps go back to the system before the next bucket is merged
-            hashes[end : end + len(h)], rows[end : end + len(h)] = h, r
+            for lo in range(0, len(h), _BLOCK):
+                block = h[lo : lo + _BLOCK]
+                self.low[end + lo : end + lo + len(block)] = (block << np.uint64(self._bits)) >> np.uint64(32)
+                counts += np.bincount((block >> top).astype(np.intp), minlength=len(counts))
+                slot = block >> self._shift
+                np.bitwise_or.at(self._present, (slot >> np.uint64(3)).astype(np.intp), _BIT[(slot & np.uint64(7)).astype(np.intp)])
+            self.rows[end : end + len(h)] = r
             end += len(h)
-        # Shrinking in place: the pages past `end` were never written.
-        hashes.resize(end, refcheck=False)
-        rows.resize(end, refcheck=False)
-        return hashes, rows
+        del low
+        # Shrinking in place: the pages past `end` (hashes repeated across chunks) were never written.
+        self.low.resize(end, refcheck=False)
+        self.rows.resize(end, refcheck=False)
+        self.offsets = np.zeros(len(counts) + 1, dtype=np.int64 if total >= 1 << 31 else np.int32)
+        np.cumsum(counts, out=self.offsets[1:])
+        pa.default_memory_pool().release_unused()  # what reading the texts left in Arrow's allocator
+
+    def __len__(self) -> int:
+        return len(self.low)
+
+    def _find(self, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(found, position): whether each hash's slot holds its next 32 bits, and where (a lower bound)."""
+        slot = (h >> np.uint64(64 - self._bits)).astype(np.intp)
+        key = ((h << np.uint64(self._bits)) >> np.uint64(32)).astype(np.uint32)
+        lo, hi = self.offsets[slot].astype(np.int64), self.offsets[slot + 1].astype(np.int64)
+        end = hi.copy()
+        while (open_ := lo < hi).any():  # a binary search in every slot at once: about log2(8) rounds
+            mid = (lo + hi) >> 1
+            right = open_ & (self.low[np.minimum(mid, len(self.low) - 1)] < key)
+            lo = np.where(right, mid + 1, lo)
+            hi = np.where(open_ & ~right, mid, hi)
+        found = lo < end
+        found[found] = self.low[lo[found]] == key[found]
+        return found, lo
+
+    def _read_row_group(self, group: int) -> pa.Array:
+        return pq.ParquetFile(self.texts).read_row_group(group, columns=["text"]).column(0).combine_chunks()
+
+    @functools.cached_property
+    def _group_starts(self) -> np.ndarray:
+        meta = pq.ParquetFile(self.texts).metadata
+        return np.cumsum([0] + [meta.row_group(g).num_rows for g in range(meta.num_row_groups)])
+
+    def _text(self, row: int) -> str | None:
+        if not isinstance(self.texts, Path):
+            return self.texts[row].as_py()
+        group = int(np.searchsorted(self._group_starts, row, side="right")) - 1
+        return self._row_group(group)[row - int(self._group_starts[group])].as_py()
 
     def _heldout_fingerprints(self, row: int) -> tuple[list[str], np.ndarray, np.ndarray]:
-        text = self.texts[row].as_py()
+        text = self._text(row)
         h, _, start = fingerprints([text], self.n, self._ids)
         return words(text), h, start
 
@@ -269,31 +325,40 @@ class HeldoutIndex:
         base = 0
         for batch in _chunks(texts, self.max_chars):
             h, row, start = fingerprints(batch, self.n, self._ids)
-            hit = self._hits(h)
-            groups = np.split(hit, np.flatnonzero(np.diff(row[hit])) + 1) if len(hit) else []
+            hit, at = self._hits(h)
+            groups = np.split(np.arange(len(hit)), np.flatnonzero(np.diff(row[hit])) + 1) if len(hit) else []
             for group in groups:
-                r = int(row[group[0]])
-                if found := self._first_confirmed(batch[r], group, h, start):
+                r = int(row[hit[group[0]]])
+                if found := self._first_confirmed(batch[r], hit[group], at[group], h, start):
                     yield Overlap(train=base + r, heldout=found[0], start=found[1], words=found[2])
             base += len(batch)
 
-    def _hits(self, h: np.ndarray) -> np.ndarray:
-        """Indices of the hashes present among the held-out ones, in order."""
-        if not len(self.hashes):
-            return np.zeros(0, np.int64)
+    def _hits(self, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(indices of the hashes whose top 53+ bits are among the held-out ones, in order; where in the index)."""
+        if not len(self.low):
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
         slot = h >> self._shift
         maybe = np.flatnonzero(self._present[(slot >> np.uint64(3)).astype(np.intp)] & _BIT[(slot & np.uint64(7)).astype(np.intp)])
-        at = np.minimum(np.searchsorted(self.hashes, h[maybe]), len(self.hashes) - 1)
-        return maybe[self.hashes[at] == h[maybe]]
+        found, at = self._find(h[maybe])
+        return maybe[found], at[found]
 
-    def _first_confirmed(self, text, group, h, start) -> tuple[int, int, int] | None:
+    def _first_confirmed(self, text, hits, at, h, start) -> tuple[int, int, int] | None:
         train_words = words(text)
         size = min(len(train_words), self.n)
-        for i in group.tolist():
-            held = int(self.rows[np.searchsorted(self.hashes, h[i])])
-            if self._confirm(train_words, int(start[i]), size, h[i], held):
-                return held, int(start[i]), size
+        for i, p in zip(hits.tolist(), at.tolist()):
+            for held in self._rows_at(p, h[i]):
+                if self._confirm(train_words, int(start[i]), size, h[i], held):
+                    return held, int(start[i]), size
         return None
+
+    def _rows_at(self, p: int, h: np.uint64) -> list[int]:
+        """The rows of every entry of h's slot from `p` on that holds h's next 32 bits (almost always one:
+        two held-out hashes alike in their top 53+ bits are each tried)."""
+        end = int(self.offsets[int(h >> np.uint64(64 - self._bits)) + 1])
+        q = p + 1
+        while q < end and self.low[q] == self.low[p]:
+            q += 1
+        return self.rows[p:q].tolist()
 
 
 def find_overlaps(train: Iterable[str | None], heldout: Sequence[str | None], n: int) -> list[Overlap]:

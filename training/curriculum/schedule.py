@@ -57,14 +57,31 @@ STEP, VERSION = "curriculum", 3
 CHUNK = 4096
 """Records whose text (or tokens) are held at once."""
 STAGE_COLUMNS = ["id", "modality", "level", "batch", "offset", "tokens"]
+STAGE_ROWS = 65_536
+"""Stage rows written at once: a stage is written from index arrays, never copied whole."""
 
 
 def _groups(table: pa.Table, columns: list[str]) -> Iterator[tuple[list[str], np.ndarray]]:
-    """(values of `columns`, the rows holding them) for each distinct combination, in sorted order."""
-    encoded = pc.binary_join_element_wise(*[table[c] for c in columns], "\0").combine_chunks().dictionary_encode()
-    values, codes = encoded.dictionary.to_pylist(), encoded.indices.to_numpy(zero_copy_only=False)
-    for g in np.argsort(values, kind="stable"):
-        yield values[g].split("\0"), np.flatnonzero(codes == g)
+    """(values of `columns`, the rows holding them) for each distinct combination, in sorted order: from
+    the columns' dictionary codes, never a string per row."""
+    names = [table[c].combine_chunks() for c in columns]
+    names = [a if pa.types.is_dictionary(a.type) else a.dictionary_encode() for a in names]
+    sizes = [max(len(a.dictionary), 1) for a in names]
+    codes = np.zeros(table.num_rows, np.int64)
+    for a, size in zip(names, sizes):
+        codes = codes * size + a.indices.to_numpy(zero_copy_only=False)
+    found, inverse = np.unique(codes, return_inverse=True)
+    rows = np.split(np.argsort(inverse, kind="stable"), np.cumsum(np.bincount(inverse, minlength=len(found)))[:-1])
+    del codes, inverse  # the caller streams while this generator lives: keep only the groups' rows
+
+    def values(code: int) -> list[str]:
+        out = []
+        for a, size in zip(reversed(names), reversed(sizes)):
+            code, i = divmod(code, size)
+            out.append(a.dictionary[i].as_py())
+        return out[::-1]
+
+    yield from sorted(zip(map(values, found.tolist()), rows), key=lambda group: group[0])
 
 
 def stream_texts(corpus_dir: Path, keys: pa.Table, chunk: int = CHUNK) -> Iterator[tuple[np.ndarray, pa.Array]]:
@@ -91,6 +108,27 @@ def texts_of(corpus_dir: Path, keys: pa.Table) -> pa.Array:
     return pa.concat_arrays(parts).take(pa.array(np.argsort(np.concatenate(rows), kind="stable")))
 
 
+def write_heldout(corpus_dir: Path, keys: pa.Table, path: Path) -> None:
+    """heldout.parquet: the held-out `keys` (id, modality, level), in their order, with their texts. The
+    texts stream from the corpus into an Arrow file on disk (in corpus order) and come back in the keys'
+    order from its memory map, a row group at a time, so they are never all on the heap."""
+    spill, streamed = path.with_name(f".{path.name}.texts.arrow"), []
+    with pa.OSFile(str(spill), "wb") as sink, pa.ipc.new_file(sink, pa.schema([("text", pa.large_string())])) as spilled:
+        for rows, texts in stream_texts(corpus_dir, keys):
+            streamed.append(rows)
+            spilled.write_batch(pa.record_batch([texts], names=["text"]))
+    at = np.empty(keys.num_rows, np.int64)
+    at[np.concatenate(streamed) if streamed else at[:0]] = np.arange(keys.num_rows)
+    schema = pa.schema([*(KEY_SCHEMA.field(c) for c in ("id", "modality", "level")), ("text", pa.large_string())])
+    with pa.memory_map(str(spill)) as mapped, pq.ParquetWriter(path, schema) as out:
+        texts = pa.ipc.open_file(mapped).read_all().column("text")
+        for lo in range(0, keys.num_rows, HELDOUT_ROWS):
+            part = keys.slice(lo, HELDOUT_ROWS).select(["id", "modality", "level"])
+            out.write_table(part.append_column("text", texts.take(pa.array(at[lo : lo + HELDOUT_ROWS]))), row_group_size=HELDOUT_ROWS)
+        del texts
+    spill.unlink()
+
+
 @dataclass(frozen=True)
 class Pool:
     """The training records the stages draw from when a retraining starts from a release: those of the
@@ -106,8 +144,11 @@ class Pool:
         new = np.zeros(keys.num_rows, bool)
         for b, m in self.new:
             new |= pc.and_(pc.equal(keys["batch"], b), pc.equal(keys["modality"], m)).to_numpy(zero_copy_only=False)
-        modality, ids = keys["modality"].to_pylist(), keys["id"].to_pylist()
-        replay = np.fromiter((replayed(m, i, self.replay_share) for m, i in zip(modality, ids)), bool, keys.num_rows)
+        replay = np.zeros(keys.num_rows, bool)
+        for lo in range(0, keys.num_rows, CHUNK):  # a chunk of ids as Python strings at a time
+            part = keys.slice(lo, CHUNK)
+            pairs = zip(part["modality"].to_pylist(), part["id"].to_pylist())
+            replay[lo : lo + part.num_rows] = [replayed(m, i, self.replay_share) for m, i in pairs]
         return new, replay & ~new
 
     def summary(self, new: np.ndarray, replay: np.ndarray) -> dict:
@@ -131,18 +172,32 @@ def replayed(modality: str, record_id: str, share: float) -> bool:
     return h / 2**64 < share
 
 
+_NAME = pa.dictionary(pa.int32(), pa.string())
 KEY_SCHEMA = pa.schema([
-    ("id", pa.string()), ("modality", pa.string()), ("split", pa.string()), ("level", pa.int8()), ("batch", pa.string()),
-    ("file", pa.string()), ("row", pa.int64()), ("offset", pa.int64()), ("tokens", pa.int64()),
+    ("id", pa.string()), ("modality", pa.string()), ("split", pa.string()), ("level", pa.int8()), ("batch", _NAME),
+    ("file", _NAME), ("row", pa.int64()), ("offset", pa.int64()), ("tokens", pa.int64()),
 ])
+"""A record's keys while the curriculum is built: the batch and file names, the same for thousands of
+records, as dictionary codes (4 bytes a record, not the name)."""
+STAGE_SCHEMA = pa.schema([pa.field(c, pa.string()) if c == "batch" else KEY_SCHEMA.field(c) for c in STAGE_COLUMNS])
+HELDOUT_ROWS = 1024
+"""Rows per row group of heldout.parquet: decontamination reads a confirmed match's held-out text again
+by its row group."""
 
 
-def record_keys(scores: Sequence[Path], tokens_dir: Path, batches: list[str]) -> pa.Table:
-    """Every scored record's keys and where its tokens are, sorted by (modality, id), with its split: no
-    text. Batch by batch: a batch's scores lie row for row with its shard's index, as the difficulty step
-    writes them, and are put side by side; other scores are joined on (modality, id), a batch at a time."""
+def _release() -> None:
+    """Hand memory Arrow freed back to the system: its allocator keeps freed pages for reuse, which the
+    numpy arrays that follow cannot use."""
+    pa.default_memory_pool().release_unused()
+
+
+def record_keys(scores: Sequence[Path], tokens_dir: Path, batches: list[str]) -> tuple[pa.Table, pa.Table]:
+    """(training keys, held-out keys): every scored record's keys and where its tokens are, no text, in
+    batch order. Batch by batch: a batch's scores lie row for row with its shard's index, as the difficulty
+    step writes them, and are put side by side; other scores are joined on (modality, id), a batch at a
+    time. Each batch is split as it is read, so the two sides are never held together with a third copy."""
     scored = ds.dataset(list(scores), format="parquet") if scores else None
-    parts = []
+    sides: dict[str, list[pa.Table]] = {"train": [], "heldout": []}
     for batch in batches:
         index = read_index(tokens_dir, [batch], ["file", "row", "modality", "id", "offset", "tokens"])
         part = scored.to_table(columns=["id", "modality", "split", "level"], filter=pc.field("batch") == batch) if scored else None
@@ -152,32 +207,42 @@ def record_keys(scores: Sequence[Path], tokens_dir: Path, batches: list[str]) ->
             part = index.append_column("split", part["split"]).append_column("level", part["level"])
         else:
             part = part.join(index, keys=["modality", "id"])
-        parts.append(part.select(KEY_SCHEMA.names).cast(KEY_SCHEMA))
-    keys = pa.concat_tables(parts) if parts else KEY_SCHEMA.empty_table()
-    return keys.sort_by([("modality", "ascending"), ("id", "ascending")])
+        part = part.select(KEY_SCHEMA.names).cast(KEY_SCHEMA)
+        for split, kept in sides.items():
+            kept.append(part.filter(pc.equal(part["split"], split)).drop_columns(["split"]))
+    empty = KEY_SCHEMA.empty_table().drop_columns(["split"])
+    return tuple(pa.concat_tables(kept).combine_chunks() if kept else empty for kept in sides.values())
 
 
-def decontaminate(train: pa.Table, heldout: pa.Table, heldout_texts: pa.Array, corpus_dir: Path, n: int) -> tuple[np.ndarray, pa.Table]:
-    """(the rows of `train` that stay, the contaminated records): training records sharing n words with
-    a held-out record, with the reason and a detail naming one held-out record and the shared words.
-    Training texts stream through the held-out index a chunk at a time."""
-    index = HeldoutIndex(heldout_texts, n)
-    order: list[np.ndarray] = []
+def key_order(keys: pa.Table) -> np.ndarray:
+    """The rows of `keys` in (modality, id) order: the order stages draw records in, whatever the batches'."""
+    return pc.sort_indices(keys, sort_keys=[("modality", "ascending"), ("id", "ascending")]).to_numpy()
+
+
+def decontaminate(train: pa.Table, order: np.ndarray, heldout: Path, corpus_dir: Path, n: int) -> tuple[np.ndarray, pa.Table]:
+    """(a mask of the rows of `train` that stay, the contaminated records in `order`): training records
+    sharing n words with a record of `heldout` (heldout.parquet), with the reason and a detail naming one
+    held-out record and the shared words. Training texts stream through the held-out index a chunk at a time."""
+    index = HeldoutIndex(heldout, n)
+    streamed: list[np.ndarray] = []
 
     def texts() -> Iterator[str]:
         for rows, chunk in stream_texts(corpus_dir, train):
-            order.append(rows)
+            streamed.append(rows)
             yield from chunk.to_pylist()
 
     found = list(index.overlaps(texts()))
-    streamed = np.concatenate(order) if order else np.zeros(0, np.int64)
-    hits = sorted(zip(streamed[[o.train for o in found]].tolist(), found), key=lambda t: t[0])
+    at = np.concatenate(streamed)[[o.train for o in found]] if found else np.zeros(0, np.int64)
+    rank = np.empty(len(order), np.int64)
+    rank[order] = np.arange(len(order))
+    hits = sorted(zip(at.tolist(), found), key=lambda t: rank[t[0]])
+    del rank
     rows = pa.array([r for r, _ in hits], pa.int64())
     contaminated = train.take(rows).select(["id", "modality", "level"])
     texts_found = texts_of(corpus_dir, train.take(rows)).to_pylist()
-    keys = heldout.select(["modality", "id"]).to_pylist()
+    keys = pq.read_table(heldout, columns=["modality", "id"])
     details = [
-        f"shares {o.words} words with held-out {keys[o.heldout]['modality']}/{keys[o.heldout]['id']}: "
+        f"shares {o.words} words with held-out {keys['modality'][o.heldout]}/{keys['id'][o.heldout]}: "
         f"\"{shared_text(text, o.start, o.words)}\""
         for (_, o), text in zip(hits, texts_found)
     ]
@@ -192,20 +257,28 @@ def by_modality(table: pa.Table) -> dict[str, int]:
     return dict(sorted(Counter(table["modality"].to_pylist()).items()))
 
 
+_OFFSET_BITS = 40
+"""A selection's key: its batch's code above, its offset in the batch's shard (under 2^40 tokens) below."""
+
+
 def _distinct_selections(stages: list[Path]) -> tuple[list[str], np.ndarray]:
-    """(batch names, distinct (batch code, offset, tokens) rows) over every stage file."""
+    """(batch names, distinct (batch code, offset, tokens) rows, sorted) over every stage file: a record's
+    offset names it within its batch, so each stage row is one int64 key and the merge is a 1-D unique."""
     names: list[str] = []
-    distinct = np.zeros((0, 3), np.int64)
+    keys, tokens = np.zeros(0, np.int64), np.zeros(0, np.int64)
     for path in stages:
         t = pq.read_table(path, columns=["batch", "offset", "tokens"])
         batch = t["batch"].combine_chunks().dictionary_encode()
         found = batch.dictionary.to_pylist()
         names += [b for b in found if b not in names]
         codes = np.array([names.index(b) for b in found], np.int64)[batch.indices.to_numpy(zero_copy_only=False)]
-        rows = np.stack([codes, t["offset"].to_numpy(), t["tokens"].to_numpy()], axis=1)
-        del t, batch
-        distinct = np.unique(np.concatenate([distinct, rows]), axis=0)
-    return names, distinct
+        offset = t["offset"].to_numpy()
+        if len(offset) and offset.max() >= 1 << _OFFSET_BITS:
+            raise ValueError(f"{path.name}: a token offset past 2^{_OFFSET_BITS}")
+        keys, first = np.unique(np.concatenate([keys, (codes << _OFFSET_BITS) | offset]), return_index=True)
+        tokens = np.concatenate([tokens, t["tokens"].to_numpy()])[first]
+        del t, batch, codes, offset
+    return names, np.stack([keys >> _OFFSET_BITS, keys & ((1 << _OFFSET_BITS) - 1), tokens], axis=1)
 
 
 def _named(stages: list[Path], names: list[str], wanted: set[tuple[int, int, int]]) -> dict[tuple[int, int, int], str]:
@@ -227,10 +300,10 @@ def verify_stages(out_dir: Path, tokens_dir: Path, tokenizer, n: int) -> dict:
     checked once; memory holds the distinct selections (24 bytes each) and a chunk of text."""
     stages = sorted(out_dir.glob(STAGE_FILES))
     names, distinct = _distinct_selections(stages)
-    heldout = pq.read_table(out_dir / HELDOUT, columns=["modality", "id", "text"])
+    heldout = pq.read_table(out_dir / HELDOUT, columns=["modality", "id"])
 
     texts = (t for lo in range(0, len(distinct), CHUNK) for t in texts_at(tokens_dir, tokenizer, names, distinct[lo : lo + CHUNK]))
-    found = list(HeldoutIndex(heldout["text"], n).overlaps(texts))
+    found = list(HeldoutIndex(out_dir / HELDOUT, n).overlaps(texts))
     shown = found[:10]
     wanted = {tuple(distinct[o.train].tolist()) for o in shown}
     named = _named(stages, names, wanted) if wanted else {}
@@ -272,36 +345,38 @@ def build_curriculum(
     if not cfg.schedule:
         raise ValueError("the curriculum schedule is empty")
     batches = sorted(shards) if shards is not None else batch_folders(tokens_dir)
-    keys = record_keys(scores, tokens_dir, batches)
-    split = keys.filter(pc.equal(keys["split"], "train")).drop_columns(["split"])
-    heldout_keys = keys.filter(pc.equal(keys["split"], "heldout")).drop_columns(["split"])
-    del keys  # what follows holds the two sides, never a third copy of the keys
-    heldout_texts = texts_of(corpus_dir, heldout_keys)
-    heldout = heldout_keys.select(["id", "modality", "level"]).append_column("text", heldout_texts)
-    kept, contaminated = decontaminate(split, heldout, heldout_texts, corpus_dir, cfg.ngram)
-    train, split_records = split.filter(pa.array(kept)), split.num_rows
-    del split
-    if pool is None:
-        start = {"from": "scratch"}
-    else:
-        new, replay = pool.draw(train)
-        start = pool.summary(new, replay)
-        train = train.filter(pa.array(new | replay))
-    train = train.select(STAGE_COLUMNS)
-    present = set(pc.unique(train["level"]).to_pylist())
+    train, heldout_keys = record_keys(scores, tokens_dir, batches)
+    heldout_keys = heldout_keys.take(pa.array(key_order(heldout_keys)))
+    _release()
     stages = []
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
+        write_heldout(corpus_dir, heldout_keys, tmp / HELDOUT)
+        _release()
+        # The training keys are held once, in batch order; the stages are index arrays into them.
+        order = key_order(train)
+        kept, contaminated = decontaminate(train, order, tmp / HELDOUT, corpus_dir, cfg.ngram)
+        staged, split_records = order[kept[order]], train.num_rows
+        del order, kept
+        _release()
+        if pool is None:
+            start = {"from": "scratch"}
+        else:
+            new, replay = pool.draw(train)
+            start = pool.summary(new[staged], replay[staged])
+            staged = staged[(new | replay)[staged]]
+        level, tokens = train["level"].to_numpy(), train["tokens"].to_numpy()
+        present = set(np.unique(level[staged]).tolist())
         picture, by_batch = level_histograms(list(scores), tmp / LEVELS_PNG, levels)
-        pq.write_table(heldout, tmp / HELDOUT)
         pq.write_table(contaminated, tmp / CONTAMINATED)
-        for i, level in enumerate(cfg.schedule, start=1):
-            pool = train.filter(pc.less_equal(train["level"], level))
-            order = np.random.default_rng([cfg.seed, i]).permutation(pool.num_rows)
-            stage = pool.take(pa.array(order, pa.int64()))
-            pq.write_table(stage, tmp / stage_file(i))
+        for i, level_max in enumerate(cfg.schedule, start=1):
+            pick = staged[level[staged] <= level_max]
+            rows = pick[np.random.default_rng([cfg.seed, i]).permutation(len(pick))]
+            with pq.ParquetWriter(tmp / stage_file(i), STAGE_SCHEMA) as writer:
+                for lo in range(0, max(len(rows), 1), STAGE_ROWS):
+                    writer.write_table(train.take(pa.array(rows[lo : lo + STAGE_ROWS])).select(STAGE_COLUMNS).cast(STAGE_SCHEMA))
             stages.append(
-                {"stage": i, "level": level, "records": stage.num_rows, "tokens": int(pc.sum(stage["tokens"]).as_py() or 0),
+                {"stage": i, "level": level_max, "records": len(rows), "tokens": int(tokens[rows].sum()),
                  "sha256": sha256_file(tmp / stage_file(i))}
             )
         summary = {
@@ -309,8 +384,8 @@ def build_curriculum(
             "seed": cfg.seed,
             "rule": "stage of level k: every training record of level <= k, shuffled by (seed, stage)",
             "stages": stages,
-            "train_records": train.num_rows,
-            "heldout_records": heldout.num_rows,
+            "train_records": len(staged),
+            "heldout_records": heldout_keys.num_rows,
             "levels_present": sorted(present),
             "levels_by_batch": by_batch,
             "levels_png": LEVELS_PNG if picture else None,
