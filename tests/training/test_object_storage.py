@@ -7,6 +7,7 @@ metadata; nothing outside a batch's prefix is read; a batch whose listing change
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from pathlib import Path
 
@@ -248,3 +249,27 @@ def test_the_formats_users_tools_write_give_the_same_corpus_from_a_bucket(s3_ser
     assert _records(tmp_path / "bucket") == _records(tmp_path / "disk")
     assert len(_records(tmp_path / "disk")) >= 100 + 200
     assert all(a.ok for a in accounting(url, tmp_path / "bucket"))
+
+
+def test_read_ahead_keeps_order_and_bounds_the_reads_in_flight():
+    import threading
+
+    from training.data.zone import read_ahead
+
+    lock, state = threading.Lock(), {"now": 0, "most": 0}
+
+    def read(i):
+        with lock:
+            state["now"] += 1
+            state["most"] = max(state["most"], state["now"])
+        time.sleep(0.002 * (i % 3))  # out-of-order completion
+        with lock:
+            state["now"] -= 1
+        return i * i
+
+    got = []
+    for i, square in read_ahead(range(40), read, window=4):
+        got.append((i, square))
+        assert state["most"] <= 4
+    assert got == [(i, i * i) for i in range(40)] and state["most"] > 1
+    assert list(read_ahead([], read)) == []

@@ -15,7 +15,7 @@ from training.data import shards
 from training.data.formats import encodable as _encodable
 from training.data.formats import parquet_rows, read_code_parquet, read_image_parquet, read_shard, record_id
 from training.data.landing import CAPTIONS_FILE, IMAGE_EXTENSIONS, MODALITY_DIRS, Batch, entry_problem, is_jsonl, read_lines, source_of
-from training.data.zone import arrow_source
+from training.data.zone import ObjectPath, read_ahead
 from training.data.records import Record, Reject
 
 # Extension -> Tree-sitter grammar. `.h` holds C or C++: the code filter tries both and records which.
@@ -142,7 +142,11 @@ def read_text(batch: Batch, cfg: TextFilterConfig) -> Iterator[Record]:
 
 def read_code(batch: Batch, cfg: CodeFilterConfig) -> Iterator[Record]:
     """One record per source file, one per row of a `.parquet` file (`formats.read_code_parquet`)."""
-    for path in batch.files("code"):
+    files = batch.files("code")
+    # From an object store, the files to read are fetched a window ahead; locally each is read when reached.
+    ahead = read_ahead(files, lambda p: _read_bytes(p) if _read_whole(batch, p, cfg) else None) if isinstance(batch.path, ObjectPath) else None
+    for path in files:
+        fetched = next(ahead)[1] if ahead else None
         if unread := _unread(batch, path, "code"):
             yield unread
             continue
@@ -158,7 +162,7 @@ def read_code(batch: Batch, cfg: CodeFilterConfig) -> Iterator[Record]:
             rec.reject = Reject("file_too_large", f"{size} bytes > {cfg.max_file_bytes}")
         elif size == 0:
             rec.reject = Reject("file_empty", "0 bytes")
-        elif (data := _read_bytes(path)) is None:
+        elif (data := fetched if ahead else _read_bytes(path)) is None:
             rec.reject = Reject("file_unreadable", "the file cannot be read (permission, I/O error)")
         else:
             if b"\0" in data[: cfg.binary_sniff_bytes]:
@@ -172,6 +176,13 @@ def read_code(batch: Batch, cfg: CodeFilterConfig) -> Iterator[Record]:
                     if not rec.text.strip():
                         rec.reject = Reject("file_empty", "whitespace only")
         yield rec
+
+
+def _read_whole(batch: Batch, path: Path | ObjectPath, cfg: CodeFilterConfig) -> bool:
+    """Whether `read_code` reads the file whole (a source file of a known language within its bounds)."""
+    suffix = path.suffix.lower()
+    size = path.stat().st_size
+    return suffix in CODE_LANGUAGES and 0 < size <= cfg.max_file_bytes and entry_problem(batch, path) is None
 
 
 def _read_bytes(path: Path) -> bytes | None:

@@ -32,16 +32,24 @@ import posixpath
 import stat
 from pathlib import Path, PurePosixPath
 from types import SimpleNamespace
-from typing import Any, BinaryIO
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, BinaryIO, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import fsspec
 
+IO_THREADS = 8
+"""Reads in flight at once from an object store (`read_ahead`, image decoding): enough to hide a
+request's latency on small objects."""
 READ_BLOCK = 8 << 20
 """Bytes per ranged read of an object (what one request brings; an object up to this size is one request)."""
 CONTENT_IDS = ("ETag", "etag", "md5Hash", "crc32c", "checksum")
 """Listing fields that identify an object's content (S3 and compatibles; GCS; others), in that order."""
 LOCAL_PROTOCOLS = ("file", "local")
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 class LandingZoneNotFound(FileNotFoundError):
@@ -96,6 +104,30 @@ def require_zone(root: Path | ObjectPath) -> None:
         except (OSError, ValueError) as e:
             why = f"{top!r} cannot be listed ({type(e).__name__}: {e})"
         raise LandingZoneNotFound(f"landing zone {root} not found: {why} (KILN_LANDING_DIR)"[:500])
+
+
+def read_ahead(paths: Sequence[T], read: Callable[[T], R], window: int = IO_THREADS) -> Iterator[tuple[T, R]]:
+    """(path, read(path)) for each path, in order, with up to `window` reads in flight on threads:
+    from an object store a request's latency, not its bandwidth, bounds reading many small objects
+    one at a time. Memory: `window` results."""
+    with ThreadPoolExecutor(window) as pool:
+        pending: deque = deque()
+        it = iter(paths)
+        for path in it:
+            pending.append((path, pool.submit(read, path)))
+            if len(pending) >= window:
+                break
+        while pending:
+            path, future = pending.popleft()
+            for nxt in it:
+                pending.append((nxt, pool.submit(read, nxt)))
+                break
+            yield path, future.result()
+
+
+def io_workers(paths: Iterable[object], workers: int) -> int:
+    """Threads for reading `paths`: `workers` for local files, at least IO_THREADS from an object store."""
+    return max(workers, IO_THREADS) if any(isinstance(p, ObjectPath) for p in paths) else workers
 
 
 def arrow_source(path: Path | ObjectPath) -> str | BinaryIO:

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from training.data.filters.base import Filter, Verdict
+from training.data.zone import io_workers
 from training.data.records import Record, Reject
 
 # Pixels kept after decoding: CLIP inputs are at most 448 px, so larger images are reduced on load
@@ -32,9 +33,10 @@ class ImageDecode(Filter):
         self.max_bytes, self.max_pixels, self.workers = max_bytes, max_pixels, workers
 
     def __call__(self, records: Sequence[Record]) -> list[Verdict]:
-        if self.workers <= 1:
+        workers = io_workers((r.image_path for r in records), self.workers)  # more from an object store: requests wait
+        if workers <= 1:
             return super().__call__(records)
-        with ThreadPoolExecutor(self.workers) as pool:
+        with ThreadPoolExecutor(workers) as pool:
             return list(pool.map(self.check, records))
 
     def check(self, record: Record) -> Verdict:
