@@ -163,7 +163,8 @@ def _ready_folders(landing: Path | ObjectPath | str) -> list:
         landing.fs.invalidate_cache()
         prefixes = sorted(i["name"].rstrip("/") for i in landing.fs.ls(landing.key, detail=True) if i.get("type") == "directory")
         folders = [batch_root(landing, key.rsplit("/", 1)[-1]) for key in prefixes]
-        return [p for p in folders if p.name and p.name[0] not in "._" and (p / READY_MARKER).is_file()]
+        # _SUCCESS by one request each (HEAD), not by listing the whole batch: a batch is listed when read.
+        return [p for p in folders if p.name and p.name[0] not in "._" and ObjectPath(p.fs, f"{p.key}/{READY_MARKER}").is_file()]
     return [p for p in sorted(landing.iterdir()) if p.is_dir() and p.name[0] not in "._" and (p / READY_MARKER).is_file()]
 
 
