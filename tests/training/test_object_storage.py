@@ -95,6 +95,8 @@ def test_a_landing_zone_that_cannot_be_found_is_an_error_whatever_its_scheme(s3_
         ready_batches(location)
     with pytest.raises(LandingZoneNotFound):
         clean(location, tmp_path / "out")
+    with pytest.raises(LandingZoneNotFound):  # the partition's cleaning and its records_accounted check
+        ready_batch(location, "b1")
     assert not (tmp_path / "out" / "kept").exists()
 
 

@@ -185,8 +185,11 @@ def unusable_batches(landing: Path | ObjectPath | str) -> dict[str, str]:
 
 
 def ready_batch(landing: Path | ObjectPath | str, name: str) -> Batch:
-    """The ready batch `name`, or a clear error (it left the landing zone or lost its _SUCCESS)."""
-    batch = Batch(name, batch_root(landing_root(landing), name))
+    """The ready batch `name`, or a clear error (it left the landing zone or lost its _SUCCESS; the
+    zone itself cannot be found: `zone.LandingZoneNotFound`)."""
+    landing = landing_root(landing)
+    require_zone(landing)
+    batch = Batch(name, batch_root(landing, name))
     if not name or name[0] in "._" or "/" in name or folder_problem(batch.path) or not (batch.path / READY_MARKER).is_file():
         raise ValueError(f"{name!r} is not a ready batch of {landing} (no such folder, a link, or no {READY_MARKER} in it)")
     return batch
