@@ -19,7 +19,7 @@ from tests.object_store import moto_s3, upload
 from training.data import zone
 from training.data.landing import ready_batch, ready_batches, unusable_batches
 from training.data.readers import read_text
-from training.config import TextFilterConfig
+from training.config import CleaningConfig, TextFilterConfig
 from training.data.zone import LandingZoneNotFound, ObjectPath
 
 SECRET = "SECRET-TOKEN-123 must never reach the training corpus, whatever happens"
@@ -275,3 +275,24 @@ def test_read_ahead_keeps_order_and_bounds_the_reads_in_flight():
         assert state["most"] <= 4
     assert got == [(i, i * i) for i in range(40)] and state["most"] > 1
     assert list(read_ahead([], read)) == []
+
+
+def test_the_text_files_other_tools_write_read_the_same_from_a_bucket(s3_server, tmp_path):
+    """The local landing zone's table (byte-order marks, CRLF, UTF-16, gzip/zstd/bz2, truncated and
+    corrupt streams: tests/training/test_landing_hardening.py), every file in one batch, streamed from
+    the S3 server: the same records, reasons and order as from disk."""
+    from tests.training.test_landing_hardening import FILES
+
+    local = tmp_path / "landing"
+    b = write_batch(local, "b1", [])
+    for name, (data, _) in FILES.items():
+        (b / "text" / name).write_bytes(data)
+    root = f"kiln-{uuid.uuid4().hex[:8]}/zone"
+    s3_server.mkdir(root.split("/")[0])
+    upload(local, s3_server, root)
+    cfg = CleaningConfig(text=TextFilterConfig(min_words=3))
+    clean(local, tmp_path / "disk", cfg=cfg)
+    clean(f"s3://{root}", tmp_path / "bucket", cfg=cfg)
+    assert _records(tmp_path / "bucket") == _records(tmp_path / "disk")
+    assert {s.split(":")[0] for _, s, *_ in _records(tmp_path / "disk") if "/text/" in s} >= {f"b1/text/{n}" for n in FILES}
+    assert all(a.ok for a in accounting(f"s3://{root}", tmp_path / "bucket"))
