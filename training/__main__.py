@@ -11,13 +11,14 @@ from pathlib import Path
 from training.clip.build import build_clip_model, current_clip
 from training.config import CleaningConfig, ClipTrainConfig
 from training.data.clean import clean_landing
+from training.data.zone import landing_root
 from training.layout import Layout
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=["clean", "clip"])
-    parser.add_argument("landing", type=Path, help="the landing zone: one folder per batch")
+    parser.add_argument("landing", type=landing_root, help="the landing zone: a folder, or a URL (s3://bucket/prefix), one batch per folder")
     parser.add_argument("out", type=Path, help="where clip_model/, cleaned_corpus/ and rejected/ are written")
     args = parser.parse_args(argv)
     config, out = CleaningConfig(), Layout(args.out)
