@@ -27,7 +27,8 @@ from bench.corpus import write_code_batch, write_text_batch
 from training.markdown import markdown_table
 
 ROOT = Path(__file__).resolve().parent
-SECTIONS = ("cleaning", "incremental", "near_dup", "tree_sitter", "code_check", "clip", "difficulty", "tokenizer", "data_path", "e2e", "training")
+SECTIONS = ("cleaning", "incremental", "near_dup", "tree_sitter", "code_check", "object_storage", "clip", "difficulty", "tokenizer",
+            "data_path", "release", "e2e", "training")
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,11 @@ def run(sections: list[str], scale: Scale, repeats: int, work: Path) -> dict:
 
         row = code_check.run(scale.code_check_files)
         results["code_check"] = {**row, "markdown": code_check.markdown(row)}
+    if "object_storage" in sections:
+        from bench import object_storage
+
+        row = object_storage.run(work / "object_storage", repeats)
+        results["object_storage"] = {**row, "markdown": object_storage.markdown(row)}
     if "clip" in sections:
         pairs = GPU_SCALE["clip_pairs"] if cuda else scale.clip_pairs
         images = models.write_image_batch(work / "images" / "batch-0001", pairs)
@@ -141,6 +147,10 @@ def run(sections: list[str], scale: Scale, repeats: int, work: Path) -> dict:
 
         row = data_path.run(work / "data_path", scale.data_path_records)
         results["data_path"] = {**row, "markdown": data_path.markdown(row)}
+    if "release" in sections:
+        from bench import release
+
+        results["release"] = release.measure(release.prepare(work / "release"), work / "release")
     if "e2e" in sections:
         from bench import e2e
 
@@ -183,6 +193,8 @@ def markdown(results: dict) -> str:
                     f"{r['records_per_s']} files/s, {r['mb_per_s']} MB/s, peak RSS {r['peak_rss_mb']} MB.", ""])
     if "code_check" in results:
         out.extend(["## Code check on installed packages' files and on copies cut inside a bracket", "", results["code_check"]["markdown"], ""])
+    if "object_storage" in results:
+        out.extend(["## Cleaning from an S3-compatible bucket against local disk", "", results["object_storage"]["markdown"], ""])
     if "clip" in results:
         table("CLIP scoring end to end (ViT-B/32 size, JPEG files to CLIPScores)", ["path", "model", "pairs", "pairs/s", "device", "batch"],
               [[r["path"], "yes" if r["model"] else "no (decode + preprocess)", r["pairs"], r["pairs_per_s"], r["device"], r["batch_size"]] for r in results["clip"]])
@@ -193,6 +205,10 @@ def markdown(results: dict) -> str:
         table("Tokenizer training (byte-level BPE)", ["MB", "MB/s", "vocabulary", "threads"], [[r["mb"], r["mb_per_s"], r["vocab_size"], r["threads"]]])
     if "data_path" in results:
         out.extend(["## The data path at scale: cleaned corpus to packed tokens", "", results["data_path"]["markdown"], ""])
+    if "release" in results:
+        r = results["release"]
+        table("Packaging a gpu-124m-sized release (random weights, int8, two GGUF files)", ["archive", "GB", "seconds", "peak RSS MB"],
+              [[r["archive"], round(r["archive_bytes"] / 1e9, 2), r["seconds"], r["peak_rss_mb"]]])
     if "e2e" in results:
         out.extend(["## End to end: `make demo` (tiny preset)", "", results["e2e"]["markdown"], ""])
     for t in results.get("training", []):

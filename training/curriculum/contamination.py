@@ -34,6 +34,7 @@ merged bucket by bucket into the arrays, each bucket's maps returned to the syst
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import hashlib
 import itertools
@@ -165,6 +166,16 @@ def _chunks(texts: Iterable[str | None], max_chars: int) -> Iterator[list[str | 
         yield batch
 
 
+def release_memory() -> None:
+    """Hand freed memory back to the system between phases: Arrow's allocator and glibc's malloc both keep
+    freed pages for reuse, which would otherwise stay resident through the phases that follow."""
+    pa.default_memory_pool().release_unused()
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # a C library without malloc_trim keeps its pages: only slower to shrink
+        pass
+
+
 def _mapped(count: int, dtype) -> np.ndarray:
     """An uninitialised array in an anonymous memory map of its own: pages never written take no memory,
     and dropping the array returns its pages to the system at once (malloc may keep freed memory)."""
@@ -231,8 +242,9 @@ class HeldoutIndex:
         if not isinstance(self.texts, Path):
             yield from _each_text(self.texts)
             return
-        for part in pq.ParquetFile(self.texts).iter_batches(batch_size=4096, columns=["text"]):
-            yield from part.column(0).to_pylist()
+        parquet = pq.ParquetFile(self.texts)
+        for group in range(parquet.metadata.num_row_groups):  # on this thread: see schedule.stream_texts
+            yield from _each_text(parquet.read_row_group(group, columns=["text"], use_threads=False).column(0))
 
     def _build(self) -> None:
         """Each chunk's distinct hashes (with the first row of each, as a unique over all the chunks'
@@ -273,7 +285,7 @@ class HeldoutIndex:
         self.rows.resize(end, refcheck=False)
         self.offsets = np.zeros(len(counts) + 1, dtype=np.int64 if total >= 1 << 31 else np.int32)
         np.cumsum(counts, out=self.offsets[1:])
-        pa.default_memory_pool().release_unused()  # what reading the texts left in Arrow's allocator
+        release_memory()  # what reading and hashing the texts left in the allocators
 
     def __len__(self) -> int:
         return len(self.low)
@@ -294,7 +306,7 @@ class HeldoutIndex:
         return found, lo
 
     def _read_row_group(self, group: int) -> pa.Array:
-        return pq.ParquetFile(self.texts).read_row_group(group, columns=["text"]).column(0).combine_chunks()
+        return pq.ParquetFile(self.texts).read_row_group(group, columns=["text"], use_threads=False).column(0).combine_chunks()
 
     @functools.cached_property
     def _group_starts(self) -> np.ndarray:

@@ -42,7 +42,7 @@ import pyarrow.parquet as pq
 
 from training.cache import record
 from training.config import CurriculumConfig
-from training.curriculum.contamination import HeldoutIndex, shared_text
+from training.curriculum.contamination import HeldoutIndex, release_memory, shared_text
 from training.curriculum.tokens import gather, read_index
 from training.data.stats import level_histograms
 from training.fsutil import atomic_path, sha256_file
@@ -85,17 +85,23 @@ def _groups(table: pa.Table, columns: list[str]) -> Iterator[tuple[list[str], np
 
 
 def stream_texts(corpus_dir: Path, keys: pa.Table, chunk: int = CHUNK) -> Iterator[tuple[np.ndarray, pa.Array]]:
-    """(rows of `keys`, their texts) for records named by batch, file and row in the corpus, a chunk at
-    a time, in the corpus's file order."""
+    """(rows of `keys`, their texts) for records named by batch, file and row in the corpus, at most
+    `chunk` at a time, in the corpus's file order. A file is read a row group at a time, on this thread
+    (Arrow's decoding threads each keep memory of their own), and only the row groups holding a wanted row."""
     rows = keys["row"].to_numpy()
     for (batch, file), pick in _groups(keys, ["batch", "file"]):
         pick = pick[np.argsort(rows[pick], kind="stable")]
         wanted, base = rows[pick], 0
-        for part in pq.ParquetFile(corpus_dir / batch / file).iter_batches(batch_size=chunk, columns=["text"]):
-            lo, hi = np.searchsorted(wanted, [base, base + part.num_rows])
+        parquet = pq.ParquetFile(corpus_dir / batch / file)
+        for group in range(parquet.metadata.num_row_groups):
+            size = parquet.metadata.row_group(group).num_rows
+            lo, hi = np.searchsorted(wanted, [base, base + size])
             if hi > lo:
-                yield pick[lo:hi], part.column(0).take(pa.array(wanted[lo:hi] - base)).cast(pa.large_string())
-            base += part.num_rows
+                texts = parquet.read_row_group(group, columns=["text"], use_threads=False).column(0)
+                for at in range(lo, hi, chunk):
+                    end = min(at + chunk, hi)
+                    yield pick[at:end], texts.take(pa.array(wanted[at:end] - base)).combine_chunks().cast(pa.large_string())
+            base += size
 
 
 def texts_of(corpus_dir: Path, keys: pa.Table) -> pa.Array:
@@ -119,12 +125,13 @@ def write_heldout(corpus_dir: Path, keys: pa.Table, path: Path) -> None:
             spilled.write_batch(pa.record_batch([texts], names=["text"]))
     at = np.empty(keys.num_rows, np.int64)
     at[np.concatenate(streamed) if streamed else at[:0]] = np.arange(keys.num_rows)
-    schema = pa.schema([*(KEY_SCHEMA.field(c) for c in ("id", "modality", "level")), ("text", pa.large_string())])
+    schema = pa.schema([("id", pa.string()), ("modality", pa.string()), ("level", pa.int8()), ("text", pa.large_string())])
     with pa.memory_map(str(spill)) as mapped, pq.ParquetWriter(path, schema) as out:
         texts = pa.ipc.open_file(mapped).read_all().column("text")
         for lo in range(0, keys.num_rows, HELDOUT_ROWS):
             part = keys.slice(lo, HELDOUT_ROWS).select(["id", "modality", "level"])
-            out.write_table(part.append_column("text", texts.take(pa.array(at[lo : lo + HELDOUT_ROWS]))), row_group_size=HELDOUT_ROWS)
+            part = part.append_column("text", texts.take(pa.array(at[lo : lo + HELDOUT_ROWS])))
+            out.write_table(part.cast(schema), row_group_size=HELDOUT_ROWS)
         del texts
     spill.unlink()
 
@@ -174,21 +181,16 @@ def replayed(modality: str, record_id: str, share: float) -> bool:
 
 _NAME = pa.dictionary(pa.int32(), pa.string())
 KEY_SCHEMA = pa.schema([
-    ("id", pa.string()), ("modality", pa.string()), ("split", pa.string()), ("level", pa.int8()), ("batch", _NAME),
-    ("file", _NAME), ("row", pa.int64()), ("offset", pa.int64()), ("tokens", pa.int64()),
+    ("id", pa.string()), ("modality", _NAME), ("split", pa.string()), ("level", pa.int8()), ("batch", _NAME),
+    ("file", _NAME), ("row", pa.int32()), ("offset", pa.int64()), ("tokens", pa.int32()),
 ])
-"""A record's keys while the curriculum is built: the batch and file names, the same for thousands of
-records, as dictionary codes (4 bytes a record, not the name)."""
-STAGE_SCHEMA = pa.schema([pa.field(c, pa.string()) if c == "batch" else KEY_SCHEMA.field(c) for c in STAGE_COLUMNS])
+"""A record's keys while the curriculum is built: the modality, batch and file names, the same for
+thousands of records, as dictionary codes (4 bytes a record, not the name)."""
+STAGE_SCHEMA = pa.schema([("id", pa.string()), ("modality", pa.string()), ("level", pa.int8()), ("batch", pa.string()),
+                          ("offset", pa.int64()), ("tokens", pa.int64())])
 HELDOUT_ROWS = 1024
 """Rows per row group of heldout.parquet: decontamination reads a confirmed match's held-out text again
 by its row group."""
-
-
-def _release() -> None:
-    """Hand memory Arrow freed back to the system: its allocator keeps freed pages for reuse, which the
-    numpy arrays that follow cannot use."""
-    pa.default_memory_pool().release_unused()
 
 
 def record_keys(scores: Sequence[Path], tokens_dir: Path, batches: list[str]) -> tuple[pa.Table, pa.Table]:
@@ -216,7 +218,8 @@ def record_keys(scores: Sequence[Path], tokens_dir: Path, batches: list[str]) ->
 
 def key_order(keys: pa.Table) -> np.ndarray:
     """The rows of `keys` in (modality, id) order: the order stages draw records in, whatever the batches'."""
-    return pc.sort_indices(keys, sort_keys=[("modality", "ascending"), ("id", "ascending")]).to_numpy()
+    names = pa.table({"modality": keys["modality"].cast(pa.string()), "id": keys["id"]})
+    return pc.sort_indices(names, sort_keys=[("modality", "ascending"), ("id", "ascending")]).to_numpy()
 
 
 def decontaminate(train: pa.Table, order: np.ndarray, heldout: Path, corpus_dir: Path, n: int) -> tuple[np.ndarray, pa.Table]:
@@ -228,17 +231,18 @@ def decontaminate(train: pa.Table, order: np.ndarray, heldout: Path, corpus_dir:
 
     def texts() -> Iterator[str]:
         for rows, chunk in stream_texts(corpus_dir, train):
-            streamed.append(rows)
+            streamed.append(rows.astype(np.int32))  # a copy: the view would keep its whole group alive
             yield from chunk.to_pylist()
 
     found = list(index.overlaps(texts()))
-    at = np.concatenate(streamed)[[o.train for o in found]] if found else np.zeros(0, np.int64)
+    del index
+    at = np.concatenate(streamed)[[o.train for o in found]].astype(np.int64) if found else np.zeros(0, np.int64)
     rank = np.empty(len(order), np.int64)
     rank[order] = np.arange(len(order))
     hits = sorted(zip(at.tolist(), found), key=lambda t: rank[t[0]])
     del rank
     rows = pa.array([r for r, _ in hits], pa.int64())
-    contaminated = train.take(rows).select(["id", "modality", "level"])
+    contaminated = train.take(rows).select(["id", "modality", "level"]).cast(pa.schema([("id", pa.string()), ("modality", pa.string()), ("level", pa.int8())]))
     texts_found = texts_of(corpus_dir, train.take(rows)).to_pylist()
     keys = pq.read_table(heldout, columns=["modality", "id"])
     details = [
@@ -347,18 +351,18 @@ def build_curriculum(
     batches = sorted(shards) if shards is not None else batch_folders(tokens_dir)
     train, heldout_keys = record_keys(scores, tokens_dir, batches)
     heldout_keys = heldout_keys.take(pa.array(key_order(heldout_keys)))
-    _release()
+    release_memory()
     stages = []
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
         write_heldout(corpus_dir, heldout_keys, tmp / HELDOUT)
-        _release()
+        release_memory()
         # The training keys are held once, in batch order; the stages are index arrays into them.
         order = key_order(train)
         kept, contaminated = decontaminate(train, order, tmp / HELDOUT, corpus_dir, cfg.ngram)
         staged, split_records = order[kept[order]], train.num_rows
         del order, kept
-        _release()
+        release_memory()
         if pool is None:
             start = {"from": "scratch"}
         else:
