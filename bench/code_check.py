@@ -29,7 +29,7 @@ from pathlib import Path
 from tree_sitter import Node
 
 from training.config import CodeFilterConfig
-from training.data.filters.code import _parser, check_code
+from training.data.filters.code import check_code, parser_for
 from training.data.readers import CODE_LANGUAGES
 from training.markdown import markdown_table
 
@@ -89,7 +89,7 @@ def cut_inside_bracket(grammar: str, text: str, rng: random.Random, tries: int =
     data = text.encode("utf-8")
     if len(data) < 2:
         return None
-    root = _parser(grammar).parse(data).root_node
+    root = parser_for(grammar).parse(data).root_node
     for _ in range(tries):
         offset = rng.randrange(1, len(data))
         while offset > 0 and data[offset] & 0xC0 == 0x80:  # not inside a UTF-8 sequence
@@ -120,7 +120,7 @@ def run(files_per_language: int = 300, seed: int = 26, root: Path | None = None,
             verdict, grammar = check_code(language, text, cfg)
             grammars[grammar] += 1
             kept += verdict is None
-            strict += not _parser(grammar).parse(text.encode("utf-8")).root_node.has_error
+            strict += not parser_for(grammar).parse(text.encode("utf-8")).root_node.has_error
             if verdict is not None and len(rejected_examples) < 5:
                 rejected_examples.append(f"{path.relative_to(root)}: {verdict.detail}")
             if (cut := cut_inside_bracket(grammar, text, rng)) is not None:

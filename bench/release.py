@@ -65,11 +65,11 @@ def prepare(work: Path) -> Path:
 def _write_gguf(model_dir: Path, out: Path) -> None:
     import gguf
 
-    from training.release.gguf import _hparams, _tensors
+    from training.release.gguf import llama_hparams, llama_tensors
 
     out.mkdir()
-    hp = _hparams(json.loads((model_dir / "config.json").read_text()), model_dir)
-    tensors = _tensors(model_dir, hp)
+    hp = llama_hparams(json.loads((model_dir / "config.json").read_text()), model_dir)
+    tensors = llama_tensors(model_dir, hp)
     for file_type in ("f32", "q8_0"):
         w = gguf.GGUFWriter(out / f"kiln-{file_type}.gguf", arch=gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
         w.add_vocab_size(hp["vocab"])

@@ -13,7 +13,7 @@ PACKAGES = ("training", "assets", "pipelines", "bench")
 # training/'s layers, lowest first: a module may import from its own layer or a lower one, and from
 # another folder of its own layer only where that folder is listed beside it.
 LAYERS = [
-    {"training.cache", "training.config", "training.fsutil", "training.device", "training.generate", "training.layout", "training.markdown", "training.presets"},
+    {"training.cache", "training.config", "training.fsutil", "training.device", "training.generate", "training.layout", "training.locks", "training.markdown", "training.presets"},
     {"training.data"},
     {"training.demo", "training.clip", "training.curriculum"},
     {"training.pretrain"},

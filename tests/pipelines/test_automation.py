@@ -4,6 +4,7 @@ slots: test_recovery.py)."""
 
 import dis
 import importlib
+import inspect
 import json
 import shutil
 import types
@@ -188,7 +189,7 @@ def test_every_step_that_may_use_a_gpu_is_in_the_gpu_pool_and_asks_for_one(tmp_p
     defs = _defs(tmp_path)
     for node in [*defs.assets, *defs.asset_checks]:
         op = node.op
-        uses_gpu = asks_torch_for_cuda(op.compute_fn.decorated_fn)
+        uses_gpu = asks_torch_for_cuda(inspect.unwrap(op.compute_fn.decorated_fn))  # past the output lock's wrapper
         assert op.pool == (GPU_POOL if uses_gpu else None), (op.name, uses_gpu)
         limits = json.loads(op.tags.get("dagster-k8s/config", "{}")).get("container_config", {}).get("resources", {}).get("limits", {})
         assert (int(limits.get(GPU_RESOURCE, 0)) >= 1) == bool(uses_gpu), (op.name, limits)

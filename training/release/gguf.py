@@ -57,7 +57,7 @@ def _read_json(path: Path) -> dict:
         raise GgufExportError(f"{path} is not valid JSON ({e})") from e
 
 
-def _hparams(config: dict, where: Path) -> dict:
+def llama_hparams(config: dict, where: Path) -> dict:
     if config.get("model_type") != "llama":
         raise GgufExportError(f"{where}/config.json describes a {config.get('model_type')!r} model; only llama exports")
     rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
@@ -129,7 +129,7 @@ def _permute(w: np.ndarray, heads: int) -> np.ndarray:
     return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def _tensors(model_dir: Path, hp: dict) -> dict[str, np.ndarray]:
+def llama_tensors(model_dir: Path, hp: dict) -> dict[str, np.ndarray]:
     """The weights as float32 numpy arrays under llama.cpp's tensor names."""
     import gguf
     from safetensors import SafetensorError
@@ -177,10 +177,10 @@ def export_gguf(model_dir: Path, out_dir: Path, name: str = "kiln", file_type: s
     if not model_dir.is_dir():
         raise GgufExportError(f"{model_dir} is not a folder: no model to export")
     config = _read_json(model_dir / "config.json")
-    hp = _hparams(config, model_dir)
+    hp = llama_hparams(config, model_dir)
     vocab = _vocab(_read_json(model_dir / TOKENIZER_JSON), config, model_dir)
     tok_config = _read_json(model_dir / "tokenizer_config.json")
-    tensors = _tensors(model_dir, hp)
+    tensors = llama_tensors(model_dir, hp)
 
     target = Path(out_dir) / gguf_name(name, file_type)
     with atomic_path(target) as tmp:

@@ -67,7 +67,9 @@ def grammars(language: str) -> tuple[str, ...]:
     return EITHER.get(language, (language,))
 
 
+@functools.cache
 def parser_for(language: str) -> Parser:
+    """The Tree-sitter parser of `language`'s grammar, one per process."""
     module, attr = GRAMMARS[language]
     return Parser(Language(getattr(importlib.import_module(module), attr)()))
 
@@ -81,13 +83,8 @@ def first_error(node: Node) -> Node | None:
 
 
 @functools.cache
-def _parser(grammar: str) -> Parser:
-    return parser_for(grammar)
-
-
-@functools.cache
 def _query(grammar: str, source: str) -> Query:
-    return Query(_parser(grammar).language, source)
+    return Query(parser_for(grammar).language, source)
 
 
 @dataclass(frozen=True)
@@ -142,7 +139,7 @@ def check_code(language: str, text: str, cfg: CodeFilterConfig = CodeFilterConfi
     size, lines = len(data), data.count(b"\n") + (not data.endswith(b"\n"))
     best: Errors | None = None
     for grammar in grammars(language):
-        tree = _parser(grammar).parse(data)
+        tree = parser_for(grammar).parse(data)
         if not tree.root_node.has_error:
             return None, grammar
         errors = errors_of(grammar, tree, size, lines)
