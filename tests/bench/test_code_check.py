@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from bench.code_check import cut_inside_bracket, inside_bracket, markdown, run
-from training.data.filters.code import _parser
+from training.data.filters.code import parser_for
 
 SOURCE = "def f(a, b):\n    return [a, {b: 1}]\n\nx = f(1, 2)\n"
 
@@ -25,7 +25,7 @@ SOURCE = "def f(a, b):\n    return [a, {b: 1}]\n\nx = f(1, 2)\n"
     ],
 )
 def test_inside_bracket(marker, inside):
-    root = _parser("python").parse(SOURCE.encode()).root_node
+    root = parser_for("python").parse(SOURCE.encode()).root_node
     assert inside_bracket(root, SOURCE.index(marker)) == inside
 
 
@@ -35,7 +35,7 @@ def test_a_cut_copy_ends_inside_an_open_bracket_and_does_not_parse():
         cut = cut_inside_bracket("python", SOURCE, rng)
         assert cut is not None and SOURCE.startswith(cut) and len(cut) < len(SOURCE)
         assert cut.count("(") + cut.count("[") + cut.count("{") > cut.count(")") + cut.count("]") + cut.count("}")
-        assert _parser("python").parse(cut.encode()).root_node.has_error
+        assert parser_for("python").parse(cut.encode()).root_node.has_error
     assert cut_inside_bracket("python", "x = 1\n", rng) is None  # no bracket to cut inside
 
 
