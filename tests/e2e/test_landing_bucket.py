@@ -1,8 +1,9 @@
 """kiln over a landing zone in a bucket, as users run it: `dagster dev` (webserver and daemon) with
 KILN_LANDING_DIR=s3://<bucket>/zone on moto's S3 server (127.0.0.1, reached through AWS_ENDPOINT_URL_S3
-like any S3-compatible store). A batch is uploaded while the daemon runs, `_SUCCESS` last; without a
-click, the landing sensor's next look registers it and its cleaning run succeeds. The sensor looks
-every 30 s (OperationConfig.sensor_interval_seconds), so the test takes about a minute."""
+like any S3-compatible store). A batch is uploaded, `_SUCCESS` last; without a click, the landing
+sensor's first look registers it and its cleaning run succeeds. (The batch lands before the daemon
+starts, so the test does not wait out the sensor's 30 s interval; a batch that is still landing, and
+one that lands between two looks, are the in-process sensor tests of tests/pipelines/test_landing.py.)"""
 
 import os
 import sys
@@ -33,6 +34,12 @@ def test_a_batch_landing_in_a_bucket_is_cleaned_without_a_click(tmp_path):
         fs.pipe_file(f"{root}/", b"")  # the empty zone
         env = {k: v for k, v in os.environ.items() if not k.startswith(("KILN_", "DAGSTER_", "AWS_"))}
         env |= s3_env | {"KILN_DATA_DIR": str(data), "KILN_LANDING_DIR": f"s3://{root}", "DAGSTER_HOME": str(home), "HF_HUB_OFFLINE": "1"}
+        # The batch lands: its objects, then _SUCCESS.
+        lines = "".join(f'{{"text": "{t}"}}\n' for t in PROSE).encode()
+        fs.pipe_file(f"{root}/batch-0001/text/docs.jsonl", lines)
+        fs.pipe_file(f"{root}/batch-0001/code/ok.py", b"def area(r):\n    return 3.14159 * r * r\n")
+        fs.pipe_file(f"{root}/batch-0001/_SUCCESS", b"")
+        landed = time.monotonic()
         port = _free_port()
         proc = subprocess.Popen(
             [str(Path(sys.executable).parent / "dagster"), "dev", "-m", LOCATION, "--host", "127.0.0.1", "--port", str(port)],
@@ -41,12 +48,6 @@ def test_a_batch_landing_in_a_bucket_is_cleaned_without_a_click(tmp_path):
         instance = dg.DagsterInstance.from_config(str(home))
         try:
             _wait("the webserver", lambda: _up(urllib.request, port), log_path, timeout=180)
-            # The batch lands while the daemon runs: its objects, then _SUCCESS.
-            lines = "".join(f'{{"text": "{t}"}}\n' for t in PROSE).encode()
-            fs.pipe_file(f"{root}/batch-0001/text/docs.jsonl", lines)
-            fs.pipe_file(f"{root}/batch-0001/code/ok.py", b"def area(r):\n    return 3.14159 * r * r\n")
-            fs.pipe_file(f"{root}/batch-0001/_SUCCESS", b"")
-            landed = time.monotonic()
             _wait("the partition", lambda: "batch-0001" in instance.get_dynamic_partitions("landing_batches"), log_path, timeout=120)
             runs = _wait(
                 "the cleaning run",

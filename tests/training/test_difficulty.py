@@ -129,7 +129,7 @@ def test_released_model_predictor_continues_each_beginning_as_it_would_alone(tmp
 # --- BERTScore with the encoder directly, against bert-score -------------------------------------------
 
 
-def _sample_pairs(n=200, seed=0, longest=60):
+def _sample_pairs(n=96, seed=0, longest=60):
     """Fragments of Python's documentation (1 to 60 words, so short and long), the edge cases bert-score
     handles specially (an empty or blank side), and non-ASCII text."""
     import random
@@ -163,7 +163,7 @@ def reference_scorer():
     return scorer
 
 
-@pytest.mark.slow  # 4 x 200 pairs on 2 cores: about 20 s
+@pytest.mark.slow  # 4 x 96 pairs (two of the encoder's batches of 64) on 2 cores: about 10 s
 @pytest.mark.parametrize("idf", [False, True])
 def test_agrees_with_bert_score_within_1e5(reference_scorer, idf):
     cands, refs = _sample_pairs()
@@ -173,7 +173,7 @@ def test_agrees_with_bert_score_within_1e5(reference_scorer, idf):
     expected = [t.numpy() for t in reference_scorer.score(cands, refs)]
     got = BertScore(DifficultyConfig(idf=idf), refs)(cands, refs)
     for name, g, e in zip("PRF", got, expected):
-        assert g.shape == e.shape == (200,)
+        assert g.shape == e.shape == (len(cands),)
         assert np.abs(g - e).max() < 1e-5, (name, int(np.abs(g - e).argmax()))
     # The cases bert-score treats specially: an empty or blank side scores 0; non-ASCII text does not.
     for i in (-5, -4, -1):
