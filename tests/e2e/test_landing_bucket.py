@@ -14,7 +14,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from tests.e2e.test_ui import LOCATION, PROSE, ROOT, _free_port, _wait
+from tests.e2e.test_ui import LOCATION, PROSE, ROOT, _free_port, _wait, stop
 from tests.object_store import moto_s3
 
 
@@ -61,11 +61,7 @@ def test_a_batch_landing_in_a_bucket_is_cleaned_without_a_click(tmp_path):
             assert "kiln-test-secret" not in log_path.read_text()  # credentials are never logged
         finally:
             instance.dispose()
-            os.killpg(proc.pid, 15)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, 9)
+            stop(proc)
 
 
 def _up(request, port: int) -> bool:

@@ -67,12 +67,17 @@ def dagster_dev(tmp_path):
     instance = dg.DagsterInstance.from_config(str(home))
     yield base, data, instance, tmp_path
     instance.dispose()
+    stop(proc)
+    log.close()
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Stop `dagster dev` and everything it started (its own session): SIGTERM, SIGKILL after 30 s."""
     os.killpg(proc.pid, 15)
     try:
         proc.wait(timeout=30)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, 9)
-    log.close()
 
 
 def _wait(what: str, predicate, log: Path, timeout: float = 300.0):
