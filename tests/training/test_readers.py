@@ -84,3 +84,7 @@ def test_parquet_rows_and_bad_files(tmp_path):
         ("b/text/f.csv", "b/text/f.csv", "unsupported_extension"),
     ]
     assert count_records(batch, "text", CleaningConfig()) == len(recs)
+    # A file without the text column names the columns it has (the fix is most often text_field); a null is a null.
+    details = {r.source: r.reject.detail for r in recs if r.reject}
+    assert details["b/text/b.parquet:1"] == "no 'text' column; the file has 'body': TextFilterConfig.text_field names the one holding the text"
+    assert details["b/text/a.parquet:2"] == "'text' is null"

@@ -10,12 +10,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
+
 from training.config import CodeFilterConfig, ImageFilterConfig, TextFilterConfig
 from training.data import shards
 from training.data.formats import encodable as _encodable
 from training.data.formats import parquet_rows, read_code_parquet, read_image_parquet, read_shard, record_id
 from training.data.landing import CAPTIONS_FILE, IMAGE_EXTENSIONS, MODALITY_DIRS, Batch, entry_problem, is_jsonl, read_lines, source_of
-from training.data.zone import ObjectPath, read_ahead
+from training.data.zone import ObjectPath, arrow_source, read_ahead
 from training.data.records import Record, Reject
 
 # Extension -> Tree-sitter grammar. `.h` holds C or C++: the code filter tries both and records which.
@@ -102,8 +104,27 @@ def _read_jsonl(batch: Batch, path: Path, cfg: TextFilterConfig) -> Iterator[Rec
 
 
 def _read_parquet(batch: Batch, path: Path, cfg: TextFilterConfig) -> Iterator[Record]:
+    hint = None  # a file without the text column says which columns it has: most often the fix is text_field
     for source, row in parquet_rows(batch, path, [cfg.text_field, cfg.id_field], "text"):
-        yield row if isinstance(row, Record) else _text_record(row, source, cfg)
+        if isinstance(row, Record):
+            yield row
+            continue
+        rec = _text_record(row, source, cfg)
+        if rec.reject and rec.reject.reason == "text_missing" and cfg.text_field not in row:
+            hint = hint or Reject("text_missing", f"no {cfg.text_field!r} column; the file has {_columns(path)}: "
+                                  "TextFilterConfig.text_field names the one holding the text")
+            rec.reject = hint
+        yield rec
+
+
+def _columns(path: Path, shown: int = 12) -> str:
+    src = arrow_source(path)
+    try:
+        names = pq.read_schema(src).names
+    finally:
+        if not isinstance(src, str):
+            src.close()
+    return ", ".join(map(repr, names[:shown])) + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
 def _unread(batch: Batch, path: Path, modality: str) -> Record | None:
