@@ -265,7 +265,6 @@ class HeldoutIndex:
         self._bits = int(np.clip(np.ceil(np.log2(total / _SLOT_HASHES + 1)), _BUCKET_BITS, 32))
         bits = int(np.clip(np.ceil(np.log2(16 * total + 1)), 16, 27))
         self._shift, self._present = np.uint64(64 - bits), np.zeros(1 << (bits - 3), dtype=np.uint8)
-        top, low = np.uint64(64 - self._bits), np.uint64(32 - self._bits)
         self.low, self.rows = np.empty(total, dtype=np.uint32), np.empty(total, dtype=np.int32)
         counts, end = np.zeros(1 << self._bits, dtype=np.int64), 0
         for i in range(len(buckets)):
@@ -273,13 +272,12 @@ class HeldoutIndex:
             buckets[i] = None  # its maps go back to the system before the next bucket is merged
             for lo in range(0, len(h), _BLOCK):
                 block = h[lo : lo + _BLOCK]
-                self.low[end + lo : end + lo + len(block)] = (block << np.uint64(self._bits)) >> np.uint64(32)
-                counts += np.bincount((block >> top).astype(np.intp), minlength=len(counts))
+                slots, self.low[end + lo : end + lo + len(block)] = self._slot_key(block)
+                counts += np.bincount(slots, minlength=len(counts))
                 slot = block >> self._shift
                 np.bitwise_or.at(self._present, (slot >> np.uint64(3)).astype(np.intp), _BIT[(slot & np.uint64(7)).astype(np.intp)])
             self.rows[end : end + len(h)] = r
             end += len(h)
-        del low
         # Shrinking in place: the pages past `end` (hashes repeated across chunks) were never written.
         self.low.resize(end, refcheck=False)
         self.rows.resize(end, refcheck=False)
@@ -290,10 +288,13 @@ class HeldoutIndex:
     def __len__(self) -> int:
         return len(self.low)
 
+    def _slot_key(self, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(slot, key) of each hash: its top `_bits` bits, the slot it falls in, and the next 32, what the slot keeps."""
+        return (h >> np.uint64(64 - self._bits)).astype(np.intp), ((h << np.uint64(self._bits)) >> np.uint64(32)).astype(np.uint32)
+
     def _find(self, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(found, position): whether each hash's slot holds its next 32 bits, and where (a lower bound)."""
-        slot = (h >> np.uint64(64 - self._bits)).astype(np.intp)
-        key = ((h << np.uint64(self._bits)) >> np.uint64(32)).astype(np.uint32)
+        slot, key = self._slot_key(h)
         lo, hi = self.offsets[slot].astype(np.int64), self.offsets[slot + 1].astype(np.int64)
         end = hi.copy()
         while (open_ := lo < hi).any():  # a binary search in every slot at once: about log2(8) rounds

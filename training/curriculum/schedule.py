@@ -56,7 +56,6 @@ STEP, VERSION = "curriculum", 3
 
 CHUNK = 4096
 """Records whose text (or tokens) are held at once."""
-STAGE_COLUMNS = ["id", "modality", "level", "batch", "offset", "tokens"]
 STAGE_ROWS = 65_536
 """Stage rows written at once: a stage is written from index arrays, never copied whole."""
 
@@ -125,11 +124,11 @@ def write_heldout(corpus_dir: Path, keys: pa.Table, path: Path) -> None:
             spilled.write_batch(pa.record_batch([texts], names=["text"]))
     at = np.empty(keys.num_rows, np.int64)
     at[np.concatenate(streamed) if streamed else at[:0]] = np.arange(keys.num_rows)
-    schema = pa.schema([("id", pa.string()), ("modality", pa.string()), ("level", pa.int8()), ("text", pa.large_string())])
+    schema = pa.schema([*RECORD_SCHEMA, ("text", pa.large_string())])
     with pa.memory_map(str(spill)) as mapped, pq.ParquetWriter(path, schema) as out:
         texts = pa.ipc.open_file(mapped).read_all().column("text")
         for lo in range(0, keys.num_rows, HELDOUT_ROWS):
-            part = keys.slice(lo, HELDOUT_ROWS).select(["id", "modality", "level"])
+            part = keys.slice(lo, HELDOUT_ROWS).select(RECORD_SCHEMA.names)
             part = part.append_column("text", texts.take(pa.array(at[lo : lo + HELDOUT_ROWS])))
             out.write_table(part.cast(schema), row_group_size=HELDOUT_ROWS)
         del texts
@@ -186,8 +185,9 @@ KEY_SCHEMA = pa.schema([
 ])
 """A record's keys while the curriculum is built: the modality, batch and file names, the same for
 thousands of records, as dictionary codes (4 bytes a record, not the name)."""
-STAGE_SCHEMA = pa.schema([("id", pa.string()), ("modality", pa.string()), ("level", pa.int8()), ("batch", pa.string()),
-                          ("offset", pa.int64()), ("tokens", pa.int64())])
+RECORD_SCHEMA = pa.schema([("id", pa.string()), ("modality", pa.string()), ("level", pa.int8())])
+"""How a record is named in the files the curriculum writes: its stage rows, heldout.parquet, contaminated.parquet."""
+STAGE_SCHEMA = pa.schema([*RECORD_SCHEMA, ("batch", pa.string()), ("offset", pa.int64()), ("tokens", pa.int64())])
 HELDOUT_ROWS = 1024
 """Rows per row group of heldout.parquet: decontamination reads a confirmed match's held-out text again
 by its row group."""
@@ -242,7 +242,7 @@ def decontaminate(train: pa.Table, order: np.ndarray, heldout: Path, corpus_dir:
     hits = sorted(zip(at.tolist(), found), key=lambda t: rank[t[0]])
     del rank
     rows = pa.array([r for r, _ in hits], pa.int64())
-    contaminated = train.take(rows).select(["id", "modality", "level"]).cast(pa.schema([("id", pa.string()), ("modality", pa.string()), ("level", pa.int8())]))
+    contaminated = train.take(rows).select(RECORD_SCHEMA.names).cast(RECORD_SCHEMA)
     texts_found = texts_of(corpus_dir, train.take(rows)).to_pylist()
     keys = pq.read_table(heldout, columns=["modality", "id"])
     details = [
@@ -378,7 +378,7 @@ def build_curriculum(
             rows = pick[np.random.default_rng([cfg.seed, i]).permutation(len(pick))]
             with pq.ParquetWriter(tmp / stage_file(i), STAGE_SCHEMA) as writer:
                 for lo in range(0, max(len(rows), 1), STAGE_ROWS):
-                    writer.write_table(train.take(pa.array(rows[lo : lo + STAGE_ROWS])).select(STAGE_COLUMNS).cast(STAGE_SCHEMA))
+                    writer.write_table(train.take(pa.array(rows[lo : lo + STAGE_ROWS])).select(STAGE_SCHEMA.names).cast(STAGE_SCHEMA))
             stages.append(
                 {"stage": i, "level": level_max, "records": len(rows), "tokens": int(tokens[rows].sum()),
                  "sha256": sha256_file(tmp / stage_file(i))}
