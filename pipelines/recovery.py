@@ -60,7 +60,7 @@ log = logging.getLogger(__name__)
 
 WORKER_TAG = "kiln/worker"
 """Run tag written by `kiln_executor` when a run starts: JSON naming the run and where its worker runs
-(host, boot_id, pid_namespace, pid, started)."""
+(host, boot_id, pid_namespace, pid, started_after_boot)."""
 
 CLOCK_SLACK_SECONDS = 2.0
 """Start times of one process read twice differ by less than this (psutil derives them from the boot
@@ -103,7 +103,13 @@ def this_machine() -> dict[str, str]:
 def worker_record(run_id: str, pid: int | None = None) -> str:
     """The `kiln/worker` tag's value for the run worker `pid` (default: this process) of `run_id`."""
     pid = os.getpid() if pid is None else pid
-    return json.dumps({"run_id": run_id, **this_machine(), "pid": pid, "started": psutil.Process(pid).create_time()})
+    return json.dumps({"run_id": run_id, **this_machine(), "pid": pid, "started_after_boot": _after_boot(psutil.Process(pid))})
+
+
+def _after_boot(process: psutil.Process) -> float:
+    """When `process` started, in seconds after boot: unlike its wall-clock start time (psutil adds the
+    boot time, which moves when the clock is stepped), the same for the life of the process."""
+    return process.create_time() - psutil.boot_time()
 
 
 def _recorded_worker(run: dg.DagsterRun) -> dict | None:
@@ -118,19 +124,19 @@ def _recorded_worker(run: dg.DagsterRun) -> dict | None:
         return None
     if any(record.get(k) != v for k, v in this_machine().items()):
         return None
-    if not isinstance(record.get("pid"), int) or not isinstance(record.get("started"), (int, float)):
+    if not isinstance(record.get("pid"), int) or not isinstance(record.get("started_after_boot"), (int, float)):
         return None
     return record
 
 
-def _start_time(pid: int) -> float | None:
-    """Start time of the live process `pid`; None when there is none or only a zombie; +inf when it
-    exists but cannot be inspected (another user's: treated as alive)."""
+def _start_time(pid: int, after_boot: bool = False) -> float | None:
+    """Start time of the live process `pid` (wall clock, or seconds after boot); None when there is none
+    or only a zombie; +inf when it exists but cannot be inspected (another user's: treated as alive)."""
     try:
         process = psutil.Process(pid)
         if process.status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
             return None
-        return process.create_time()
+        return _after_boot(process) if after_boot else process.create_time()
     except psutil.NoSuchProcess:
         return None
     except psutil.Error:
@@ -145,10 +151,10 @@ def _is_alive(process: _Process) -> bool:
 def _gone(record: Mapping) -> str | None:
     """Why the recorded worker is gone, or None while it lives."""
     pid, host = record["pid"], record["host"]
-    start = _start_time(pid)
+    start = _start_time(pid, after_boot=True)  # a stepped clock does not make a live worker look new
     if start is None:
         return f"run worker pid {pid} on {host} is gone (killed, OOM or machine lost)"
-    if start != float("inf") and abs(start - record["started"]) > CLOCK_SLACK_SECONDS:
+    if start != float("inf") and abs(start - record["started_after_boot"]) > CLOCK_SLACK_SECONDS:
         return f"run worker pid {pid} on {host} is gone (killed, OOM or machine lost; the pid now belongs to another process)"
     return None
 

@@ -83,7 +83,7 @@ def test_importing_the_definitions_changes_no_run(monkeypatch, tmp_path):
     child = subprocess.Popen(["true"])
     child.wait()  # a run worker that is gone, recorded on this machine
     run_id = make_new_run_id()
-    record = {"run_id": run_id, **this_machine(), "pid": child.pid, "started": 0.0}
+    record = {"run_id": run_id, **this_machine(), "pid": child.pid, "started_after_boot": 0.0}
     with dg.DagsterInstance.from_config(str(home)) as instance:
         instance.add_run(DagsterRun(job_name="retraining", run_id=run_id, tags={WORKER_TAG: json.dumps(record)}))
         instance.report_dagster_event(DagsterEvent(DagsterEventType.RUN_START.value, "retraining", pid=child.pid), run_id)

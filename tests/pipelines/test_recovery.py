@@ -71,7 +71,8 @@ def _record(run: str, pid: int, started: float | None = None, **elsewhere) -> di
     """The `kiln/worker` tag kiln's executor writes for the worker `pid` (default start time: the live
     process's); `elsewhere` overrides where it ran (host, boot_id, pid_namespace, run_id)."""
     started = psutil.Process(pid).create_time() if started is None else started
-    return {WORKER_TAG: json.dumps({"run_id": run, **this_machine(), "pid": pid, "started": started, **elsewhere})}
+    record = {"run_id": run, **this_machine(), "pid": pid, "started_after_boot": started - psutil.boot_time(), **elsewhere}
+    return {WORKER_TAG: json.dumps(record)}
 
 
 def _run(
@@ -132,6 +133,17 @@ def test_a_live_run_is_never_reaped(instance):
     assert reap_dead_runs(instance) == []
     assert _status(instance, run_id) == DagsterRunStatus.STARTED
     assert _pool(instance)[0] == {(run_id, "gpu_step")}
+
+
+def test_a_live_run_is_not_reaped_after_the_clock_is_stepped(instance, monkeypatch):
+    """psutil's start times are boot time plus ticks, and the boot time moves with the wall clock (an NTP
+    step, a resumed VM): the recorded worker is matched by its start after boot, which does not move."""
+    run_id = _run(instance, os.getpid())
+    create_time, boot_time = psutil.Process.create_time, psutil.boot_time
+    monkeypatch.setattr(psutil.Process, "create_time", lambda self: create_time(self) + 60)
+    monkeypatch.setattr(psutil, "boot_time", lambda: boot_time() + 60)
+    assert reap_dead_runs(instance) == []
+    assert _status(instance, run_id) == DagsterRunStatus.STARTED
 
 
 def test_a_run_whose_worker_is_gone_is_failed_and_its_slot_and_queued_claims_freed(instance):
