@@ -119,8 +119,8 @@ def test_packaging_removes_only_dead_packagings_leftovers(model_dirs, tmp_path):
 
 def test_versions_are_unique_and_in_time_order(model_dirs, tmp_path):
     base = model_dirs[0]
-    early = rel.version_name(base / "model.safetensors", datetime(2026, 11, 22, 9, 5, 1, tzinfo=timezone.utc))
-    late = rel.version_name(base / "model.safetensors", datetime(2026, 11, 22, 10, 0, 0, tzinfo=timezone.utc))
+    early = rel.version_name(fsutil.sha256_file(base / "model.safetensors"), datetime(2026, 11, 22, 9, 5, 1, tzinfo=timezone.utc))
+    late = rel.version_name(fsutil.sha256_file(base / "model.safetensors"), datetime(2026, 11, 22, 10, 0, 0, tzinfo=timezone.utc))
     assert early.startswith("20261122-090501-") and early < late
     _release(tmp_path, model_dirs, late)
     with pytest.raises(FileExistsError):

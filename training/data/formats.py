@@ -185,13 +185,15 @@ def _outside(name: str) -> bool:
     return name.startswith("/") or ".." in PurePosixPath(name).parts
 
 
-def _wanted(member: _Member, cfg: ImageFilterConfig, has_image: bool) -> bool:
-    """Whether a member's content is read: the sample's image, caption and metadata, within bounds."""
+def _wanted(member: _Member, cfg: ImageFilterConfig, read: set[str]) -> bool:
+    """Whether a member's content is read: the sample's first image, caption and metadata, within bounds;
+    `read`: the extensions of its members read so far (a second of one kind is never read: the sample is
+    malformed whatever it holds)."""
     if not member.regular or _outside(member.name):
         return False
     if member.extension in IMAGE_MEMBERS:
-        return not has_image and member.size <= cfg.max_image_bytes
-    return member.extension in ("txt", "json") and member.size <= cfg.max_caption_bytes
+        return read.isdisjoint(IMAGE_MEMBERS) and member.size <= cfg.max_image_bytes
+    return member.extension in ("txt", "json") and member.extension not in read and member.size <= cfg.max_caption_bytes
 
 
 def read_shard(batch: Batch, path: Path, cfg: ImageFilterConfig) -> Iterator[Record]:
@@ -200,6 +202,7 @@ def read_shard(batch: Batch, path: Path, cfg: ImageFilterConfig) -> Iterator[Rec
     `file_unreadable` record for the rest."""
     file_source = source_of(batch, path)
     members: list[_Member] = []
+    read: set[str] = set()
     key: str | None = None
     broken = None
     try:
@@ -222,17 +225,19 @@ def read_shard(batch: Batch, path: Path, cfg: ImageFilterConfig) -> Iterator[Rec
                     break
                 if info is None:
                     break
+                tar.members = []  # tarfile keeps every header it read: nothing is kept per member
                 if info.isdir():
                     continue
-                k = shards.member_key(info.name)
+                k, extension = shards.member_key(info.name)
                 if members and (k is None or k != key):
                     yield _sample(file_source, key, members, cfg)
-                    members = []
+                    members, read = [], set()
                 key = k
-                member = _Member(info.name, (info.name.rsplit("/", 1)[-1].split(".", 1) + [""])[1].lower(), info.size, info.isreg())
-                if _wanted(member, cfg, any(m.data is not None and m.extension in IMAGE_MEMBERS for m in members)):
+                member = _Member(info.name, extension, info.size, info.isreg())
+                if _wanted(member, cfg, read):
                     try:
                         member.data = tar.extractfile(info).read()  # type: ignore[union-attr]
+                        read.add(extension)
                     except shards.ERRORS as e:
                         broken = f"{type(e).__name__} in {info.name!r}: {e}"
                 members.append(member)

@@ -1,6 +1,7 @@
 """WebDataset tar shards, as img2dataset writes them and LAION, DataComp and COYO ship them: a
 sample is the run of consecutive members sharing a key (`00000012.jpg`, `00000012.txt`,
-`00000012.json`: key `00000012`), split as the `webdataset` package splits names.
+`00000012.json`: key `00000012`), split as the `webdataset` package splits names (its
+`base_plus_ext`; the package itself imports torch, so its one-line rule is restated here).
 
 The readers read a shard as a stream (`tarfile`'s "r|*" mode: plain, gzip, bz2 or xz, no seeks), so
 a shard is never held whole and an object-store shard is read once from its start. Header blocks
@@ -13,11 +14,10 @@ sample, whatever the readers make of it); `training/data/formats.py` reads the m
 
 from __future__ import annotations
 
+import re
 import tarfile
 import zlib
 from typing import BinaryIO
-
-from webdataset.tariterators import base_plus_ext
 
 SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 MAX_HEADER_BYTES = 1 << 20
@@ -49,10 +49,15 @@ def open_shard(fileobj: BinaryIO) -> tarfile.TarFile:
     return tarfile.open(fileobj=fileobj, mode="r|*", tarinfo=_BoundedTarInfo)
 
 
-def member_key(name: str) -> str | None:
-    """The sample a member belongs to (WebDataset's convention: the name up to the first dot of its
-    last part), or None for a name with no extension, which belongs to no sample."""
-    return base_plus_ext(name)[0]
+_KEY_EXTENSION = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset.tariterators.base_plus_ext's
+
+
+def member_key(name: str) -> tuple[str | None, str]:
+    """(the sample a member belongs to, its extension, lowercased): WebDataset's convention, the name up
+    to the first dot of its last part and the rest; (None, "") for a name with no extension, which
+    belongs to no sample."""
+    match = _KEY_EXTENSION.match(name)
+    return (match.group(1), match.group(2).lower()) if match else (None, "")
 
 
 def count_samples(fileobj: BinaryIO) -> int:
@@ -67,7 +72,7 @@ def count_samples(fileobj: BinaryIO) -> int:
                 tar.members = []  # nothing kept per member
                 if info.isdir():
                     continue
-                key = member_key(info.name)
+                key = member_key(info.name)[0]
                 count += key is None or key != last
                 last = key
     except ERRORS:

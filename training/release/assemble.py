@@ -64,7 +64,7 @@ def assemble_release(layout: Layout, config: KilnConfig) -> Released:
     stages = [read_summary(layout.pretrain_stage(s["stage"])) for s in plan["stages"]]
     int8_bytes = sum(f["bytes"] for name, f in quantization["files"].items() if name.endswith(".safetensors"))
     batches = lineage(layout.cleaned_corpus)
-    version = version_name(base / WEIGHTS)
+    version = version_name(judged.weights_sha256)
     card = model_card(
         version, batches, plan, stages,
         model=dataclasses.asdict(config.model) | {"parameters": stages[-1]["parameters"]},

@@ -176,9 +176,10 @@ def release_blockers(evaluation: Path, quantization: Path, weights: Path, gguf: 
     return judge(evaluation, quantization, weights, gguf).blockers
 
 
-def version_name(weights: Path, now: datetime | None = None) -> str:
+def version_name(weights_sha256: str, now: datetime | None = None) -> str:
+    """`<UTC time>-<the weights' sha256, 8 digits>`: from the digest the gate already computed."""
     now = now or datetime.now(timezone.utc)
-    return f"{now:%Y%m%d-%H%M%S}-{sha256_file(weights)[:8]}"
+    return f"{now:%Y%m%d-%H%M%S}-{weights_sha256[:8]}"
 
 
 def file_manifest(root: Path) -> dict[str, dict]:
