@@ -9,7 +9,7 @@ import pytest
 from tests.helpers import clean, rows, write_batch
 from training.config import CleaningConfig, PersonalDataConfig
 from training.data.clean import verify_batch
-from training.data.filters.code import parse_verdict
+from training.data.filters.code import check_code
 from training.data.filters.pii import PersonalData, find_all, find_personal_data, is_card_number, redact
 from training.data.landing import ready_batches
 from training.data.records import Record
@@ -142,7 +142,7 @@ def test_redacted_code_still_parses():
     record = Record("x", "code", "b/code/settings.py", text=source, language="python")
     PersonalData(PersonalDataConfig())([record])
     assert record.text == 'API_KEY = "<|secret|>"\nADMIN = "<|email|>"  # ops: <|phone|>\nHOST = "<|ip|>"\n'
-    assert parse_verdict("python", record.text) is None
+    assert check_code("python", record.text)[0] is None
 
 
 PLANTED = {

@@ -226,14 +226,6 @@ class ObjectPath:
         return PurePosixPath(self.name).suffix
 
     @property
-    def suffixes(self) -> list[str]:
-        return PurePosixPath(self.name).suffixes
-
-    @property
-    def stem(self) -> str:
-        return PurePosixPath(self.name).stem
-
-    @property
     def parent(self) -> ObjectPath:
         return self._child(posixpath.dirname(self.key) or self.key)
 
@@ -364,10 +356,6 @@ class ObjectPath:
                 f.read_kw = {**f.read_kw, "IfMatch": info["ETag"]}
         # io's buffered reader over it: readline(limit), peek and seek behave as on a local file.
         return f if isinstance(f, io.BufferedIOBase) else io.BufferedReader(f, 1 << 16)  # type: ignore[arg-type]
-
-    def read_bytes(self) -> bytes:
-        with self.open("rb") as f:
-            return f.read()
 
 
 def _protocols(fs: Any) -> tuple[str, ...]:

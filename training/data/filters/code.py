@@ -102,12 +102,15 @@ class Errors:
     """Opening bracket tokens minus closing ones (MISSING tokens the parser invented not counted)."""
 
 
+def _described(bad: Node | None) -> str:
+    if bad is None:
+        return "an error"
+    return f"{f'MISSING {bad.type}' if bad.is_missing else 'ERROR'} at line {bad.start_point.row + 1}, column {bad.start_point.column + 1}"
+
+
 def errors_of(grammar: str, tree: Tree, size: int, lines: int) -> Errors:
     root = tree.root_node
-    bad = first_error(root)
-    first = "an error" if bad is None else (
-        f"{f'MISSING {bad.type}' if bad.is_missing else 'ERROR'} at line {bad.start_point.row + 1}, column {bad.start_point.column + 1}"
-    )
+    first = _described(first_error(root))
     found = QueryCursor(_query(grammar, _ERRORS)).captures(root)
     rows = {n.start_point.row for n in found.get("error", []) + found.get("missing", [])}
     skipped = 0
@@ -120,10 +123,8 @@ def errors_of(grammar: str, tree: Tree, size: int, lines: int) -> Errors:
 
 
 def judge(errors: Errors, cfg: CodeFilterConfig) -> Verdict:
-    """The verdict on a parse with errors: always a rejection outside `PREPROCESSED`."""
+    """The verdict on a parse with errors in a `PREPROCESSED` grammar."""
     g = errors.grammar
-    if g not in PREPROCESSED:
-        return Reject("tree_sitter_error", f"{g}: {errors.first}")
     if errors.unclosed > 0:
         return Reject("tree_sitter_error", f"{g}: {errors.unclosed} bracket(s) never closed, cut off? (first error: {errors.first})")
     if errors.error_lines > cfg.max_error_lines:
@@ -142,15 +143,13 @@ def check_code(language: str, text: str, cfg: CodeFilterConfig = CodeFilterConfi
         tree = parser_for(grammar).parse(data)
         if not tree.root_node.has_error:
             return None, grammar
+        if grammar not in PREPROCESSED:  # strict: its first error decides, nothing else is measured
+            return Reject("tree_sitter_error", f"{grammar}: {_described(first_error(tree.root_node))}"), grammar
         errors = errors_of(grammar, tree, size, lines)
         if best is None or (errors.skipped_bytes, errors.error_lines) < (best.skipped_bytes, best.error_lines):
             best = errors
     assert best is not None
     return judge(best, cfg), best.grammar
-
-
-def parse_verdict(language: str, text: str, cfg: CodeFilterConfig = CodeFilterConfig()) -> Verdict:
-    return check_code(language, text, cfg)[0]
 
 
 def _verdicts(cfg: CodeFilterConfig, items: list[tuple[str, str]]) -> list[tuple[Verdict, str]]:
