@@ -17,6 +17,7 @@ so a hand-run release, a run retry and the automation all meet one gate.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import shutil
@@ -246,6 +247,20 @@ def write_release(
     return target
 
 
+class _Hashing:
+    """A file being written that hashes what it is given: the archive is written and hashed in one pass."""
+
+    def __init__(self, f):
+        self.f, self.sha256 = f, hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.sha256.update(data)
+        return self.f.write(data)
+
+    def tell(self) -> int:
+        return self.f.tell()
+
+
 def write_archive(release: Path) -> Path:
     """<version>.tar beside the release, and its sha256 in <version>.tar.sha256, both streamed in
     bounded buffers (a release at GPU scale is several GB). Not compressed: weights barely compress.
@@ -253,10 +268,11 @@ def write_archive(release: Path) -> Path:
     GGUF files at random initialization), gzip saved 7% (q8_0 GGUF 4%; 20% of bfloat16 weights) at
     5-22 MB/s of one core: minutes of packaging for a few percent."""
     tarball = release.with_name(archive_name(release.name))
-    with atomic_path(tarball) as tmp:
-        with tarfile.open(tmp, "w") as tar:
+    with atomic_path(tarball) as tmp, open(tmp, "wb") as f:
+        hashing = _Hashing(f)
+        with tarfile.open(fileobj=hashing, mode="w") as tar:  # type: ignore[arg-type]
             tar.add(release, arcname=release.name)
-        digest = sha256_file(tmp)
+        digest = hashing.sha256.hexdigest()
     with atomic_path(tarball.with_name(tarball.name + ".sha256")) as tmp:
         tmp.write_text(f"{digest}  {tarball.name}\n")
     return tarball
